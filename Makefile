@@ -1,0 +1,33 @@
+# memsnap: the two quick-start commands are `make demo` and `make test`.
+SWIFT ?= swift
+
+.PHONY: demo test build release test-tsan test-asan sanitize deps clean
+
+demo: deps
+	$(SWIFT) build -c release --product memsnap
+	$$($(SWIFT) build -c release --show-bin-path)/memsnap demo
+
+test: deps
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build
+
+build: deps
+	$(SWIFT) build
+
+release: deps
+	$(SWIFT) build -c release
+
+# Concurrency is real here: signal handlers, fault handlers, worker threads.
+test-tsan: deps
+	$(SWIFT) test --sanitize=thread --scratch-path .build-tsan
+
+test-asan: deps
+	$(SWIFT) test --sanitize=address --scratch-path .build-asan
+
+sanitize: test-tsan test-asan
+
+deps:
+	@scripts/install-deps.sh
+
+clean:
+	rm -rf .build .build-tsan .build-asan

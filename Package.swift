@@ -1,0 +1,39 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let package = Package(
+    name: "memsnap",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "MemSnap", targets: ["MemSnap"]),
+        .executable(name: "memsnap", targets: ["memsnap"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+    ],
+    targets: [
+        // Only what Swift cannot express: variadic syscalls, ioctl request numbers built by
+        // function-like macros, kernel structs copied by layout, and async-signal-safe handlers.
+        .target(name: "CMemSnap"),
+        .target(
+            name: "MemSnap",
+            dependencies: [
+                "CMemSnap",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        .executableTarget(
+            name: "memsnap",
+            dependencies: [
+                "MemSnap",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(
+            name: "MemSnapTests",
+            dependencies: ["MemSnap", "CMemSnap"]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

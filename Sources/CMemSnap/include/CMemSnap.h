@@ -1,0 +1,49 @@
+// CMemSnap: the C shim under MemSnap.
+//
+// Only what Swift cannot express lives here: the variadic syscall() (memfd_create and
+// userfaultfd without depending on the libc version), constants that the system headers
+// spell as function-like macros or hide behind _GNU_SOURCE, and (in Tracking/) the
+// async-signal-safe fault handler. Every constant is copied by value from the Linux uapi
+// headers named beside it, so the build does not depend on the installed kernel headers.
+//
+// Thread safety: every function here is a thin syscall wrapper and is safe to call from any
+// thread. None of them allocate.
+#ifndef CMEMSNAP_H
+#define CMEMSNAP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// ---- memfd (include/uapi/linux/memfd.h) -------------------------------------------------
+static const unsigned int MEMSNAP_MFD_CLOEXEC = 0x0001U;
+static const unsigned int MEMSNAP_MFD_ALLOW_SEALING = 0x0002U;
+
+/// memfd_create(2) through syscall(2). Returns the fd, or -1 with errno set
+/// (ENOSYS where the kernel lacks memfd, EMFILE/ENFILE when out of descriptors).
+int memsnap_memfd_create(const char *name, unsigned int flags);
+
+// ---- mmap / madvise (include/uapi/asm-generic/mman-common.h) ------------------------------
+static const int MEMSNAP_MAP_FIXED_NOREPLACE = 0x100000;
+static const int MEMSNAP_MADV_HUGEPAGE = 14;
+static const int MEMSNAP_MADV_NOHUGEPAGE = 15;
+
+// ---- locks ---------------------------------------------------------------------------------
+#include <pthread.h>
+/// pthread_rwlock_init with PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP (a GNU extension Swift
+/// does not see), so waiting writers are not starved by a stream of readers.
+void memsnap_rwlock_init_prefer_writer(pthread_rwlock_t *lock);
+
+// ---- errno ---------------------------------------------------------------------------------
+/// The symbolic name of an errno value ("ENOMEM"), or NULL when the C library does not know it.
+/// The returned string is static; the caller must not free it.
+const char *memsnap_errno_name(int error);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
