@@ -26,3 +26,7 @@ void memsnap_rwlock_init_prefer_writer(pthread_rwlock_t *lock) {
     pthread_rwlock_init(lock, &attributes);
     pthread_rwlockattr_destroy(&attributes);
 }
+
+int memsnap_thread_set_name(pthread_t thread, const char *name) {
+    return pthread_setname_np(thread, name);
+}

@@ -165,6 +165,14 @@ struct SnapshotTests {
         expectReason(.invalidRange(offset: 0, length: -1)) { _ = try Snapshot(size: -1, maxSize: 5) }
     }
 
+    @Test func anEmptySnapshotWithNoRoomToGrowIsLegalAndRefusesWrites() throws {
+        let snapshot = try Snapshot(size: 0)
+        #expect(snapshot.size == 0)
+        #expect(snapshot.maxSize == 0)
+        expectReason(.exceedsMaximum(what: "end", requested: 1, maximum: 0)) { try snapshot.write([1], at: 0) }
+        expectReason(.invalidRange(offset: 0, length: -1)) { _ = try Snapshot(size: 0, maxSize: -1) }
+    }
+
     @Test func copyingConstructorHoldsTheBytes() throws {
         let snapshot = try Snapshot(copying: [1, 2, 3, 4, 5], maxSize: pageSize)
         #expect(snapshot.size == 5)

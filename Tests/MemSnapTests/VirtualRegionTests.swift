@@ -77,6 +77,10 @@ struct VirtualRegionTests {
         expectReason(.exceedsMaximum(what: "initial size", requested: 3 * pageSize, maximum: 2 * pageSize)) {
             _ = try VirtualRegion(maxSize: 2 * pageSize, committing: 3 * pageSize)
         }
+        expectReason(.exceedsMaximum(what: "initial size", requested: pageSize, maximum: 1),
+                     "sizes are compared as given, before rounding") {
+            _ = try VirtualRegion(maxSize: 1, committing: pageSize)
+        }
     }
 
     @Test func anImpossibleReservationNamesTheOperationAndTheErrno() {

@@ -3,7 +3,7 @@
 // Only what Swift cannot express lives here: the variadic syscall() (memfd_create and
 // userfaultfd without depending on the libc version), constants that the system headers
 // spell as function-like macros or hide behind _GNU_SOURCE, and (in Tracking/) the
-// async-signal-safe fault handler. Every constant is copied by value from the Linux uapi
+// async-signal-safe SIGSEGV handler (CMemSnapTracking.h). Every constant is copied by value from the Linux uapi
 // headers named beside it, so the build does not depend on the installed kernel headers.
 //
 // Thread safety: every function here is a thin syscall wrapper and is safe to call from any
@@ -37,6 +37,10 @@ static const int MEMSNAP_MADV_NOHUGEPAGE = 15;
 /// does not see), so waiting writers are not starved by a stream of readers.
 void memsnap_rwlock_init_prefer_writer(pthread_rwlock_t *lock);
 
+/// pthread_setname_np (GNU): names `thread` for debuggers and /proc; names longer than 15 bytes
+/// are refused by the kernel. Returns 0 or an errno.
+int memsnap_thread_set_name(pthread_t thread, const char *name);
+
 // ---- errno ---------------------------------------------------------------------------------
 /// The symbolic name of an errno value ("ENOMEM"), or NULL when the C library does not know it.
 /// The returned string is static; the caller must not free it.
@@ -45,5 +49,7 @@ const char *memsnap_errno_name(int error);
 #ifdef __cplusplus
 }
 #endif
+
+#include "CMemSnapTracking.h"
 
 #endif

@@ -83,9 +83,13 @@ public final class MemoryFile: Sendable {
             + "into region at offset \(regionOffset)"
         let mappedLength = try Page.roundUp(length, during: operation)
         try Page.requireAligned(fileOffset, "file offset", during: operation)
-        let fileLimit = try Page.roundUp(size, during: operation)
-        _ = try checkedRange(offset: fileOffset, length: mappedLength, within: fileLimit, during: operation)
-        try region.mapFile(descriptor.rawValue, fileOffset: fileOffset, at: regionOffset, length: mappedLength,
-                           shared: sharing == .shared, during: operation)
+        // Hold the size lock across check and map, so a concurrent shrink cannot slip between
+        // them and leave a mapping past the end of the file. Lock order: file, then region.
+        try currentSize.withLock { (size: inout Int) throws(MemSnapError) in
+            let fileLimit = try Page.roundUp(size, during: operation)
+            _ = try checkedRange(offset: fileOffset, length: mappedLength, within: fileLimit, during: operation)
+            try region.mapFile(descriptor.rawValue, fileOffset: fileOffset, at: regionOffset, length: mappedLength,
+                               shared: sharing == .shared, during: operation)
+        }
     }
 }

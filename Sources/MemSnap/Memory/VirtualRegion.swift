@@ -38,6 +38,9 @@ public final class VirtualRegion: @unchecked Sendable {
     public let hugePages: HugePages
     /// Committed bytes (a page multiple); mutations happen under this lock.
     private let committed: Locked<Int>
+    /// The tracker watching this region, told before any mapping in it is replaced. A leaf lock:
+    /// the observer must not call back into the region.
+    private let mappingObserver = Locked<(@Sendable () -> Void)?>(nil)
 
     /// Reserves `maxSize` bytes (rounded up to a page) and commits the first `initialSize` bytes
     /// (rounded up to a page) read-write and zero-filled.
@@ -50,8 +53,8 @@ public final class VirtualRegion: @unchecked Sendable {
         let reserved = try Page.roundUp(maxSize, during: operation)
         let initial = try Page.roundUp(initialSize, during: operation)
         guard reserved > 0 else { throw MemSnapError(operation, .invalidArgument("cannot reserve 0 bytes")) }
-        guard initial <= reserved else {
-            throw MemSnapError(operation, .exceedsMaximum(what: "initial size", requested: initialSize, maximum: reserved))
+        guard initialSize <= maxSize else {
+            throw MemSnapError(operation, .exceedsMaximum(what: "initial size", requested: initialSize, maximum: maxSize))
         }
         let address = mmap(nil, reserved, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
         guard let address, address != MAP_FAILED else {
@@ -158,6 +161,7 @@ public final class VirtualRegion: @unchecked Sendable {
     func replaceContents(
         with descriptor: Int32, length: Int, shared: Bool, during operation: String
     ) throws(MemSnapError) {
+        guard length >= 0 else { throw MemSnapError(operation, .invalidRange(offset: 0, length: length)) }
         guard length <= maxSize else {
             throw MemSnapError(operation, .tooSmall(what: "region", required: length, capacity: maxSize))
         }
@@ -187,21 +191,51 @@ public final class VirtualRegion: @unchecked Sendable {
                 "mapping at offset \(offset) would leave a hole after the committed \(current) bytes"))
         }
         let flags = (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_FIXED
+        notifyMappingChange()
         let result = mmap(base + offset, length, PROT_READ | PROT_WRITE, flags, descriptor, off_t(fileOffset))
         guard result != MAP_FAILED else {
-            throw MemSnapError.systemCall("mmap", during: operation)
+            let error = MemSnapError.systemCall("mmap", during: operation)
+            // Older kernels may unmap the target before failing: take the hole back so no other
+            // mapping can land inside the reservation, and stop counting those pages committed.
+            _ = mmap(base + offset, length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0)
+            current = min(current, offset)
+            throw error
         }
         applyHugePagePolicy(range)
         current = max(current, range.upperBound)
     }
 
     private func releasePages(_ range: Range<Int>, during operation: String) throws(MemSnapError) {
+        notifyMappingChange()
         let result = mmap(base + range.lowerBound, range.count, PROT_NONE,
                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0)
         guard result != MAP_FAILED else {
             throw MemSnapError.systemCall("mmap", during: operation)
         }
         applyHugePagePolicy(range)
+    }
+
+    // MARK: - Used by DirtyTracker
+
+    /// Registers the one tracker of this region. `onMappingChange` runs (on the thread that
+    /// remaps, before the change) whenever a mapping in the region is replaced or released.
+    /// - Throws: `.invalidArgument` if another tracker is attached.
+    func attachTracker(_ onMappingChange: @escaping @Sendable () -> Void, during operation: String) throws(MemSnapError) {
+        try mappingObserver.withLock { (observer: inout (@Sendable () -> Void)?) throws(MemSnapError) in
+            guard observer == nil else {
+                throw MemSnapError(operation, .invalidArgument(
+                    "the region is already tracked by another DirtyTracker; stop that one first"))
+            }
+            observer = onMappingChange
+        }
+    }
+
+    func detachTracker() {
+        mappingObserver.withLock { $0 = nil }
+    }
+
+    private func notifyMappingChange() {
+        mappingObserver.withLock { $0 }?()
     }
 
     private func applyHugePagePolicy(_ range: Range<Int>) {

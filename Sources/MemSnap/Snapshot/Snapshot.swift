@@ -42,18 +42,20 @@ public final class Snapshot: @unchecked Sendable {
         let operation = "create snapshot \"\(name)\" of \(ByteCount(size))"
         let limit = maxSize ?? size
         guard size >= 0 else { throw MemSnapError(operation, .invalidRange(offset: 0, length: size)) }
+        guard limit >= 0 else { throw MemSnapError(operation, .invalidRange(offset: 0, length: limit)) }
         guard size <= limit else {
             throw MemSnapError(operation, .exceedsMaximum(what: "size", requested: size, maximum: limit))
         }
         let mapped = try Page.roundUp(size, during: operation)
-        let memory = try VirtualRegion(maxSize: limit, hugePages: .disabled)
+        // An empty snapshot with no room to grow is legal; it still needs a page of address space.
+        let memory = try VirtualRegion(maxSize: max(limit, 1), hugePages: .disabled)
         let file = try MemoryFile(name: name, size: mapped)
         if mapped > 0 {
             try file.map(into: memory, length: mapped, sharing: .shared)
         }
         self.memory = memory
         self.file = file
-        self.maxSize = memory.maxSize
+        self.maxSize = try Page.roundUp(limit, during: operation)
         self.logicalSize = size
     }
 
@@ -111,7 +113,8 @@ public final class Snapshot: @unchecked Sendable {
     }
 
     /// Calls `body` with the whole snapshot (`size` bytes), read-only, holding the read lock:
-    /// writers wait until `body` returns. Do not write to the snapshot from inside `body`.
+    /// writers wait until `body` returns. `body` must not call any method of this snapshot (the
+    /// lock is not re-entrant; a waiting writer would deadlock it).
     public func withUnsafeBytes<Result, Failure: Error>(
         _ body: (UnsafeRawBufferPointer) throws(Failure) -> Result
     ) throws(Failure) -> Result {
@@ -143,6 +146,7 @@ public final class Snapshot: @unchecked Sendable {
 
     /// Lets `body` modify `count` bytes at `offset` in place, holding the write lock, and records
     /// the whole range as changed. Grows the snapshot first if the range ends past `size`.
+    /// `body` must not call any method of this snapshot (the lock is not re-entrant).
     /// - Throws: as `write(_:at:)`; `body` is not called when it throws.
     @discardableResult
     public func update<Result>(
@@ -228,7 +232,8 @@ public final class Snapshot: @unchecked Sendable {
     /// sync point does) to give workers a consistent view.
     ///
     /// - Throws: `.tooSmall` if the region's reservation is smaller than the snapshot's mapped
-    ///   size (the region is left as it was); `.systemCall("mmap", ...)`.
+    ///   size (the region is left as it was); `.systemCall("mmap", ...)`, after which the region's
+    ///   committed prefix may have shrunk but its reservation is intact.
     public func mapCopyOnWrite(into region: VirtualRegion) throws(MemSnapError) {
         try lock.withReadLock { () throws(MemSnapError) in
             let operation = "map snapshot \"\(name)\" (\(ByteCount(logicalSize))) copy-on-write into region"

@@ -9,8 +9,9 @@ import CMemSnap
 /// cannot starve the writer that applies diffs at a sync point.
 ///
 /// Ownership: the lock owns its heap-allocated pthread_rwlock_t and destroys it in `deinit`.
-/// Thread safety: that is its purpose. It is not recursive: taking it again on the same thread
-/// deadlocks.
+/// Thread safety: that is its purpose. It is not recursive: taking it again on the same thread is
+/// a programming error that stops the process (glibc reports EDEADLK; carrying on would run the
+/// inner section unlocked and then release the outer lock).
 final class ReadWriteLock: @unchecked Sendable {
     private let lock: UnsafeMutablePointer<pthread_rwlock_t>
 
@@ -25,13 +26,15 @@ final class ReadWriteLock: @unchecked Sendable {
     }
 
     func withReadLock<Result, Failure: Error>(_ body: () throws(Failure) -> Result) throws(Failure) -> Result {
-        pthread_rwlock_rdlock(lock)
+        let status = pthread_rwlock_rdlock(lock)
+        precondition(status == 0, "memsnap: read lock failed with \(status): re-entrant use of a locked object")
         defer { pthread_rwlock_unlock(lock) }
         return try body()
     }
 
     func withWriteLock<Result, Failure: Error>(_ body: () throws(Failure) -> Result) throws(Failure) -> Result {
-        pthread_rwlock_wrlock(lock)
+        let status = pthread_rwlock_wrlock(lock)
+        precondition(status == 0, "memsnap: write lock failed with \(status): re-entrant use of a locked object")
         defer { pthread_rwlock_unlock(lock) }
         return try body()
     }

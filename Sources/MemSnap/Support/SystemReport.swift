@@ -6,8 +6,8 @@ import SystemPackage
 
 /// What this machine offers memsnap, for `memsnap doctor` and for choosing mechanisms at run time.
 ///
-/// Every check runs when the report is made (each takes microseconds) and none has side effects
-/// beyond a memfd it creates and closes.
+/// Every check runs when the report is made (each takes microseconds) and none has lasting side
+/// effects: the memfd and the 4 GiB reservation it makes are released before it returns.
 ///
 /// Thread safety: a value; `SystemReport.current()` may be called from any thread.
 public struct SystemReport: Sendable {
