@@ -2,6 +2,7 @@
 #include "CMemSnap.h"
 
 #include <pthread.h>
+#include <fcntl.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -29,4 +30,8 @@ void memsnap_rwlock_init_prefer_writer(pthread_rwlock_t *lock) {
 
 int memsnap_thread_set_name(pthread_t thread, const char *name) {
     return pthread_setname_np(thread, name);
+}
+
+int memsnap_pipe_cloexec_nonblocking(int fds[2]) {
+    return pipe2(fds, O_CLOEXEC | O_NONBLOCK);
 }

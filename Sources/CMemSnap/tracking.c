@@ -85,6 +85,22 @@ void memsnap_record_set_tracked_end(memsnap_page_record *record, uintptr_t end) 
     atomic_store_explicit(&record->tracked_end, end, memory_order_release);
 }
 
+void memsnap_record_lower_tracked_end(memsnap_page_record *record, uintptr_t end) {
+    uintptr_t current = atomic_load(&record->tracked_end);
+    while (current > end && !atomic_compare_exchange_weak(&record->tracked_end, &current, end)) {
+    }
+}
+
+void memsnap_record_raise_tracked_end(memsnap_page_record *record, uintptr_t end) {
+    uintptr_t current = atomic_load(&record->tracked_end);
+    while (current < end && !atomic_compare_exchange_weak(&record->tracked_end, &current, end)) {
+    }
+}
+
+uintptr_t memsnap_record_tracked_end(const memsnap_page_record *record) {
+    return atomic_load(&((memsnap_page_record *)record)->tracked_end);
+}
+
 void memsnap_record_mark(memsnap_page_record *record, size_t page, long tid) {
     if (page >= record->max_pages) return;
     uint64_t bit = 1ULL << (page & 63);

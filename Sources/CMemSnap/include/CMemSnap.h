@@ -41,6 +41,10 @@ void memsnap_rwlock_init_prefer_writer(pthread_rwlock_t *lock);
 /// are refused by the kernel. Returns 0 or an errno.
 int memsnap_thread_set_name(pthread_t thread, const char *name);
 
+// ---- pipes ---------------------------------------------------------------------------------
+/// pipe2(fds, O_CLOEXEC | O_NONBLOCK) (pipe2 is hidden behind _GNU_SOURCE). Returns 0 or -1/errno.
+int memsnap_pipe_cloexec_nonblocking(int fds[2]);
+
 // ---- errno ---------------------------------------------------------------------------------
 /// The symbolic name of an errno value ("ENOMEM"), or NULL when the C library does not know it.
 /// The returned string is static; the caller must not free it.

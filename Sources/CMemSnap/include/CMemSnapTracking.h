@@ -135,6 +135,15 @@ void memsnap_record_destroy(memsnap_page_record *record);
 /// Sets the end of the range the SIGSEGV handler treats as tracked (start when disabled).
 void memsnap_record_set_tracked_end(memsnap_page_record *record, uintptr_t end);
 
+/// Lowers the tracked end to `end` if it is above it (atomic; safe against the handler).
+void memsnap_record_lower_tracked_end(memsnap_page_record *record, uintptr_t end);
+
+/// Raises the tracked end to `end` if it is below it (atomic).
+void memsnap_record_raise_tracked_end(memsnap_page_record *record, uintptr_t end);
+
+/// The current tracked end.
+uintptr_t memsnap_record_tracked_end(const memsnap_page_record *record);
+
 /// Marks `page` written, and written by thread `tid` if that thread is attached.
 void memsnap_record_mark(memsnap_page_record *record, size_t page, long tid);
 

@@ -40,7 +40,18 @@ public final class VirtualRegion: @unchecked Sendable {
     private let committed: Locked<Int>
     /// The tracker watching this region, told before any mapping in it is replaced. A leaf lock:
     /// the observer must not call back into the region.
-    private let mappingObserver = Locked<(@Sendable () -> Void)?>(nil)
+    private let mappingObserver = Locked<(@Sendable (MappingChange) -> Void)?>(nil)
+
+    /// A change to the region's mappings, reported to its tracker: replacements and releases
+    /// just before they happen, commits just after.
+    enum MappingChange: Sendable {
+        /// The byte range was just committed (readable, writable, zero) by growth.
+        case committed(Range<Int>)
+        /// The byte range gets a new mapping (readable and writable, untracked).
+        case replaced(Range<Int>)
+        /// The byte range and everything after it becomes inaccessible.
+        case released(Range<Int>)
+    }
 
     /// Reserves `maxSize` bytes (rounded up to a page) and commits the first `initialSize` bytes
     /// (rounded up to a page) read-write and zero-filled.
@@ -105,6 +116,7 @@ public final class VirtualRegion: @unchecked Sendable {
             guard mprotect(base + current, target - current, PROT_READ | PROT_WRITE) == 0 else {
                 throw MemSnapError.systemCall("mprotect", during: operation)
             }
+            notifyMappingChange(.committed(current..<target))
             current = target
         }
     }
@@ -191,7 +203,7 @@ public final class VirtualRegion: @unchecked Sendable {
                 "mapping at offset \(offset) would leave a hole after the committed \(current) bytes"))
         }
         let flags = (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_FIXED
-        notifyMappingChange()
+        notifyMappingChange(.replaced(range))
         let result = mmap(base + offset, length, PROT_READ | PROT_WRITE, flags, descriptor, off_t(fileOffset))
         guard result != MAP_FAILED else {
             let error = MemSnapError.systemCall("mmap", during: operation)
@@ -206,7 +218,7 @@ public final class VirtualRegion: @unchecked Sendable {
     }
 
     private func releasePages(_ range: Range<Int>, during operation: String) throws(MemSnapError) {
-        notifyMappingChange()
+        notifyMappingChange(.released(range))
         let result = mmap(base + range.lowerBound, range.count, PROT_NONE,
                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0)
         guard result != MAP_FAILED else {
@@ -220,8 +232,10 @@ public final class VirtualRegion: @unchecked Sendable {
     /// Registers the one tracker of this region. `onMappingChange` runs (on the thread that
     /// remaps, before the change) whenever a mapping in the region is replaced or released.
     /// - Throws: `.invalidArgument` if another tracker is attached.
-    func attachTracker(_ onMappingChange: @escaping @Sendable () -> Void, during operation: String) throws(MemSnapError) {
-        try mappingObserver.withLock { (observer: inout (@Sendable () -> Void)?) throws(MemSnapError) in
+    func attachTracker(
+        _ onMappingChange: @escaping @Sendable (MappingChange) -> Void, during operation: String
+    ) throws(MemSnapError) {
+        try mappingObserver.withLock { (observer: inout (@Sendable (MappingChange) -> Void)?) throws(MemSnapError) in
             guard observer == nil else {
                 throw MemSnapError(operation, .invalidArgument(
                     "the region is already tracked by another DirtyTracker; stop that one first"))
@@ -234,8 +248,8 @@ public final class VirtualRegion: @unchecked Sendable {
         mappingObserver.withLock { $0 = nil }
     }
 
-    private func notifyMappingChange() {
-        mappingObserver.withLock { $0 }?()
+    private func notifyMappingChange(_ change: MappingChange) {
+        mappingObserver.withLock { $0 }?(change)
     }
 
     private func applyHugePagePolicy(_ range: Range<Int>) {

@@ -1,0 +1,244 @@
+import CMemSnap
+
+/// Finds the pages of a `VirtualRegion` written since a point in time.
+///
+/// A tracker watches one region from creation until `stop()` (or deinit), with the mechanism
+/// chosen by `DirtyTrackingMode` (see there for what each costs and cannot see). Creating it arms
+/// tracking: from then on, `collect()` reports pages written since the last reset, and
+/// `collectAndReset()` does that and starts a new interval in one step.
+///
+/// Guarantees, for every mode:
+/// - Every write is reported by the collect-and-reset that follows it or by a later one; none is
+///   lost between collect and reset (for `uffd-async`, `segfault` and `uffd` also while other
+///   threads keep writing; `compare` and `soft-dirty` need writers paused around the call).
+/// - Growth is tracked: pages the region commits while tracked are armed as they are committed.
+/// - Regions are independent: each tracker has its own mechanism state (a second tracker on the
+///   same region is refused), except `soft-dirty`, whose reset is process-wide.
+/// - When the region is remapped or decommitted (`Snapshot.mapCopyOnWrite(into:)` onto it,
+///   `decommit`, `MemoryFile.map`), the next collect throws until `reset()` re-arms tracking of
+///   the new mappings.
+///
+/// Thread-local tracking (modes where `attributesWritesToThreads`): a thread that calls
+/// `startThreadLocalTracking()` can collect the pages it wrote first with `collectThreadLocal()`.
+/// A page written by several threads is attributed to the first one (after its first write the
+/// page no longer faults); the global collect is always the exact union.
+///
+/// Ownership: the tracker keeps its region alive and releases its kernel resources (userfaultfd,
+/// handler thread, signal-handler slot, saved copy) in `stop()`, which deinit calls.
+/// Thread safety: every method may be called from any thread; calls are serialised.
+public final class DirtyTracker: @unchecked Sendable {
+    public struct Configuration: Sendable {
+        /// The mechanism; nil means `MEMSNAP_DIRTY_TRACKING` or, when unset, `auto`.
+        public var mode: DirtyTrackingMode?
+        /// Above this fraction of written pages per interval, tracking plus copying the written
+        /// pages costs more than copying everything (measured here: about 25 %, see
+        /// BENCHMARKS.md). `prefersFullCopy(_:)` compares against it.
+        public var fullCopyFraction: Double
+        /// How many threads can track thread-locally at once.
+        public var threadSlots: Int
+        /// `uffd` mode only: called on the handler thread with a page's contents just before its
+        /// first write in the interval lands. Must not write to the region or block on writers.
+        public var copyBeforeWrite: (@Sendable (_ page: Int, _ contents: UnsafeRawBufferPointer) -> Void)?
+
+        public init(
+            mode: DirtyTrackingMode? = nil, fullCopyFraction: Double = 0.25, threadSlots: Int = 64,
+            copyBeforeWrite: (@Sendable (_ page: Int, _ contents: UnsafeRawBufferPointer) -> Void)? = nil
+        ) {
+            self.mode = mode
+            self.fullCopyFraction = fullCopyFraction
+            self.threadSlots = threadSlots
+            self.copyBeforeWrite = copyBeforeWrite
+        }
+    }
+
+    /// The mechanism in use (never `auto`).
+    public let mode: DirtyTrackingMode
+    public let region: VirtualRegion
+    public let configuration: Configuration
+    private let mechanism: any DirtyTrackingMechanism
+    /// Serialises every operation; guards `stopped`.
+    private let operations = Locked(false)
+    /// Set by the region (from the remapping thread) and cleared by reset. A leaf lock.
+    private let mappingChanged = Locked(false)
+
+    /// Starts tracking `region` with `mode`.
+    public convenience init(tracking region: VirtualRegion, mode: DirtyTrackingMode) throws(MemSnapError) {
+        try self.init(tracking: region, configuration: Configuration(mode: mode))
+    }
+
+    /// Starts tracking `region` as `configuration` says.
+    ///
+    /// - Throws: `.unavailable` with the reason if the mode does not work here (e.g. soft-dirty on
+    ///   a kernel without CONFIG_MEM_SOFT_DIRTY); `.invalidArgument` for a bad
+    ///   `MEMSNAP_DIRTY_TRACKING` or a region that is already tracked; system call failures.
+    public convenience init(tracking region: VirtualRegion, configuration: Configuration = Configuration()) throws(MemSnapError) {
+        let requested: DirtyTrackingMode
+        if let mode = configuration.mode { requested = mode } else { requested = try DirtyTrackingMode.fromEnvironment() }
+        try self.init(tracking: region, mode: requested.resolved(), configuration: configuration, probing: false)
+    }
+
+    /// The designated initializer; `probing` skips the availability check (the probes use it).
+    init(
+        tracking region: VirtualRegion, mode: DirtyTrackingMode, configuration: Configuration = Configuration(),
+        probing: Bool
+    ) throws(MemSnapError) {
+        let operation = "start \(mode.rawValue) dirty tracking"
+        self.region = region
+        self.configuration = configuration
+        self.mode = mode
+        switch mode {
+        case .uffdAsync: mechanism = try AsyncWriteProtectMechanism(region: region)
+        case .segfault: mechanism = try SegfaultMechanism(region: region, threadSlots: configuration.threadSlots)
+        case .uffd:
+            mechanism = try SyncWriteProtectMechanism(
+                region: region, threadSlots: configuration.threadSlots, copyBeforeWrite: configuration.copyBeforeWrite)
+        case .softDirty: mechanism = try SoftDirtyMechanism(region: region)
+        case .compare: mechanism = try CompareMechanism(region: region)
+        case .none: mechanism = NoTrackingMechanism()
+        case .auto: throw MemSnapError(operation, .invalidArgument("auto must be resolved to a mode first"))
+        }
+        let observer = MappingObserver(mechanism: mechanism, mappingChanged: mappingChanged)
+        do {
+            try region.attachTracker({ change in observer.mappingChanged(change) }, during: operation)
+        } catch {
+            mechanism.stop()
+            throw error
+        }
+        do {
+            try mechanism.arm(pageCount: committedPages, afterMappingChange: false)
+        } catch {
+            region.detachTracker()
+            mechanism.stop()
+            throw error
+        }
+    }
+
+    deinit {
+        stop()
+    }
+
+    private var committedPages: Int { region.committedSize >> Page.shift }
+
+    /// Whether `startThreadLocalTracking()` can work with this tracker's mechanism.
+    public var attributesWritesToThreads: Bool { mechanism.attributesWritesToThreads }
+
+    // MARK: Collecting
+
+    /// The pages written since tracking started or was last reset, without starting a new interval.
+    /// - Throws: `.invalidArgument` after `stop()` or after the region was remapped (call
+    ///   `reset()`); mechanism failures (e.g. the segfault handler hit the VMA limit).
+    public func collect() throws(MemSnapError) -> DirtyPages {
+        try collect(reset: false)
+    }
+
+    /// The pages written since the last reset, and a new interval started in the same step.
+    /// - Throws: as `collect()`.
+    public func collectAndReset() throws(MemSnapError) -> DirtyPages {
+        try collect(reset: true)
+    }
+
+    private func collect(reset: Bool) throws(MemSnapError) -> DirtyPages {
+        try operations.withLock { (stopped: inout Bool) throws(MemSnapError) -> DirtyPages in
+            let operation = "collect \(mode.rawValue) dirty pages"
+            try throwIfUnusable(stopped: stopped, operation: operation)
+            let pageCount = committedPages
+            let runs = try mechanism.collect(pageCount: pageCount, reset: reset)
+            return DirtyPages(pageCount: pageCount, runs: runs)
+        }
+    }
+
+    /// Starts a new interval: forgets the writes so far. After the region was remapped this also
+    /// re-arms tracking on its new mappings.
+    /// - Throws: `.invalidArgument` after `stop()`; mechanism failures.
+    public func reset() throws(MemSnapError) {
+        try operations.withLock { (stopped: inout Bool) throws(MemSnapError) in
+            guard !stopped else {
+                throw MemSnapError("reset \(mode.rawValue) dirty tracking", .invalidArgument("the tracker was stopped"))
+            }
+            let remapped = mappingChanged.withLock { changed in
+                defer { changed = false }
+                return changed
+            }
+            try mechanism.arm(pageCount: committedPages, afterMappingChange: remapped)
+        }
+    }
+
+    /// Ends tracking: the region's committed pages are all writable and untracked afterwards.
+    /// Idempotent.
+    public func stop() {
+        operations.withLock { (stopped: inout Bool) in
+            guard !stopped else { return }
+            stopped = true
+            region.detachTracker()
+            mechanism.stop()
+        }
+    }
+
+    /// Whether tracking has ended.
+    public var isStopped: Bool { operations.withLock { $0 } }
+
+    /// Whether `pages` is past `configuration.fullCopyFraction`: copying the whole region is
+    /// then cheaper than handling the written pages one by one.
+    public func prefersFullCopy(_ pages: DirtyPages) -> Bool {
+        pages.fraction > configuration.fullCopyFraction
+    }
+
+    // MARK: Thread-local tracking
+
+    /// Attributes the calling thread's first writes to it from now on.
+    /// - Throws: `.unavailable` in modes that cannot attribute writes (`uffd-async`, `compare`,
+    ///   `soft-dirty`, `none`); `.invalidArgument` when every thread slot is taken.
+    public func startThreadLocalTracking() throws(MemSnapError) {
+        try operations.withLock { (stopped: inout Bool) throws(MemSnapError) in
+            let operation = "start thread-local \(mode.rawValue) tracking"
+            try throwIfUnusable(stopped: stopped, operation: operation)
+            guard mechanism.attributesWritesToThreads else {
+                throw MemSnapError(operation, .unavailable(
+                    "\(mode.rawValue) cannot tell which thread wrote a page; use collect() or the segfault or uffd mode"))
+            }
+            try mechanism.attachThread(memsnap_gettid())
+        }
+    }
+
+    /// The pages the calling thread wrote first since it started thread-local tracking or last
+    /// collected them; with `reset` (the default) they are forgotten afterwards.
+    /// - Throws: `.invalidArgument` if this thread did not start thread-local tracking.
+    public func collectThreadLocal(reset: Bool = true) throws(MemSnapError) -> DirtyPages {
+        try operations.withLock { (stopped: inout Bool) throws(MemSnapError) -> DirtyPages in
+            let operation = "collect thread-local \(mode.rawValue) pages"
+            try throwIfUnusable(stopped: stopped, operation: operation)
+            let pageCount = committedPages
+            let runs = try mechanism.collectThread(memsnap_gettid(), pageCount: pageCount, reset: reset)
+            return DirtyPages(pageCount: pageCount, runs: runs)
+        }
+    }
+
+    /// Stops attributing the calling thread's writes; its pages stay in the global collect.
+    public func stopThreadLocalTracking() {
+        operations.withLock { (stopped: inout Bool) in
+            guard !stopped else { return }
+            mechanism.detachThread(memsnap_gettid())
+        }
+    }
+
+    private func throwIfUnusable(stopped: Bool, operation: String) throws(MemSnapError) {
+        guard !stopped else { throw MemSnapError(operation, .invalidArgument("the tracker was stopped")) }
+        guard !mappingChanged.withLock({ $0 }) else {
+            throw MemSnapError(operation, .invalidArgument(
+                "the region was remapped since tracking was armed; call reset() to track its new mappings"))
+        }
+    }
+}
+
+/// What the region calls, from the thread that grows or remaps it. Mechanisms'
+/// `regionMappingChanged` only touch atomics, the kernel and leaf locks, which is what makes
+/// crossing threads here safe.
+private struct MappingObserver: @unchecked Sendable {
+    let mechanism: any DirtyTrackingMechanism
+    let mappingChanged: Locked<Bool>
+
+    func mappingChanged(_ change: VirtualRegion.MappingChange) {
+        if case .committed = change {} else { mappingChanged.withLock { $0 = true } }
+        mechanism.regionMappingChanged(change)
+    }
+}

@@ -1,0 +1,109 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CMemSnap
+import SystemPackage
+
+/// One way of finding written pages, driven by `DirtyTracker`, which serialises every call except
+/// `regionMappingChanged` (that one comes from whichever thread grows or remaps the region, with
+/// the region's lock held: it must not call back into the tracker or the region, and may only
+/// touch state that is atomic or behind its own leaf lock).
+///
+/// Page counts are of the region's committed prefix at the time of the call.
+protocol DirtyTrackingMechanism: AnyObject {
+    /// Starts a fresh interval over the first `pageCount` pages, forgetting earlier writes.
+    /// `afterMappingChange`: the region was remapped since the last arm (registrations are gone).
+    func arm(pageCount: Int, afterMappingChange: Bool) throws(MemSnapError)
+
+    /// Pages written among the first `pageCount` since the last arm or reset, as sorted runs.
+    /// With `reset`, the same step starts a new interval over those `pageCount` pages, so that
+    /// every write is reported by this call or a later one.
+    func collect(pageCount: Int, reset: Bool) throws(MemSnapError) -> [Range<Int>]
+
+    /// Pages committed by growth are armed here at once, so growth is tracked exactly.
+    func regionMappingChanged(_ change: VirtualRegion.MappingChange)
+
+    /// Ends tracking and leaves every committed page of the region writable. Idempotent.
+    func stop()
+
+    /// Whether writes can be attributed to the thread that made them.
+    var attributesWritesToThreads: Bool { get }
+    func attachThread(_ tid: Int) throws(MemSnapError)
+    func detachThread(_ tid: Int)
+    func collectThread(_ tid: Int, pageCount: Int, reset: Bool) throws(MemSnapError) -> [Range<Int>]
+}
+
+extension DirtyTrackingMechanism {
+    var attributesWritesToThreads: Bool { false }
+    func regionMappingChanged(_ change: VirtualRegion.MappingChange) {}
+    func attachThread(_ tid: Int) throws(MemSnapError) {}
+    func detachThread(_ tid: Int) {}
+    func collectThread(_ tid: Int, pageCount: Int, reset: Bool) throws(MemSnapError) -> [Range<Int>] { [] }
+}
+
+/// A `memsnap_page_record *` that may cross threads: every field the pointer reaches is atomic.
+struct PageRecordHandle: @unchecked Sendable {
+    let pointer: OpaquePointer
+
+    /// Creates a record for the whole reservation of `region`.
+    init(region: VirtualRegion, threadSlots: Int, during operation: String) throws(MemSnapError) {
+        guard let record = memsnap_record_create(
+            UInt(bitPattern: region.base), region.maxSize >> Page.shift, UInt32(Page.shift), max(0, threadSlots))
+        else {
+            throw MemSnapError(operation, .systemCall("calloc", .noMemory))
+        }
+        pointer = record
+    }
+
+    func destroy() { memsnap_record_destroy(pointer) }
+
+    /// The global bitmap of the first `pageCount` pages, cleared (with every thread bitmap) if `clear`.
+    func take(pageCount: Int, clear: Bool) -> PageBitmap {
+        var words = [UInt64](repeating: 0, count: (pageCount + 63) / 64)
+        words.withUnsafeMutableBufferPointer { memsnap_record_take(pointer, $0.baseAddress, $0.count, clear ? 1 : 0) }
+        return PageBitmap(pageCount: pageCount, words: words)
+    }
+
+    func attach(thread tid: Int, slots: Int, during operation: String) throws(MemSnapError) {
+        switch memsnap_record_attach_thread(pointer, tid) {
+        case 0, EEXIST: return
+        case ENOSPC:
+            throw MemSnapError(operation, .invalidArgument(
+                "all \(slots) thread slots are in use; raise DirtyTracker.Configuration.threadSlots"))
+        default:
+            throw MemSnapError(operation, .systemCall("calloc", .noMemory))
+        }
+    }
+
+    func take(thread tid: Int, pageCount: Int, clear: Bool, during operation: String) throws(MemSnapError) -> PageBitmap {
+        var words = [UInt64](repeating: 0, count: (pageCount + 63) / 64)
+        let status = words.withUnsafeMutableBufferPointer {
+            memsnap_record_take_thread(pointer, tid, $0.baseAddress, $0.count, clear ? 1 : 0)
+        }
+        guard status == 0 else {
+            throw MemSnapError(operation, .invalidArgument(
+                "thread \(tid) has not started thread-local tracking on this tracker"))
+        }
+        return PageBitmap(pageCount: pageCount, words: words)
+    }
+}
+
+extension VirtualRegion {
+    /// The first `pages` pages of the region as a raw buffer (for ioctl ranges, not for access).
+    func pagePrefix(_ pages: Int) -> UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(start: base, count: pages << Page.shift)
+    }
+
+    /// The whole reservation as a raw buffer (for ioctl ranges, not for access).
+    var reservation: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: maxSize) }
+}
+
+extension PageRecordHandle {
+    /// Marks every page of the byte range `range` written: the safe answer for pages that could
+    /// not be armed.
+    func markWritten(_ range: Range<Int>) {
+        for page in (range.lowerBound >> Page.shift)..<((range.upperBound + Page.size - 1) >> Page.shift) {
+            memsnap_record_mark(pointer, page, 0)
+        }
+    }
+}
