@@ -22,15 +22,18 @@ struct DemoCommand: ParsableCommand {
     }
 
     func run() throws {
-        print("memsnap demo: \(ByteCount(size)) snapshot, \(workers) workers, page size \(Page.size)\n")
+        print("memsnap demo: \(ByteCount(size)) snapshot, \(workers) workers, page size \(Page.size)")
+        print("\n1. Snapshot, copy-on-write workers, restore\n")
         var timings = Table(columns: ["step", "time", "note"])
-        try snapshotStage(&timings)
+        let snapshot = try snapshotStage(&timings)
         print(timings.rendered())
+        print("\n2. Dirty-page tracking: one worker writes 1 % of its pages, each mode collects them\n")
+        try trackingStage(snapshot: snapshot)
     }
 
     /// Build a heap-like snapshot, fork copy-on-write workers from it, show their writes stay
     /// private, restore one, and compare restore with a memcpy of the same bytes.
-    private func snapshotStage(_ timings: inout Table) throws {
+    private func snapshotStage(_ timings: inout Table) throws -> Snapshot {
         let snapshot = try Snapshot(size: size, maxSize: size * 2, name: "demo")
         let (_, buildSeconds) = try Stopwatch.time {
             try snapshot.update(at: 0, count: size) { SyntheticHeap().fill($0) }
@@ -95,6 +98,51 @@ struct DemoCommand: ParsableCommand {
         if !(isolated && snapshotUntouched && equal) {
             throw DemoFailure("the snapshot stage did not behave as expected (see the table)")
         }
+        return snapshot
+    }
+
+    /// Restore a worker from the snapshot, track it with every mode in turn, write the same 1 %
+    /// of its pages, and show what each mode collected and what that cost.
+    private func trackingStage(snapshot: Snapshot) throws {
+        let worker = try VirtualRegion(maxSize: size * 2)
+        let pageCount = Page.count(covering: snapshot.size) ?? 0
+        var random = SplitMix64(seed: 42)
+        var chosen = Set<Int>()
+        while chosen.count < max(1, pageCount / 100) { chosen.insert(Int(random.next() % UInt64(pageCount))) }
+        let pages = chosen.sorted()
+        let automatic = (try? DirtyTrackingMode.auto.resolved())?.rawValue ?? "none"
+        var table = Table(columns: ["mode", "arm", "worker writes", "collect+reset", "pages collected", "exact"])
+        var notes: [String] = []
+        var allExact = true
+        for mode in DirtyTrackingMode.allCases where mode != .auto {
+            guard mode.availability == .available else {
+                notes.append("\(mode.rawValue): unavailable here: \(mode.availability)")
+                continue
+            }
+            try snapshot.mapCopyOnWrite(into: worker)  // restore: every mode starts from the same state
+            worker.withUnsafeBytes { memory in  // populate, as a running worker's memory would be
+                var sum: UInt64 = 0
+                for offset in stride(from: 0, to: memory.count, by: Page.size) { sum &+= UInt64(memory[offset]) }
+                _ = sum
+            }
+            let (tracker, armSeconds) = try Stopwatch.time { try DirtyTracker(tracking: worker, mode: mode) }
+            let (_, writeSeconds) = Stopwatch.time {
+                worker.withUnsafeMutableBytes { memory in
+                    for page in pages { memory.storeBytes(of: UInt64(0xC0FFEE), toByteOffset: page << Page.shift, as: UInt64.self) }
+                }
+            }
+            let (collected, collectSeconds) = try Stopwatch.time { try tracker.collectAndReset() }
+            tracker.stop()
+            let exact = mode == .none ? collected.count == pageCount : collected.pages == pages
+            allExact = allExact && exact
+            table.append([mode.rawValue + (mode.rawValue == automatic ? " (auto)" : ""), formatDuration(armSeconds),
+                          formatDuration(writeSeconds), formatDuration(collectSeconds),
+                          "\(collected.count) of \(pageCount)", exact ? "yes" : "NO"])
+        }
+        print(table.rendered())
+        for note in notes { print(note) }
+        print("the worker wrote \(pages.count) pages; `none` reports every page by design")
+        if !allExact { throw DemoFailure("a tracking mode collected the wrong pages (see the table)") }
     }
 }
 

@@ -5,6 +5,6 @@ struct MemsnapCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "memsnap",
         abstract: "Fast memory snapshots, dirty-page tracking and restore on Linux.",
-        subcommands: [DoctorCommand.self, DemoCommand.self]
+        subcommands: [DoctorCommand.self, DemoCommand.self, BenchCommand.self]
     )
 }

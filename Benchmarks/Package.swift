@@ -1,0 +1,25 @@
+// swift-tools-version:6.1
+// The package-benchmark suite, kept in its own package so that `make test` does not build the
+// benchmark harness. Run with `make benchmarks` (or `cd Benchmarks && swift package benchmark`).
+import PackageDescription
+
+let package = Package(
+    name: "memsnap-benchmarks",
+    platforms: [.macOS(.v15)],
+    dependencies: [
+        .package(path: ".."),
+        .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
+    ],
+    targets: [
+        .executableTarget(
+            name: "Tracking",
+            dependencies: [
+                .product(name: "Benchmark", package: "benchmark"),
+                .product(name: "MemSnap", package: "memsnap"),
+            ],
+            path: "Benchmarks/Tracking",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)
