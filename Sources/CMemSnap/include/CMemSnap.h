@@ -45,6 +45,11 @@ int memsnap_thread_set_name(pthread_t thread, const char *name);
 /// pipe2(fds, O_CLOEXEC | O_NONBLOCK) (pipe2 is hidden behind _GNU_SOURCE). Returns 0 or -1/errno.
 int memsnap_pipe_cloexec_nonblocking(int fds[2]);
 
+// ---- checksums -----------------------------------------------------------------------------
+/// CRC32C (Castagnoli) of `count` bytes, continuing from `crc` (start with 0). Uses the SSE4.2
+/// instruction when the CPU has it. Thread-safe.
+uint32_t memsnap_crc32c(uint32_t crc, const void *data, size_t count);
+
 // ---- errno ---------------------------------------------------------------------------------
 /// The symbolic name of an errno value ("ENOMEM"), or NULL when the C library does not know it.
 /// The returned string is static; the caller must not free it.

@@ -27,11 +27,15 @@ public final class Snapshot: @unchecked Sendable {
     /// The most bytes the snapshot can ever hold (a page multiple), reserved at creation.
     public let maxSize: Int
     private let file: MemoryFile
-    private let memory: VirtualRegion
-    private let lock = ReadWriteLock()
+    let memory: VirtualRegion
+    let lock = ReadWriteLock()
     // Guarded by `lock`.
-    private var logicalSize: Int
-    private var changes = RangeSet<Int>()
+    var logicalSize: Int
+    var changes = RangeSet<Int>()
+    /// Merge regions, sorted by offset (see Snapshot+Merging.swift). A leaf lock.
+    let mergeRegionList = Locked<[MergeRegion]>([])
+    /// Diffs queued for the next sync point, in arrival order. A leaf lock.
+    let diffQueue = Locked<[[SnapshotDiff]]>([])
 
     /// Creates a zero-filled snapshot of `size` bytes that can grow to `maxSize` (default: `size`).
     ///
@@ -184,7 +188,7 @@ public final class Snapshot: @unchecked Sendable {
     }
 
     /// Call with the write lock held and `newSize` in `logicalSize...maxSize`.
-    private func growLocked(to newSize: Int, during operation: String) throws(MemSnapError) {
+    func growLocked(to newSize: Int, during operation: String) throws(MemSnapError) {
         let mapped = memory.committedSize
         let needed = try Page.roundUp(newSize, during: operation)
         if needed > mapped {

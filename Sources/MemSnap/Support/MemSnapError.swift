@@ -40,6 +40,8 @@ public struct MemSnapError: Error, Sendable, Equatable, CustomStringConvertible 
         case invalidArgument(String)
         /// A facility the operation needs is not available on this system; the text says why.
         case unavailable(String)
+        /// Encoded data (a diff, a checkpoint) does not decode; the text says where and why.
+        case corrupt(String)
 
         public var description: String {
             switch self {
@@ -61,7 +63,7 @@ public struct MemSnapError: Error, Sendable, Equatable, CustomStringConvertible 
                 return "the key is empty"
             case let .notFound(key):
                 return "no snapshot is registered under key \"\(key)\""
-            case let .invalidArgument(text), let .unavailable(text):
+            case let .invalidArgument(text), let .unavailable(text), let .corrupt(text):
                 return text
             }
         }

@@ -1,0 +1,261 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How `Snapshot.diff` finds and packages changes.
+public struct DiffOptions: Sendable, Equatable {
+    /// Bytes compared at a time inside dirty pages before narrowing to exact bytes (a power of
+    /// two from 8 to the page size). 64 measured fastest here (BENCHMARKS.md, "Diffs").
+    public var blockSize: Int
+    /// Runs of changed bytes separated by fewer unchanged bytes than this are sent as one diff:
+    /// a diff's header (20 bytes encoded) costs more than the gap.
+    public var mergeGap: Int
+    /// The operation for bytes no merge region covers: `.bytewise` or `.xor`.
+    public var fillOperation: MergeOperation
+
+    public init(blockSize: Int = 64, mergeGap: Int = 20, fillOperation: MergeOperation = .bytewise) {
+        self.blockSize = blockSize
+        self.mergeGap = mergeGap
+        self.fillOperation = fillOperation
+    }
+
+    func validate(during operation: String) throws(MemSnapError) {
+        guard blockSize >= 8, blockSize <= Page.size, blockSize & (blockSize - 1) == 0 else {
+            throw MemSnapError(operation, .invalidArgument("block size \(blockSize) is not a power of two from 8 to \(Page.size)"))
+        }
+        guard mergeGap >= 0 else { throw MemSnapError(operation, .invalidArgument("merge gap \(mergeGap) is negative")) }
+        guard fillOperation == .bytewise || fillOperation == .xor else {
+            throw MemSnapError(operation, .invalidArgument(
+                "gaps between merge regions can be filled with bytewise or xor, not \(fillOperation)"))
+        }
+    }
+}
+
+/// Computes diffs between an original image and updated memory.
+enum Differ {
+    /// One stretch of the snapshot with the rule that governs it.
+    struct Segment: Equatable {
+        var range: Range<Int>
+        var dataType: MergeDataType
+        var operation: MergeOperation
+    }
+
+    /// The segments covering `0..<size`: the regions in offset order, clipped to `size`, with the
+    /// gaps between them (never zero-length) filled by `fill`.
+    static func plan(_ regions: [MergeRegion], size: Int, fill: MergeOperation) -> [Segment] {
+        var segments: [Segment] = []
+        var cursor = 0
+        for region in regions.sorted(by: { $0.offset < $1.offset }) {
+            let range = region.range(inSnapshotOf: size)
+            guard !range.isEmpty else { continue }
+            if range.lowerBound > cursor {
+                segments.append(Segment(range: cursor..<range.lowerBound, dataType: .raw, operation: fill))
+            }
+            segments.append(Segment(range: range, dataType: region.dataType, operation: region.operation))
+            cursor = range.upperBound
+        }
+        if cursor < size { segments.append(Segment(range: cursor..<size, dataType: .raw, operation: fill)) }
+        return segments
+    }
+
+    /// The diffs that turn `original` into `updated`, reading only `dirty` byte ranges (sorted,
+    /// page-aligned), governed by `segments`. Bytes of `updated` past `original` form one
+    /// bytewise extension diff.
+    static func diff(
+        original: UnsafeRawBufferPointer, updated: UnsafeRawBufferPointer, dirty: [Range<Int>],
+        segments: [Segment], options: DiffOptions, during operation: String
+    ) throws(MemSnapError) -> [SnapshotDiff] {
+        var diffs: [SnapshotDiff] = []
+        let comparable = min(original.count, updated.count)
+        guard let originalBase = original.baseAddress ?? UnsafeRawPointer(bitPattern: 1),
+              let updatedBase = updated.baseAddress ?? UnsafeRawPointer(bitPattern: 1) else { return [] }
+        var dirtyIndex = 0
+        for segment in segments {
+            let segmentRange = segment.range.clamped(to: 0..<comparable)
+            guard !segmentRange.isEmpty, segment.operation != .ignore else { continue }
+            // Dirty ranges are sorted and so are segments: walk both once.
+            while dirtyIndex < dirty.count && dirty[dirtyIndex].upperBound <= segmentRange.lowerBound { dirtyIndex += 1 }
+            var touched: [Range<Int>] = []
+            var index = dirtyIndex
+            while index < dirty.count && dirty[index].lowerBound < segmentRange.upperBound {
+                let overlap = dirty[index].clamped(to: segmentRange)
+                if !overlap.isEmpty { touched.append(overlap) }
+                index += 1
+            }
+            guard !touched.isEmpty else { continue }
+            switch segment.operation {
+            case .bytewise, .xor:
+                for range in touched {
+                    forEachChangedRun(originalBase, updatedBase, in: range, options: options) { run in
+                        diffs.append(byteDiff(segment.operation, originalBase, updatedBase, run))
+                    }
+                }
+            case .sum, .product, .subtract, .max, .min:
+                guard segmentRange.count % segment.dataType.width == 0 else {
+                    throw MemSnapError(operation, .invalidArgument(
+                        "merge region \(segment.dataType) \(segment.operation) at \(segmentRange.lowerBound) "
+                        + "covers \(segmentRange.count) bytes, not a whole number of values"))
+                }
+                diffs += typedDiffs(segment, in: segmentRange, originalBase, updatedBase)
+            case .ignore:
+                break
+            }
+        }
+        if updated.count > original.count {
+            diffs.append(SnapshotDiff(
+                offset: original.count, dataType: .raw, operation: .bytewise,
+                bytes: [UInt8](UnsafeRawBufferPointer(rebasing: updated[original.count...]))))
+        }
+        return diffs
+    }
+
+    private static func byteDiff(
+        _ operation: MergeOperation, _ original: UnsafeRawPointer, _ updated: UnsafeRawPointer, _ run: Range<Int>
+    ) -> SnapshotDiff {
+        let bytes = [UInt8](unsafeUninitializedCapacity: run.count) { buffer, initialized in
+            if operation == .xor {
+                for index in 0..<run.count {
+                    buffer[index] = original.load(fromByteOffset: run.lowerBound + index, as: UInt8.self)
+                        ^ updated.load(fromByteOffset: run.lowerBound + index, as: UInt8.self)
+                }
+            } else {
+                UnsafeMutableRawBufferPointer(buffer).copyMemory(
+                    from: UnsafeRawBufferPointer(start: updated + run.lowerBound, count: run.count))
+            }
+            initialized = run.count
+        }
+        return SnapshotDiff(offset: run.lowerBound, dataType: .raw, operation: operation, bytes: bytes)
+    }
+
+    /// Calls `body` with each maximal run of changed bytes in `range`, runs closer than
+    /// `options.mergeGap` joined. Unchanged blocks are skipped a block at a time; changed blocks
+    /// are narrowed to exact bytes eight at a time.
+    static func forEachChangedRun(
+        _ original: UnsafeRawPointer, _ updated: UnsafeRawPointer, in range: Range<Int>, options: DiffOptions,
+        _ body: (Range<Int>) -> Void
+    ) {
+        var runStart = -1
+        var runEnd = -1
+        func add(_ first: Int, _ end: Int) {
+            if runStart >= 0 && first - runEnd <= options.mergeGap {
+                runEnd = end
+            } else {
+                if runStart >= 0 { body(runStart..<runEnd) }
+                runStart = first
+                runEnd = end
+            }
+        }
+        var offset = range.lowerBound
+        while offset < range.upperBound {
+            let blockEnd = min(offset + options.blockSize, range.upperBound)
+            if blockEnd - offset == options.blockSize && blocksEqual(original + offset, updated + offset, options.blockSize) {
+                offset = blockEnd
+                continue
+            }
+            var position = offset
+            while position + 8 <= blockEnd {
+                let difference = original.loadUnaligned(fromByteOffset: position, as: UInt64.self)
+                    ^ updated.loadUnaligned(fromByteOffset: position, as: UInt64.self)
+                if difference != 0 {
+                    // Little-endian: byte i of the word is bits 8i..<8i+8. Each differing byte is
+                    // its own run; add() joins neighbours and gaps up to mergeGap.
+                    var remaining = UInt64(littleEndian: difference)
+                    while remaining != 0 {
+                        let byte = remaining.trailingZeroBitCount / 8
+                        add(position + byte, position + byte + 1)
+                        remaining &= ~(UInt64(0xFF) << UInt64(byte * 8))
+                    }
+                }
+                position += 8
+            }
+            while position < blockEnd {
+                if original.load(fromByteOffset: position, as: UInt8.self) != updated.load(fromByteOffset: position, as: UInt8.self) {
+                    add(position, position + 1)
+                }
+                position += 1
+            }
+            offset = blockEnd
+        }
+        if runStart >= 0 { body(runStart..<runEnd) }
+    }
+
+    /// Whether `count` bytes (a multiple of 32) are equal, comparing 32 bytes per step.
+    @inline(__always)
+    static func blocksEqual(_ a: UnsafeRawPointer, _ b: UnsafeRawPointer, _ count: Int) -> Bool {
+        var offset = 0
+        while offset < count {
+            let left = a.loadUnaligned(fromByteOffset: offset, as: SIMD4<UInt64>.self)
+            let right = b.loadUnaligned(fromByteOffset: offset, as: SIMD4<UInt64>.self)
+            if left != right { return false }
+            offset += 32
+        }
+        return true
+    }
+
+    /// Typed diffs of one arithmetic segment: nothing if no value changed, else one diff with a
+    /// value per element; elements whose product has no factor (original 0) go as bytewise diffs.
+    static func typedDiffs(
+        _ segment: Segment, in range: Range<Int>, _ original: UnsafeRawPointer, _ updated: UnsafeRawPointer
+    ) -> [SnapshotDiff] {
+        switch segment.dataType {
+        case .int32: return typedDiffs(Int32.self, segment, range, original, updated)
+        case .int64: return typedDiffs(Int64.self, segment, range, original, updated)
+        case .float: return typedDiffs(Float.self, segment, range, original, updated)
+        case .double: return typedDiffs(Double.self, segment, range, original, updated)
+        case .raw, .bool: return []
+        }
+    }
+
+    private static func typedDiffs<Value: MergeArithmetic>(
+        _: Value.Type, _ segment: Segment, _ range: Range<Int>, _ original: UnsafeRawPointer, _ updated: UnsafeRawPointer
+    ) -> [SnapshotDiff] {
+        let width = Value.byteWidth
+        var changed = false
+        var values = [UInt8](repeating: 0, count: range.count)
+        var overwrites: [SnapshotDiff] = []
+        values.withUnsafeMutableBytes { output in
+            for element in stride(from: 0, to: range.count, by: width) {
+                let old = Value(littleEndianAt: original + range.lowerBound + element)
+                let new = Value(littleEndianAt: updated + range.lowerBound + element)
+                let same = old.sameBits(as: new)
+                changed = changed || !same
+                if segment.operation == .product && old.isZero && !same {
+                    // No factor turns 0 into the new value: send the value itself; the product
+                    // diff carries the identity 1 for this element.
+                    overwrites.append(SnapshotDiff(
+                        offset: range.lowerBound + element, dataType: .raw, operation: .bytewise,
+                        bytes: [UInt8](UnsafeRawBufferPointer(start: updated + range.lowerBound + element, count: width))))
+                }
+                // An unchanged element carries the operation's identity, never old - old (which is
+                // NaN for an infinity) or old / old.
+                let carried = same ? Value.identity(segment.operation, original: old)
+                    : Value.diffValue(segment.operation, original: old, updated: new)
+                carried.storeLittleEndian(at: output.baseAddress! + element)
+            }
+        }
+        guard changed else { return [] }
+        return [SnapshotDiff(offset: range.lowerBound, dataType: segment.dataType, operation: segment.operation, bytes: values)]
+            + overwrites
+    }
+
+    /// Applies one arithmetic diff to `target` (the snapshot's bytes at the diff's offset).
+    static func applyTyped(_ diff: SnapshotDiff, to target: UnsafeMutableRawPointer) {
+        switch diff.dataType {
+        case .int32: applyTyped(Int32.self, diff, target)
+        case .int64: applyTyped(Int64.self, diff, target)
+        case .float: applyTyped(Float.self, diff, target)
+        case .double: applyTyped(Double.self, diff, target)
+        case .raw, .bool: break
+        }
+    }
+
+    private static func applyTyped<Value: MergeArithmetic>(_: Value.Type, _ diff: SnapshotDiff, _ target: UnsafeMutableRawPointer) {
+        diff.bytes.withUnsafeBytes { carried in
+            for element in stride(from: 0, to: carried.count, by: Value.byteWidth) {
+                let original = Value(littleEndianAt: target + element)
+                let value = Value(littleEndianAt: carried.baseAddress! + element)
+                Value.applied(diff.operation, original: original, diff: value).storeLittleEndian(at: target + element)
+            }
+        }
+    }
+}

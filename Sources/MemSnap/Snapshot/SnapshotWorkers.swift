@@ -1,0 +1,171 @@
+/// Fork/join of workers from one snapshot: the core loop of a serverless or WebAssembly host.
+///
+/// Each worker has its own `VirtualRegion`, mapped copy-on-write from the snapshot and tracked
+/// by its own `DirtyTracker`; so does the main thread (`mainMemory`). `run` starts one OS thread
+/// per worker, calls the body with the worker's memory, then (still on the worker's thread, so
+/// diffing runs in parallel) collects the worker's dirty pages and diffs them against the
+/// snapshot. At the join the main thread's diffs are applied first and then each worker's in
+/// index order, in one atomic `apply`: the merge order, and so the result of overlapping
+/// bytewise writes, is the same on every run. Every region is then remapped onto the merged
+/// snapshot and its tracker reset, ready for the next round.
+///
+/// Ownership: owns the regions and trackers; the snapshot is shared.
+/// Thread safety: `run` and `join` must not overlap (each waits for its workers); the memory a
+/// worker receives is its own during `run` and must not be used after it returns. The main thread
+/// may write `mainMemory` between rounds, not during a join.
+public final class SnapshotWorkers: @unchecked Sendable {
+    /// What a worker's body receives.
+    public struct Worker: Sendable {
+        public let index: Int
+        /// The worker's memory: the snapshot, copy-on-write, as of the last join.
+        public let memory: VirtualRegion
+    }
+
+    /// The outcome of a join.
+    public struct JoinReport: Sendable, Equatable {
+        /// Dirty pages collected from the main memory (index 0) and each worker (1...).
+        public var dirtyPageCounts: [Int]
+        public var diffCount: Int
+        public var diffBytes: Int
+        /// Snapshot byte ranges the merge wrote.
+        public var writtenRanges: [Range<Int>]
+    }
+
+    /// A worker's body threw; nothing from that round was merged.
+    public struct WorkerFailure: Error, CustomStringConvertible {
+        public let worker: Int
+        public let underlying: any Error
+        public var description: String { "worker \(worker) failed: \(underlying); the round was discarded" }
+    }
+
+    public let snapshot: Snapshot
+    public let options: DiffOptions
+    /// The main thread's own memory, merged at every join like a worker's.
+    public let mainMemory: VirtualRegion
+    public let workerMemories: [VirtualRegion]
+    private let mainTracker: DirtyTracker
+    private let workerTrackers: [DirtyTracker]
+
+    /// Maps the snapshot into `count` worker regions and a main region of `memoryMaxSize` bytes
+    /// each (default: the snapshot's maximum) and starts tracking them.
+    /// - Throws: `.invalidArgument` for a count below 1; mapping and tracking failures.
+    public init(
+        snapshot: Snapshot, count: Int, memoryMaxSize: Int? = nil,
+        tracking: DirtyTracker.Configuration = DirtyTracker.Configuration(), options: DiffOptions = DiffOptions()
+    ) throws(MemSnapError) {
+        let operation = "start \(count) workers from snapshot \"\(snapshot.name)\""
+        guard count >= 1 else { throw MemSnapError(operation, .invalidArgument("need at least one worker, not \(count)")) }
+        try options.validate(during: operation)
+        let maxSize = Swift.max(memoryMaxSize ?? snapshot.maxSize, Page.size)
+        func trackedRegion() throws(MemSnapError) -> (VirtualRegion, DirtyTracker) {
+            let region = try VirtualRegion(maxSize: maxSize)
+            try snapshot.mapCopyOnWrite(into: region)
+            return (region, try DirtyTracker(tracking: region, configuration: tracking))
+        }
+        let main = try trackedRegion()
+        var regions: [VirtualRegion] = []
+        var trackers: [DirtyTracker] = []
+        for _ in 0..<count {
+            let (region, tracker) = try trackedRegion()
+            regions.append(region)
+            trackers.append(tracker)
+        }
+        self.snapshot = snapshot
+        self.options = options
+        self.mainMemory = main.0
+        self.mainTracker = main.1
+        self.workerMemories = regions
+        self.workerTrackers = trackers
+    }
+
+    deinit {
+        mainTracker.stop()
+        for tracker in workerTrackers { tracker.stop() }
+    }
+
+    public var count: Int { workerMemories.count }
+
+    /// Runs `body` once per worker, each on its own thread, then joins (see the type's doc).
+    /// - Throws: `WorkerFailure` for the lowest-numbered worker whose body threw (every worker
+    ///   is restored to the snapshot and nothing from the round is merged; the main memory keeps
+    ///   its writes for the next join); `MemSnapError` from tracking, diffing or applying.
+    @discardableResult
+    public func run(_ body: @escaping @Sendable (Worker) throws -> Void) throws -> JoinReport {
+        let outcomes = Locked<[Int: Result<[SnapshotDiff], any Error>]>([:])
+        let dirtyCounts = Locked<[Int: Int]>([:])
+        var threads: [OSThread] = []
+        var startFailure: MemSnapError?
+        for index in 0..<count {
+            let worker = Worker(index: index, memory: workerMemories[index])
+            let tracker = workerTrackers[index]
+            let snapshot = self.snapshot
+            let options = self.options
+            do {
+                threads.append(try OSThread(name: "memsnap-w\(index)") {
+                    let outcome = Result { () throws -> [SnapshotDiff] in
+                        try body(worker)
+                        let dirty = try tracker.collectAndReset()
+                        dirtyCounts.withLock { $0[index] = dirty.count }
+                        return try snapshot.diff(worker.memory, dirtyPages: dirty, options: options)
+                    }
+                    outcomes.withLock { $0[index] = outcome }
+                })
+            } catch {
+                startFailure = error
+                break
+            }
+        }
+        for thread in threads { thread.join() }
+        if let startFailure {
+            try restoreWorkers()
+            throw startFailure
+        }
+        var workerDiffs: [[SnapshotDiff]] = []
+        for index in 0..<count {
+            switch outcomes.withLock({ $0[index] }) {
+            case let .success(diffs)?:
+                workerDiffs.append(diffs)
+            case let .failure(error)?:
+                try restoreWorkers()
+                if let memsnapError = error as? MemSnapError { throw memsnapError }
+                throw WorkerFailure(worker: index, underlying: error)
+            case nil:
+                try restoreWorkers()
+                throw MemSnapError("run worker \(index)", .invalidArgument("the worker thread ended without a result"))
+            }
+        }
+        let counts = (0..<count).map { index in dirtyCounts.withLock { $0[index] ?? 0 } }
+        return try merge(workerDiffs: workerDiffs, workerDirtyCounts: counts)
+    }
+
+    /// Merges the main memory's writes (with no workers running) and remaps everything.
+    @discardableResult
+    public func join() throws(MemSnapError) -> JoinReport {
+        try merge(workerDiffs: [], workerDirtyCounts: [])
+    }
+
+    private func merge(workerDiffs: [[SnapshotDiff]], workerDirtyCounts: [Int]) throws(MemSnapError) -> JoinReport {
+        let mainDirty = try mainTracker.collectAndReset()
+        let mainDiffs = try snapshot.diff(mainMemory, dirtyPages: mainDirty, options: options)
+        snapshot.queueDiffs(mainDiffs)
+        for diffs in workerDiffs { snapshot.queueDiffs(diffs) }
+        let all = [mainDiffs] + workerDiffs
+        let written = try snapshot.applyQueuedDiffs()
+        try remap(mainMemory, mainTracker)
+        try restoreWorkers()
+        return JoinReport(
+            dirtyPageCounts: [mainDirty.count] + workerDirtyCounts,
+            diffCount: all.reduce(0) { $0 + $1.count },
+            diffBytes: all.reduce(0) { $0 + $1.reduce(0) { $0 + $1.bytes.count } },
+            writtenRanges: written)
+    }
+
+    private func restoreWorkers() throws(MemSnapError) {
+        for index in 0..<count { try remap(workerMemories[index], workerTrackers[index]) }
+    }
+
+    private func remap(_ region: VirtualRegion, _ tracker: DirtyTracker) throws(MemSnapError) {
+        try snapshot.mapCopyOnWrite(into: region)
+        try tracker.reset()
+    }
+}
