@@ -1,7 +1,12 @@
 // swift-tools-version:6.1
 // The package-benchmark suite, kept in its own package so that `make test` does not build the
 // benchmark harness. Run with `make benchmarks` (or `cd Benchmarks && swift package benchmark`).
+import Foundation
 import PackageDescription
+
+// SwiftPM names a path dependency after its directory, which is whatever the checkout is called.
+let memsnapIdentity = URL(fileURLWithPath: #filePath)
+    .deletingLastPathComponent().deletingLastPathComponent().lastPathComponent.lowercased()
 
 let package = Package(
     name: "memsnap-benchmarks",
@@ -15,7 +20,7 @@ let package = Package(
             name: "Tracking",
             dependencies: [
                 .product(name: "Benchmark", package: "benchmark"),
-                .product(name: "MemSnap", package: "memsnap"),
+                .product(name: "MemSnap", package: memsnapIdentity),
             ],
             path: "Benchmarks/Tracking",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]

@@ -115,21 +115,26 @@ void memsnap_record_mark(memsnap_page_record *record, size_t page, long tid) {
     }
 }
 
-static void take_words(_Atomic uint64_t *bits, uint64_t *out, size_t words, int clear) {
+// Takes the bits of pages 0..<page_count. A partial last word is cleared with a mask, so a page
+// at or past page_count marked meanwhile (the region grew) keeps its bit for the next take.
+static void take_pages(_Atomic uint64_t *bits, uint64_t *out, size_t page_count, int clear) {
+    size_t words = (page_count + 63) / 64;
     for (size_t i = 0; i < words; i++) {
-        uint64_t value = clear ? atomic_exchange_explicit(&bits[i], 0, memory_order_acq_rel)
+        size_t pages_in_word = page_count - i * 64;
+        uint64_t mask = pages_in_word >= 64 ? ~0ULL : ((1ULL << pages_in_word) - 1);
+        uint64_t value = clear ? atomic_fetch_and_explicit(&bits[i], ~mask, memory_order_acq_rel)
                                : atomic_load_explicit(&bits[i], memory_order_acquire);
-        if (out) out[i] = value;
+        if (out) out[i] = value & mask;
     }
 }
 
-void memsnap_record_take(memsnap_page_record *record, uint64_t *out, size_t words, int clear) {
-    if (words > record->word_count) words = record->word_count;
-    take_words(record->bits, out, words, clear);
+void memsnap_record_take(memsnap_page_record *record, uint64_t *out, size_t page_count, int clear) {
+    if (page_count > record->max_pages) page_count = record->max_pages;
+    take_pages(record->bits, out, page_count, clear);
     if (!clear) return;
     for (size_t i = 0; i < record->slot_count; i++) {
         _Atomic uint64_t *slot_bits = record->slots[i].bits;
-        if (slot_bits) take_words(slot_bits, NULL, record->word_count, 1);
+        if (slot_bits) take_pages(slot_bits, NULL, page_count, 1);
     }
 }
 
@@ -145,7 +150,7 @@ int memsnap_record_attach_thread(memsnap_page_record *record, long tid) {
         free_slot->bits = calloc(record->word_count ? record->word_count : 1, sizeof(uint64_t));
         if (!free_slot->bits) return ENOMEM;
     } else {
-        take_words(free_slot->bits, NULL, record->word_count, 1);
+        take_pages(free_slot->bits, NULL, record->max_pages, 1);
     }
     atomic_store_explicit(&free_slot->tid, tid, memory_order_release);
     atomic_fetch_add_explicit(&record->attached_threads, 1, memory_order_acq_rel);
@@ -162,11 +167,11 @@ void memsnap_record_detach_thread(memsnap_page_record *record, long tid) {
     }
 }
 
-int memsnap_record_take_thread(memsnap_page_record *record, long tid, uint64_t *out, size_t words, int clear) {
-    if (words > record->word_count) words = record->word_count;
+int memsnap_record_take_thread(memsnap_page_record *record, long tid, uint64_t *out, size_t page_count, int clear) {
+    if (page_count > record->max_pages) page_count = record->max_pages;
     for (size_t i = 0; i < record->slot_count; i++) {
         if (atomic_load(&record->slots[i].tid) == tid) {
-            take_words(record->slots[i].bits, out, words, clear);
+            take_pages(record->slots[i].bits, out, page_count, clear);
             return 0;
         }
     }

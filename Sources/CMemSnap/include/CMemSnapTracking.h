@@ -147,9 +147,10 @@ uintptr_t memsnap_record_tracked_end(const memsnap_page_record *record);
 /// Marks `page` written, and written by thread `tid` if that thread is attached.
 void memsnap_record_mark(memsnap_page_record *record, size_t page, long tid);
 
-/// Copies the global bitmap's first `words` words to `out`, clearing them if `clear` is nonzero
-/// (each word exchanged atomically). With `clear`, every thread bitmap is cleared too.
-void memsnap_record_take(memsnap_page_record *record, uint64_t *out, size_t words, int clear);
+/// Copies the global bits of pages 0..<page_count to `out` ((page_count + 63) / 64 words),
+/// clearing them if `clear` is nonzero (atomically per word; bits of pages at or past page_count
+/// are left alone). With `clear`, the same bits of every thread bitmap are cleared too.
+void memsnap_record_take(memsnap_page_record *record, uint64_t *out, size_t page_count, int clear);
 
 /// Attaches thread `tid` to a free slot, with an empty bitmap. Returns 0, EEXIST if attached
 /// already, ENOSPC when every slot is taken, ENOMEM. Not async-signal-safe; serialise callers.
@@ -158,8 +159,9 @@ int memsnap_record_attach_thread(memsnap_page_record *record, long tid);
 /// Detaches thread `tid`; its pages stay in the global bitmap.
 void memsnap_record_detach_thread(memsnap_page_record *record, long tid);
 
-/// Copies (and clears, if `clear`) the bitmap of thread `tid`. Returns 0 or ENOENT if not attached.
-int memsnap_record_take_thread(memsnap_page_record *record, long tid, uint64_t *out, size_t words, int clear);
+/// Copies (and clears, if `clear`) pages 0..<page_count of the bitmap of thread `tid`.
+/// Returns 0 or ENOENT if not attached.
+int memsnap_record_take_thread(memsnap_page_record *record, long tid, uint64_t *out, size_t page_count, int clear);
 
 /// The errno that made the SIGSEGV handler give up on this record (0 if none), and the address
 /// whose fault it could not resolve.

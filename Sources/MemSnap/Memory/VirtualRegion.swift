@@ -209,6 +209,7 @@ public final class VirtualRegion: @unchecked Sendable {
             let error = MemSnapError.systemCall("mmap", during: operation)
             // Older kernels may unmap the target before failing: take the hole back so no other
             // mapping can land inside the reservation, and stop counting those pages committed.
+            notifyMappingChange(.released(offset..<Swift.max(current, offset + length)))
             _ = mmap(base + offset, length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0)
             current = min(current, offset)
             throw error
@@ -248,8 +249,17 @@ public final class VirtualRegion: @unchecked Sendable {
         mappingObserver.withLock { $0 = nil }
     }
 
+    /// Calls the observer inside its lock, so `detachTracker` waits for a notification in flight.
     private func notifyMappingChange(_ change: MappingChange) {
-        mappingObserver.withLock { $0 }?(change)
+        mappingObserver.withLock { $0?(change) }
+    }
+
+    /// Runs `body` with the committed size, holding the commit lock: the region cannot grow,
+    /// shrink or be remapped until it returns. `body` must not call back into the region.
+    func withCommittedSizeLocked<Result, Failure: Error>(
+        _ body: (Int) throws(Failure) -> Result
+    ) throws(Failure) -> Result {
+        try committed.withLock { (size: inout Int) throws(Failure) -> Result in try body(size) }
     }
 
     private func applyHugePagePolicy(_ range: Range<Int>) {

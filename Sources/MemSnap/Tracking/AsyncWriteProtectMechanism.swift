@@ -41,8 +41,8 @@ final class AsyncWriteProtectMechanism: DirtyTrackingMechanism {
     func collect(pageCount: Int, reset: Bool) throws(MemSnapError) -> [Range<Int>] {
         let written = try scan(region.pagePrefix(pageCount), reset: reset, operation: "collect uffd-async dirty pages")
         let pending = writtenWhileArming.withLock { pending in
-            defer { if reset { pending = [] } }
-            return pending
+            defer { if reset { pending = pending.filter { $0.upperBound > pageCount }.map { max($0.lowerBound, pageCount)..<$0.upperBound } } }
+            return pending.filter { $0.lowerBound < pageCount }
         }
         return written + pending
     }
@@ -77,7 +77,7 @@ final class AsyncWriteProtectMechanism: DirtyTrackingMechanism {
         }
     }
 
-    func stop() {
+    func stop(pageCount: Int) {
         userfaultfd.unregister(region.reservation)
     }
 }

@@ -49,7 +49,7 @@ final class CompareMechanism: DirtyTrackingMechanism {
         return bitmap.runs
     }
 
-    func stop() {}
+    func stop(pageCount: Int) {}
 
     static func isZero(_ bytes: UnsafeRawPointer, count: Int) -> Bool {
         var offset = 0
@@ -74,5 +74,5 @@ final class NoTrackingMechanism: DirtyTrackingMechanism {
         pageCount > 0 ? [0..<pageCount] : []
     }
 
-    func stop() {}
+    func stop(pageCount: Int) {}
 }

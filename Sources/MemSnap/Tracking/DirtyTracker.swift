@@ -101,14 +101,16 @@ public final class DirtyTracker: @unchecked Sendable {
         do {
             try region.attachTracker({ change in observer.mappingChanged(change) }, during: operation)
         } catch {
-            mechanism.stop()
+            region.withCommittedSizeLocked { mechanism.stop(pageCount: $0 >> Page.shift) }
             throw error
         }
         do {
-            try mechanism.arm(pageCount: committedPages, afterMappingChange: false)
+            try region.withCommittedSizeLocked { (committed) throws(MemSnapError) in
+                try mechanism.arm(pageCount: committed >> Page.shift, afterMappingChange: false)
+            }
         } catch {
             region.detachTracker()
-            mechanism.stop()
+            region.withCommittedSizeLocked { mechanism.stop(pageCount: $0 >> Page.shift) }
             throw error
         }
     }
@@ -116,8 +118,6 @@ public final class DirtyTracker: @unchecked Sendable {
     deinit {
         stop()
     }
-
-    private var committedPages: Int { region.committedSize >> Page.shift }
 
     /// Whether `startThreadLocalTracking()` can work with this tracker's mechanism.
     public var attributesWritesToThreads: Bool { mechanism.attributesWritesToThreads }
@@ -141,9 +141,10 @@ public final class DirtyTracker: @unchecked Sendable {
         try operations.withLock { (stopped: inout Bool) throws(MemSnapError) -> DirtyPages in
             let operation = "collect \(mode.rawValue) dirty pages"
             try throwIfUnusable(stopped: stopped, operation: operation)
-            let pageCount = committedPages
-            let runs = try mechanism.collect(pageCount: pageCount, reset: reset)
-            return DirtyPages(pageCount: pageCount, runs: runs)
+            return try region.withCommittedSizeLocked { (committed) throws(MemSnapError) -> DirtyPages in
+                let pageCount = committed >> Page.shift
+                return DirtyPages(pageCount: pageCount, runs: try mechanism.collect(pageCount: pageCount, reset: reset))
+            }
         }
     }
 
@@ -159,7 +160,9 @@ public final class DirtyTracker: @unchecked Sendable {
                 defer { changed = false }
                 return changed
             }
-            try mechanism.arm(pageCount: committedPages, afterMappingChange: remapped)
+            try region.withCommittedSizeLocked { (committed) throws(MemSnapError) in
+                try mechanism.arm(pageCount: committed >> Page.shift, afterMappingChange: remapped)
+            }
         }
     }
 
@@ -170,7 +173,7 @@ public final class DirtyTracker: @unchecked Sendable {
             guard !stopped else { return }
             stopped = true
             region.detachTracker()
-            mechanism.stop()
+            region.withCommittedSizeLocked { mechanism.stop(pageCount: $0 >> Page.shift) }
         }
     }
 
@@ -200,16 +203,21 @@ public final class DirtyTracker: @unchecked Sendable {
         }
     }
 
-    /// The pages the calling thread wrote first since it started thread-local tracking or last
-    /// collected them; with `reset` (the default) they are forgotten afterwards.
+    /// The pages the calling thread wrote first since the latest of: it started thread-local
+    /// tracking, it last collected with `reset`, or the tracker was reset (a global reset clears
+    /// every thread's pages too). With `reset` (the default) they are forgotten afterwards; the
+    /// pages stay writable, so the thread's further writes to them are not attributed again
+    /// until the tracker is reset.
     /// - Throws: `.invalidArgument` if this thread did not start thread-local tracking.
     public func collectThreadLocal(reset: Bool = true) throws(MemSnapError) -> DirtyPages {
         try operations.withLock { (stopped: inout Bool) throws(MemSnapError) -> DirtyPages in
             let operation = "collect thread-local \(mode.rawValue) pages"
             try throwIfUnusable(stopped: stopped, operation: operation)
-            let pageCount = committedPages
-            let runs = try mechanism.collectThread(memsnap_gettid(), pageCount: pageCount, reset: reset)
-            return DirtyPages(pageCount: pageCount, runs: runs)
+            return try region.withCommittedSizeLocked { (committed) throws(MemSnapError) -> DirtyPages in
+                let pageCount = committed >> Page.shift
+                return DirtyPages(pageCount: pageCount,
+                                  runs: try mechanism.collectThread(memsnap_gettid(), pageCount: pageCount, reset: reset))
+            }
         }
     }
 

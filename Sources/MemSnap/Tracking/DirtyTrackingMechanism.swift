@@ -9,7 +9,8 @@ import SystemPackage
 /// the region's lock held: it must not call back into the tracker or the region, and may only
 /// touch state that is atomic or behind its own leaf lock).
 ///
-/// Page counts are of the region's committed prefix at the time of the call.
+/// Page counts are of the region's committed prefix, and the tracker holds the region's commit
+/// lock during `arm`, `collect` and `stop`, so the region cannot grow or be remapped meanwhile.
 protocol DirtyTrackingMechanism: AnyObject {
     /// Starts a fresh interval over the first `pageCount` pages, forgetting earlier writes.
     /// `afterMappingChange`: the region was remapped since the last arm (registrations are gone).
@@ -23,8 +24,9 @@ protocol DirtyTrackingMechanism: AnyObject {
     /// Pages committed by growth are armed here at once, so growth is tracked exactly.
     func regionMappingChanged(_ change: VirtualRegion.MappingChange)
 
-    /// Ends tracking and leaves every committed page of the region writable. Idempotent.
-    func stop()
+    /// Ends tracking and leaves the region's first `pageCount` (committed) pages writable.
+    /// Idempotent.
+    func stop(pageCount: Int)
 
     /// Whether writes can be attributed to the thread that made them.
     var attributesWritesToThreads: Bool { get }
@@ -60,7 +62,7 @@ struct PageRecordHandle: @unchecked Sendable {
     /// The global bitmap of the first `pageCount` pages, cleared (with every thread bitmap) if `clear`.
     func take(pageCount: Int, clear: Bool) -> PageBitmap {
         var words = [UInt64](repeating: 0, count: (pageCount + 63) / 64)
-        words.withUnsafeMutableBufferPointer { memsnap_record_take(pointer, $0.baseAddress, $0.count, clear ? 1 : 0) }
+        words.withUnsafeMutableBufferPointer { memsnap_record_take(pointer, $0.baseAddress, pageCount, clear ? 1 : 0) }
         return PageBitmap(pageCount: pageCount, words: words)
     }
 
@@ -78,7 +80,7 @@ struct PageRecordHandle: @unchecked Sendable {
     func take(thread tid: Int, pageCount: Int, clear: Bool, during operation: String) throws(MemSnapError) -> PageBitmap {
         var words = [UInt64](repeating: 0, count: (pageCount + 63) / 64)
         let status = words.withUnsafeMutableBufferPointer {
-            memsnap_record_take_thread(pointer, tid, $0.baseAddress, $0.count, clear ? 1 : 0)
+            memsnap_record_take_thread(pointer, tid, $0.baseAddress, pageCount, clear ? 1 : 0)
         }
         guard status == 0 else {
             throw MemSnapError(operation, .invalidArgument(

@@ -39,14 +39,14 @@ final class SegfaultMechanism: DirtyTrackingMechanism {
     }
 
     deinit {
-        stop()
+        stop(pageCount: 0)
     }
 
     func arm(pageCount: Int, afterMappingChange: Bool) throws(MemSnapError) {
         memsnap_record_clear_failure(record.pointer)
         _ = record.take(pageCount: region.maxSize >> Page.shift, clear: true)
-        // A fresh arm may follow a release that lowered the end: set it, do not just raise it.
-        memsnap_record_set_tracked_end(record.pointer, UInt(bitPattern: region.base))
+        // Only ever raise the end here: lowering it while pages are still read-only would send
+        // a write to them to the next handler in the chain, which kills the process.
         try protect(pageCount: pageCount, operation: "arm segfault tracking")
     }
 
@@ -54,6 +54,8 @@ final class SegfaultMechanism: DirtyTrackingMechanism {
         let operation = "collect segfault-tracked dirty pages"
         try throwIfHandlerGaveUp(operation: operation)
         let written = record.take(pageCount: pageCount, clear: reset).runs
+        // The handler may have given up while we took: then pages written since are unmarked.
+        try throwIfHandlerGaveUp(operation: operation)
         if reset { try protect(pageCount: pageCount, operation: operation) }
         return written
     }
@@ -65,8 +67,9 @@ final class SegfaultMechanism: DirtyTrackingMechanism {
         memsnap_record_raise_tracked_end(record.pointer, UInt(bitPattern: region.base) + UInt(length))
         guard length == 0 || mprotect(region.base, length, PROT_READ) == 0 else {
             let error = MemSnapError.systemCall("mprotect", during: operation)
-            memsnap_record_set_tracked_end(record.pointer, UInt(bitPattern: region.base))
+            // Writable first, then untracked: never a read-only page outside the tracked range.
             _ = mprotect(region.base, length, PROT_READ | PROT_WRITE)
+            memsnap_record_set_tracked_end(record.pointer, UInt(bitPattern: region.base))
             throw error
         }
     }
@@ -106,14 +109,15 @@ final class SegfaultMechanism: DirtyTrackingMechanism {
         }
     }
 
-    func stop() {
+    func stop(pageCount: Int) {
         guard !stopped else { return }
         stopped = true
         let trackedEnd = Int(memsnap_record_tracked_end(record.pointer) &- UInt(bitPattern: region.base))
-        memsnap_segv_remove(record.pointer)
-        // Everything in the committed prefix is writable by the region's contract.
-        let writable = min(trackedEnd, region.committedSize)
+        // Everything in the committed prefix is writable by the region's contract. Unprotect
+        // before removing the record, so a write racing stop() is still handled.
+        let writable = min(trackedEnd, pageCount << Page.shift)
         if writable > 0 { _ = mprotect(region.base, writable, PROT_READ | PROT_WRITE) }
+        memsnap_segv_remove(record.pointer)
         record.destroy()
     }
 

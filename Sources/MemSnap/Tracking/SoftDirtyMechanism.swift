@@ -29,7 +29,7 @@ final class SoftDirtyMechanism: DirtyTrackingMechanism {
         self.region = region
     }
 
-    deinit { stop() }
+    deinit { stop(pageCount: 0) }
 
     func arm(pageCount: Int, afterMappingChange: Bool) throws(MemSnapError) {
         try SoftDirtyMechanism.clearSoftDirtyBits(during: "arm soft-dirty tracking")
@@ -42,7 +42,7 @@ final class SoftDirtyMechanism: DirtyTrackingMechanism {
         return written
     }
 
-    func stop() {
+    func stop(pageCount: Int) {
         guard !stopped else { return }
         stopped = true
         SoftDirtyMechanism.active.withLock { $0 = false }

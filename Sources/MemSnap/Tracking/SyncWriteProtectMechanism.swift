@@ -62,7 +62,7 @@ final class SyncWriteProtectMechanism: DirtyTrackingMechanism {
     }
 
     deinit {
-        stop()
+        stop(pageCount: 0)
     }
 
     func arm(pageCount: Int, afterMappingChange: Bool) throws(MemSnapError) {
@@ -97,11 +97,13 @@ final class SyncWriteProtectMechanism: DirtyTrackingMechanism {
         }
     }
 
-    func stop() {
+    func stop(pageCount: Int) {
         guard !stopped else { return }
         stopped = true
-        // Unregistering wakes every blocked writer; they retry on an unprotected page.
+        // Unregistering does not wake writers blocked on write-protect faults: wake them, and
+        // they retry on memory that is no longer registered.
         userfaultfd.unregister(region.reservation)
+        userfaultfd.wake(region.reservation)
         var byte: UInt8 = 1
         _ = write(stopPipe.write, &byte, 1)
         handlerThread?.join()

@@ -10,7 +10,7 @@ import SystemPackage
 /// Thread safety: the ioctls are safe from any thread; the owner serialises lifetime.
 struct Userfaultfd: ~Copyable {
     let descriptor: Int32
-    /// Features the kernel granted in UFFDIO_API.
+    /// Features UFFDIO_API reported: every feature the kernel supports, not only those asked for.
     let features: UInt64
 
     /// Opens a userfaultfd and performs the API handshake asking for `features`.
