@@ -14,8 +14,9 @@ func encodeValues(_ values: [Double], as type: MergeDataType) -> [UInt8] {
     }
 }
 
-func decodeValues(_ bytes: [UInt8], as type: MergeDataType) -> [Double] {
-    stride(from: 0, to: bytes.count, by: type.width).map { offset in
+func decodeValues(_ slice: some Collection<UInt8>, as type: MergeDataType) -> [Double] {
+    let bytes = Array(slice)
+    return stride(from: 0, to: bytes.count, by: type.width).map { offset in
         bytes.withUnsafeBytes { raw -> Double in
             switch type {
             case .int32: Double(Int32(littleEndian: raw.loadUnaligned(fromByteOffset: offset, as: Int32.self)))

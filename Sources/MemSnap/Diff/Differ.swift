@@ -65,66 +65,46 @@ enum Differ {
         original: UnsafeRawBufferPointer, updated: UnsafeRawBufferPointer, dirty: [Range<Int>],
         segments: [Segment], options: DiffOptions, during operation: String
     ) throws(MemSnapError) -> [SnapshotDiff] {
-        var diffs: [SnapshotDiff] = []
+        var batch = DiffBatchBuilder()
         let comparable = min(original.count, updated.count)
-        guard let originalBase = original.baseAddress ?? UnsafeRawPointer(bitPattern: 1),
-              let updatedBase = updated.baseAddress ?? UnsafeRawPointer(bitPattern: 1) else { return [] }
-        var dirtyIndex = 0
-        for segment in segments {
-            let segmentRange = segment.range.clamped(to: 0..<comparable)
-            guard !segmentRange.isEmpty, segment.operation != .ignore else { continue }
-            // Dirty ranges are sorted and so are segments: walk both once.
-            while dirtyIndex < dirty.count && dirty[dirtyIndex].upperBound <= segmentRange.lowerBound { dirtyIndex += 1 }
-            var touched: [Range<Int>] = []
-            var index = dirtyIndex
-            while index < dirty.count && dirty[index].lowerBound < segmentRange.upperBound {
-                let overlap = dirty[index].clamped(to: segmentRange)
-                if !overlap.isEmpty { touched.append(overlap) }
-                index += 1
-            }
-            guard !touched.isEmpty else { continue }
-            switch segment.operation {
-            case .bytewise, .xor:
-                for range in touched {
-                    forEachChangedRun(originalBase, updatedBase, in: range, options: options) { run in
-                        diffs.append(byteDiff(segment.operation, originalBase, updatedBase, run))
+        if let originalBase = original.baseAddress, let updatedBase = updated.baseAddress {
+            var dirtyIndex = 0
+            for segment in segments {
+                let segmentRange = segment.range.clamped(to: 0..<comparable)
+                guard !segmentRange.isEmpty, segment.operation != .ignore else { continue }
+                // Dirty ranges are sorted and so are segments: walk both once.
+                while dirtyIndex < dirty.count && dirty[dirtyIndex].upperBound <= segmentRange.lowerBound { dirtyIndex += 1 }
+                var touched: [Range<Int>] = []
+                var index = dirtyIndex
+                while index < dirty.count && dirty[index].lowerBound < segmentRange.upperBound {
+                    let overlap = dirty[index].clamped(to: segmentRange)
+                    if !overlap.isEmpty { touched.append(overlap) }
+                    index += 1
+                }
+                guard !touched.isEmpty else { continue }
+                switch segment.operation {
+                case .bytewise, .xor:
+                    for range in touched {
+                        forEachChangedRun(originalBase, updatedBase, in: range, options: options) { run in
+                            batch.appendBytes(segment.operation, original: originalBase, updated: updatedBase, run: run)
+                        }
                     }
+                case .sum, .product, .subtract, .max, .min:
+                    guard segmentRange.count % segment.dataType.width == 0 else {
+                        throw MemSnapError(operation, .invalidArgument(
+                            "merge region \(segment.dataType) \(segment.operation) at \(segmentRange.lowerBound) "
+                            + "covers \(segmentRange.count) bytes, not a whole number of values"))
+                    }
+                    appendTypedDiffs(segment, in: segmentRange, originalBase, updatedBase, to: &batch)
+                case .ignore:
+                    break
                 }
-            case .sum, .product, .subtract, .max, .min:
-                guard segmentRange.count % segment.dataType.width == 0 else {
-                    throw MemSnapError(operation, .invalidArgument(
-                        "merge region \(segment.dataType) \(segment.operation) at \(segmentRange.lowerBound) "
-                        + "covers \(segmentRange.count) bytes, not a whole number of values"))
-                }
-                diffs += typedDiffs(segment, in: segmentRange, originalBase, updatedBase)
-            case .ignore:
-                break
             }
         }
-        if updated.count > original.count {
-            diffs.append(SnapshotDiff(
-                offset: original.count, dataType: .raw, operation: .bytewise,
-                bytes: [UInt8](UnsafeRawBufferPointer(rebasing: updated[original.count...]))))
+        if updated.count > original.count, let updatedBase = updated.baseAddress {
+            batch.appendBytes(.bytewise, original: updatedBase, updated: updatedBase, run: original.count..<updated.count)
         }
-        return diffs
-    }
-
-    private static func byteDiff(
-        _ operation: MergeOperation, _ original: UnsafeRawPointer, _ updated: UnsafeRawPointer, _ run: Range<Int>
-    ) -> SnapshotDiff {
-        let bytes = [UInt8](unsafeUninitializedCapacity: run.count) { buffer, initialized in
-            if operation == .xor {
-                for index in 0..<run.count {
-                    buffer[index] = original.load(fromByteOffset: run.lowerBound + index, as: UInt8.self)
-                        ^ updated.load(fromByteOffset: run.lowerBound + index, as: UInt8.self)
-                }
-            } else {
-                UnsafeMutableRawBufferPointer(buffer).copyMemory(
-                    from: UnsafeRawBufferPointer(start: updated + run.lowerBound, count: run.count))
-            }
-            initialized = run.count
-        }
-        return SnapshotDiff(offset: run.lowerBound, dataType: .raw, operation: operation, bytes: bytes)
+        return batch.finish()
     }
 
     /// Calls `body` with each maximal run of changed bytes in `range`, runs closer than
@@ -194,25 +174,27 @@ enum Differ {
 
     /// Typed diffs of one arithmetic segment: nothing if no value changed, else one diff with a
     /// value per element; elements whose product has no factor (original 0) go as bytewise diffs.
-    static func typedDiffs(
-        _ segment: Segment, in range: Range<Int>, _ original: UnsafeRawPointer, _ updated: UnsafeRawPointer
-    ) -> [SnapshotDiff] {
+    static func appendTypedDiffs(
+        _ segment: Segment, in range: Range<Int>, _ original: UnsafeRawPointer, _ updated: UnsafeRawPointer,
+        to batch: inout DiffBatchBuilder
+    ) {
         switch segment.dataType {
-        case .int32: return typedDiffs(Int32.self, segment, range, original, updated)
-        case .int64: return typedDiffs(Int64.self, segment, range, original, updated)
-        case .float: return typedDiffs(Float.self, segment, range, original, updated)
-        case .double: return typedDiffs(Double.self, segment, range, original, updated)
-        case .raw, .bool: return []
+        case .int32: appendTypedDiffs(Int32.self, segment, range, original, updated, &batch)
+        case .int64: appendTypedDiffs(Int64.self, segment, range, original, updated, &batch)
+        case .float: appendTypedDiffs(Float.self, segment, range, original, updated, &batch)
+        case .double: appendTypedDiffs(Double.self, segment, range, original, updated, &batch)
+        case .raw, .bool: break
         }
     }
 
-    private static func typedDiffs<Value: MergeArithmetic>(
-        _: Value.Type, _ segment: Segment, _ range: Range<Int>, _ original: UnsafeRawPointer, _ updated: UnsafeRawPointer
-    ) -> [SnapshotDiff] {
+    private static func appendTypedDiffs<Value: MergeArithmetic>(
+        _: Value.Type, _ segment: Segment, _ range: Range<Int>, _ original: UnsafeRawPointer,
+        _ updated: UnsafeRawPointer, _ batch: inout DiffBatchBuilder
+    ) {
         let width = Value.byteWidth
         var changed = false
         var values = [UInt8](repeating: 0, count: range.count)
-        var overwrites: [SnapshotDiff] = []
+        var overwrites: [Range<Int>] = []
         values.withUnsafeMutableBytes { output in
             for element in stride(from: 0, to: range.count, by: width) {
                 let old = Value(littleEndianAt: original + range.lowerBound + element)
@@ -222,9 +204,7 @@ enum Differ {
                 if segment.operation == .product && old.isZero && !same {
                     // No factor turns 0 into the new value: send the value itself; the product
                     // diff carries the identity 1 for this element.
-                    overwrites.append(SnapshotDiff(
-                        offset: range.lowerBound + element, dataType: .raw, operation: .bytewise,
-                        bytes: [UInt8](UnsafeRawBufferPointer(start: updated + range.lowerBound + element, count: width))))
+                    overwrites.append(range.lowerBound + element..<range.lowerBound + element + width)
                 }
                 // An unchanged element carries the operation's identity, never old - old (which is
                 // NaN for an infinity) or old / old.
@@ -233,9 +213,11 @@ enum Differ {
                 carried.storeLittleEndian(at: output.baseAddress! + element)
             }
         }
-        guard changed else { return [] }
-        return [SnapshotDiff(offset: range.lowerBound, dataType: segment.dataType, operation: segment.operation, bytes: values)]
-            + overwrites
+        guard changed else { return }
+        batch.append(offset: range.lowerBound, dataType: segment.dataType, operation: segment.operation, bytes: values)
+        for element in overwrites {
+            batch.appendBytes(.bytewise, original: updated, updated: updated, run: element)
+        }
     }
 
     /// Applies one arithmetic diff to `target` (the snapshot's bytes at the diff's offset).
@@ -256,6 +238,41 @@ enum Differ {
                 let value = Value(littleEndianAt: carried.baseAddress! + element)
                 Value.applied(diff.operation, original: original, diff: value).storeLittleEndian(at: target + element)
             }
+        }
+    }
+}
+
+/// Collects a batch of diffs into one shared payload buffer, then hands out slices of it.
+struct DiffBatchBuilder {
+    private var payload: [UInt8] = []
+    private var entries: [(offset: Int, dataType: MergeDataType, operation: MergeOperation, start: Int, count: Int)] = []
+
+    /// A bytewise (new bytes) or xor (new XOR original) diff of `run`.
+    mutating func appendBytes(
+        _ operation: MergeOperation, original: UnsafeRawPointer, updated: UnsafeRawPointer, run: Range<Int>
+    ) {
+        let start = payload.count
+        if operation == .xor {
+            payload.reserveCapacity(start + run.count)
+            for index in run {
+                payload.append(original.load(fromByteOffset: index, as: UInt8.self) ^ updated.load(fromByteOffset: index, as: UInt8.self))
+            }
+        } else {
+            payload.append(contentsOf: UnsafeRawBufferPointer(start: updated + run.lowerBound, count: run.count))
+        }
+        entries.append((run.lowerBound, .raw, operation, start, run.count))
+    }
+
+    mutating func append(offset: Int, dataType: MergeDataType, operation: MergeOperation, bytes: [UInt8]) {
+        entries.append((offset, dataType, operation, payload.count, bytes.count))
+        payload.append(contentsOf: bytes)
+    }
+
+    func finish() -> [SnapshotDiff] {
+        let storage = payload
+        return entries.map { entry in
+            SnapshotDiff(offset: entry.offset, dataType: entry.dataType, operation: entry.operation,
+                         bytes: storage[entry.start..<entry.start + entry.count])
         }
     }
 }

@@ -7,19 +7,27 @@ import CMemSnap
 /// arithmetic operations: the delta (updated - original) for `sum`, the factor for `product`,
 /// original - updated for `subtract`, the new values for `max` and `min`.
 ///
-/// Ownership: a diff owns its bytes (it is a value), so it can outlive the memory it came from
-/// and cross threads and processes (`encode`/`decode`).
+/// Ownership: a diff owns its bytes (a value; copy-on-write), so it can outlive the memory it
+/// came from and cross threads and processes (`encode`/`decode`). The diffs made by one
+/// `Snapshot.diff` call, or one `decode`, share a single buffer, each holding a slice of it:
+/// one allocation per batch instead of one per diff. Keeping any diff keeps that buffer alive;
+/// copy with `Array(diff.bytes)` to hold a few diffs of a large batch for long.
 public struct SnapshotDiff: Sendable, Hashable, CustomStringConvertible {
     public let offset: Int
     public let dataType: MergeDataType
     public let operation: MergeOperation
-    public let bytes: [UInt8]
+    /// The diff's bytes. A slice: its indices need not start at 0.
+    public let bytes: ArraySlice<UInt8>
 
-    public init(offset: Int, dataType: MergeDataType, operation: MergeOperation, bytes: [UInt8]) {
+    public init(offset: Int, dataType: MergeDataType, operation: MergeOperation, bytes: ArraySlice<UInt8>) {
         self.offset = offset
         self.dataType = dataType
         self.operation = operation
         self.bytes = bytes
+    }
+
+    public init(offset: Int, dataType: MergeDataType, operation: MergeOperation, bytes: [UInt8]) {
+        self.init(offset: offset, dataType: dataType, operation: operation, bytes: bytes[...])
     }
 
     /// The snapshot bytes the diff touches.
@@ -165,8 +173,9 @@ struct LittleEndianReader {
         return value
     }
 
-    mutating func readBytes(_ count: Int) -> [UInt8] {
+    /// A slice of the input (no copy).
+    mutating func readBytes(_ count: Int) -> ArraySlice<UInt8> {
         defer { position += count }
-        return Array(bytes[position..<position + count])
+        return bytes[position..<position + count]
     }
 }

@@ -157,7 +157,8 @@ extension Snapshot {
             }
         }
         if reachedSize > logicalSize { try growLocked(to: reachedSize, during: operation) }
-        var written = RangeSet<Int>()
+        var written: [Range<Int>] = []
+        written.reserveCapacity(diffs.count)
         for diff in diffs where diff.operation != .ignore && !diff.bytes.isEmpty {
             let target = memory.base + diff.offset
             switch diff.operation {
@@ -175,9 +176,10 @@ extension Snapshot {
             case .ignore:
                 continue
             }
-            written.insert(contentsOf: diff.range)
+            written.append(diff.range)
         }
-        changes.formUnion(written)
-        return Array(written.ranges)
+        let coalesced = ByteRangeSet.coalescing(written)
+        changes.formUnion(coalesced)
+        return coalesced
     }
 }

@@ -31,7 +31,7 @@ public final class Snapshot: @unchecked Sendable {
     let lock = ReadWriteLock()
     // Guarded by `lock`.
     var logicalSize: Int
-    var changes = RangeSet<Int>()
+    var changes = ByteRangeSet()
     /// Merge regions, sorted by offset (see Snapshot+Merging.swift). A leaf lock.
     let mergeRegionList = Locked<[MergeRegion]>([])
     /// Diffs queued for the next sync point, in arrival order. A leaf lock.
@@ -168,7 +168,7 @@ public final class Snapshot: @unchecked Sendable {
             }
             if end > logicalSize { try growLocked(to: end, during: operation) }
             let result = body(UnsafeMutableRawBufferPointer(start: memory.base + offset, count: count))
-            if count > 0 { changes.insert(contentsOf: offset..<end) }
+            if count > 0 { changes.insert(offset..<end) }
             return result
         }
     }
@@ -205,20 +205,20 @@ public final class Snapshot: @unchecked Sendable {
     /// The byte ranges written through this API since creation or the last clear: sorted,
     /// non-overlapping, adjacent writes coalesced.
     public var changedRanges: [Range<Int>] {
-        lock.withReadLock { Array(changes.ranges) }
+        lock.withReadLock { changes.ranges }
     }
 
     /// Forgets the recorded changes.
     public func clearChangedRanges() {
-        lock.withWriteLock { changes = RangeSet() }
+        lock.withWriteLock { changes = ByteRangeSet() }
     }
 
     /// Returns the recorded changes and clears them in one step: a write that lands concurrently
     /// is either in the result or in the next call's, never lost.
     public func takeChangedRanges() -> [Range<Int>] {
         lock.withWriteLock {
-            let taken = Array(changes.ranges)
-            changes = RangeSet()
+            let taken = changes.ranges
+            changes = ByteRangeSet()
             return taken
         }
     }

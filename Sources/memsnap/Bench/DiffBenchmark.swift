@@ -1,0 +1,199 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import Foundation
+import MemSnap
+
+struct DiffBenchmarkCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "diff",
+        abstract: "Diff time and bytes against a memcmp of the same dirty bytes; merging many workers' diffs."
+    )
+
+    @Option(help: "Snapshot size.", transform: parseByteCount)
+    var size: Int = 256 << 20
+
+    @Option(help: "Fraction of pages each worker writes (e.g. 1%, 10%, 100%).", transform: parsePercentage)
+    var dirty: Double = 0.01
+
+    @Option(help: "Compare block sizes to measure (comma-separated).")
+    var blockSizes: String = "32,64,128,256"
+
+    @Option(help: "Workers whose diffs are merged in the merge measurement.")
+    var workers: Int = 16
+
+    @Option(help: "Repetitions per measurement; medians are reported.")
+    var repetitions: Int = 5
+
+    @Flag(help: "Print JSON instead of a table.")
+    var json = false
+
+    func validate() throws {
+        guard size >= 16 * Page.size else { throw ValidationError("--size must be at least 16 pages") }
+        guard (1...64).contains(workers) else { throw ValidationError("--workers must be 1...64") }
+        guard (1...50).contains(repetitions) else { throw ValidationError("--repetitions must be 1...50") }
+    }
+
+    func run() throws {
+        let blocks = try blockSizes.split(separator: ",").map { text -> Int in
+            guard let value = Int(text), value >= 8, value & (value - 1) == 0, value <= Page.size else {
+                throw ValidationError("'\(text)' is not a power-of-two block size from 8 to \(Page.size)")
+            }
+            return value
+        }
+        let report = try DiffBenchmark(size: size, dirtyFraction: dirty, repetitions: repetitions)
+            .run(blockSizes: blocks, workers: workers)
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try encoder.encode(report), as: UTF8.self))
+        } else {
+            print(report.table())
+        }
+    }
+}
+
+struct DiffReport: Codable {
+    struct BlockResult: Codable {
+        var blockSize: Int
+        var diffSeconds: Double
+        var diffCount: Int
+        var diffBytes: Int
+        var fractionOfMemcmpBandwidth: Double
+    }
+
+    var date: String
+    var snapshotBytes: Int
+    var dirtyFraction: Double
+    var dirtyPages: Int
+    var dirtyBytes: Int
+    var repetitions: Int
+    var memcmpSeconds: Double
+    var blocks: [BlockResult]
+    var workers: Int
+    var mergeDiffCount: Int
+    var mergeDiffBytes: Int
+    var mergeSeconds: Double
+
+    func table() -> String {
+        var lines = [
+            "snapshot \(ByteCount(snapshotBytes)) of synthetic heap; \(dirtyPages) dirty pages "
+                + "(\(format(dirtyFraction * 100, decimals: 1)) %), 4 scattered 8-byte stores each; medians of \(repetitions)",
+            "memcmp of the same \(ByteCount(dirtyBytes)) of dirty pages: \(formatDuration(memcmpSeconds)) "
+                + "(\(formatBandwidth(bytes: dirtyBytes, seconds: memcmpSeconds)))",
+            "",
+        ]
+        var table = Table(columns: ["block", "diff time", "vs memcmp bandwidth", "diffs", "bytes produced"])
+        for block in blocks {
+            table.append(["\(block.blockSize) B", formatDuration(block.diffSeconds),
+                          format(block.fractionOfMemcmpBandwidth * 100, decimals: 0) + " %",
+                          "\(block.diffCount)", "\(ByteCount(block.diffBytes))"])
+        }
+        lines.append(table.rendered())
+        lines.append("")
+        lines.append("merge \(workers) workers' diffs (\(mergeDiffCount) diffs, \(ByteCount(mergeDiffBytes))) "
+            + "into the snapshot at one sync point: \(formatDuration(mergeSeconds))")
+        return lines.joined(separator: "\n")
+    }
+}
+
+struct DiffBenchmark {
+    var size: Int
+    var dirtyFraction: Double
+    var repetitions: Int
+
+    var pageCount: Int { size / Page.size }
+
+    /// Each worker writes 4 scattered 8-byte values on each of its dirty pages, as a heap
+    /// updating object fields would.
+    func dirty(_ memory: VirtualRegion, seed: UInt64) -> [Int] {
+        var random = SplitMix64(seed: seed)
+        var pages = Set<Int>()
+        let count = max(1, Int((Double(pageCount) * dirtyFraction).rounded()))
+        if count >= pageCount {
+            pages = Set(0..<pageCount)
+        } else {
+            while pages.count < count { pages.insert(Int(random.next() % UInt64(pageCount))) }
+        }
+        let sorted = pages.sorted()
+        memory.withUnsafeMutableBytes { bytes in
+            for page in sorted {
+                for _ in 0..<4 {
+                    let offset = page * Page.size + Int(random.next() % UInt64(Page.size / 8)) * 8
+                    bytes.storeBytes(of: random.next(), toByteOffset: offset, as: UInt64.self)
+                }
+            }
+        }
+        return sorted
+    }
+
+    func run(blockSizes: [Int], workers: Int) throws -> DiffReport {
+        let snapshot = try Snapshot(size: size, maxSize: size, name: "bench-diff")
+        try snapshot.update(at: 0, count: size) { SyntheticHeap().fill($0) }
+        let worker = try VirtualRegion(maxSize: size)
+        try snapshot.mapCopyOnWrite(into: worker)
+        let pages = dirty(worker, seed: 1)
+        let dirtyPages = DirtyPages(pageCount: pageCount, runs: pages.map { $0..<$0 + 1 })
+        let dirtyBytes = dirtyPages.count * Page.size
+
+        // The physical limit: memcmp over the same dirty pages, against an equal copy so that
+        // memcmp reads every byte (a difference would let it stop early).
+        let copy = try VirtualRegion(maxSize: max(dirtyBytes, Page.size), committing: max(dirtyBytes, Page.size))
+        snapshot.withUnsafeBytes { image in
+            copy.withUnsafeMutableBytes { target in
+                var packed = 0
+                for range in dirtyPages.byteRanges {
+                    _ = memcpy(target.baseAddress! + packed, image.baseAddress! + range.lowerBound, range.count)
+                    packed += range.count
+                }
+            }
+        }
+        var sink: Int32 = 0
+        let memcmpSeconds = Stopwatch.median(repetitions: repetitions) {
+            snapshot.withUnsafeBytes { image in
+                copy.withUnsafeBytes { target in
+                    var packed = 0
+                    for range in dirtyPages.byteRanges {
+                        sink |= memcmp(target.baseAddress! + packed, image.baseAddress! + range.lowerBound, range.count)
+                        packed += range.count
+                    }
+                }
+            }
+        }
+        precondition(sink == 0, "the copy must equal the snapshot")
+
+        var blocks: [DiffReport.BlockResult] = []
+        for blockSize in blockSizes {
+            let options = DiffOptions(blockSize: blockSize)
+            var diffs: [SnapshotDiff] = []
+            let seconds = try Stopwatch.median(repetitions: repetitions) {
+                diffs = try snapshot.diff(worker, dirtyPages: dirtyPages, options: options)
+            }
+            blocks.append(.init(
+                blockSize: blockSize, diffSeconds: seconds, diffCount: diffs.count,
+                diffBytes: diffs.reduce(0) { $0 + $1.bytes.count }, fractionOfMemcmpBandwidth: memcmpSeconds / seconds))
+        }
+
+        // Many workers' diffs merged at one sync point.
+        var workerDiffs: [[SnapshotDiff]] = []
+        for index in 0..<workers {
+            let memory = try VirtualRegion(maxSize: size)
+            try snapshot.mapCopyOnWrite(into: memory)
+            let written = dirty(memory, seed: UInt64(100 + index))
+            workerDiffs.append(try snapshot.diff(
+                memory, dirtyPages: DirtyPages(pageCount: pageCount, runs: written.map { $0..<$0 + 1 })))
+        }
+        var mergeSamples: [Double] = []
+        for _ in 0..<repetitions {
+            for diffs in workerDiffs { snapshot.queueDiffs(diffs) }
+            mergeSamples.append(try Stopwatch.time { try snapshot.applyQueuedDiffs() }.seconds)
+        }
+        let all = workerDiffs.flatMap { $0 }
+        return DiffReport(
+            date: isoDate(), snapshotBytes: size, dirtyFraction: dirtyFraction, dirtyPages: dirtyPages.count,
+            dirtyBytes: dirtyBytes, repetitions: repetitions, memcmpSeconds: memcmpSeconds, blocks: blocks,
+            workers: workers, mergeDiffCount: all.count, mergeDiffBytes: all.reduce(0) { $0 + $1.bytes.count },
+            mergeSeconds: median(mergeSamples))
+    }
+}
