@@ -50,6 +50,15 @@ int memsnap_pipe_cloexec_nonblocking(int fds[2]);
 /// instruction when the CPU has it. Thread-safe.
 uint32_t memsnap_crc32c(uint32_t crc, const void *data, size_t count);
 
+// ---- comparing -------------------------------------------------------------------------------
+/// A mask with bit i set when bytes [i * block_size, (i + 1) * block_size) of `left` and
+/// `right` differ, for `blocks` blocks (at most 64). `block_size` is a multiple of 8. Reads
+/// every byte (no early exit); the widest vector unit of the CPU is chosen at load time.
+uint64_t memsnap_differing_blocks(const void *left, const void *right, size_t block_size, size_t blocks);
+
+/// Hints that `address` will be written soon (__builtin_prefetch for writing). Never faults.
+static inline void memsnap_prefetch_for_write(const void *address) { __builtin_prefetch(address, 1, 3); }
+
 // ---- errno ---------------------------------------------------------------------------------
 /// The symbolic name of an errno value ("ENOMEM"), or NULL when the C library does not know it.
 /// The returned string is static; the caller must not free it.

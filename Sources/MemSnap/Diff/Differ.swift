@@ -1,11 +1,12 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CMemSnap
 
 /// How `Snapshot.diff` finds and packages changes.
 public struct DiffOptions: Sendable, Equatable {
     /// Bytes compared at a time inside dirty pages before narrowing to exact bytes (a power of
-    /// two from 8 to the page size). 64 measured fastest here (BENCHMARKS.md, "Diffs").
+    /// two from 16 to the page size). 128 measured fastest here (BENCHMARKS.md, "Diffs").
     public var blockSize: Int
     /// Runs of changed bytes separated by fewer unchanged bytes than this are sent as one diff:
     /// a diff's header (20 bytes encoded) costs more than the gap.
@@ -13,15 +14,15 @@ public struct DiffOptions: Sendable, Equatable {
     /// The operation for bytes no merge region covers: `.bytewise` or `.xor`.
     public var fillOperation: MergeOperation
 
-    public init(blockSize: Int = 64, mergeGap: Int = 20, fillOperation: MergeOperation = .bytewise) {
+    public init(blockSize: Int = 128, mergeGap: Int = 20, fillOperation: MergeOperation = .bytewise) {
         self.blockSize = blockSize
         self.mergeGap = mergeGap
         self.fillOperation = fillOperation
     }
 
     func validate(during operation: String) throws(MemSnapError) {
-        guard blockSize >= 8, blockSize <= Page.size, blockSize & (blockSize - 1) == 0 else {
-            throw MemSnapError(operation, .invalidArgument("block size \(blockSize) is not a power of two from 8 to \(Page.size)"))
+        guard blockSize >= 16, blockSize <= Page.size, blockSize & (blockSize - 1) == 0 else {
+            throw MemSnapError(operation, .invalidArgument("block size \(blockSize) is not a power of two from 16 to \(Page.size)"))
         }
         guard mergeGap >= 0 else { throw MemSnapError(operation, .invalidArgument("merge gap \(mergeGap) is negative")) }
         guard fillOperation == .bytewise || fillOperation == .xor else {
@@ -109,7 +110,8 @@ enum Differ {
 
     /// Calls `body` with each maximal run of changed bytes in `range`, runs closer than
     /// `options.mergeGap` joined. Unchanged blocks are skipped a block at a time; changed blocks
-    /// are narrowed to exact bytes eight at a time.
+    /// are narrowed to exact bytes eight at a time. Blocks are compared by the vector kernel
+    /// `memsnap_differing_blocks` (C, so it can pick AVX-512 or AVX2 at run time).
     static func forEachChangedRun(
         _ original: UnsafeRawPointer, _ updated: UnsafeRawPointer, in range: Range<Int>, options: DiffOptions,
         _ body: (Range<Int>) -> Void
@@ -125,15 +127,10 @@ enum Differ {
                 runEnd = end
             }
         }
-        var offset = range.lowerBound
-        while offset < range.upperBound {
-            let blockEnd = min(offset + options.blockSize, range.upperBound)
-            if blockEnd - offset == options.blockSize && blocksEqual(original + offset, updated + offset, options.blockSize) {
-                offset = blockEnd
-                continue
-            }
-            var position = offset
-            while position + 8 <= blockEnd {
+        // Exact differing bytes of a changed block, eight at a time.
+        func narrow(_ block: Range<Int>) {
+            var position = block.lowerBound
+            while position + 8 <= block.upperBound {
                 let difference = original.loadUnaligned(fromByteOffset: position, as: UInt64.self)
                     ^ updated.loadUnaligned(fromByteOffset: position, as: UInt64.self)
                 if difference != 0 {
@@ -148,28 +145,34 @@ enum Differ {
                 }
                 position += 8
             }
-            while position < blockEnd {
+            while position < block.upperBound {
                 if original.load(fromByteOffset: position, as: UInt8.self) != updated.load(fromByteOffset: position, as: UInt8.self) {
                     add(position, position + 1)
                 }
                 position += 1
             }
-            offset = blockEnd
+        }
+        let blockSize = options.blockSize
+        var offset = range.lowerBound
+        while offset < range.upperBound {
+            // Up to 64 whole blocks at a time through the vector kernel; a ragged tail (ranges
+            // are page multiples, so only when a region ends mid-page) is narrowed directly.
+            let wholeBlocks = min(64, (range.upperBound - offset) / blockSize)
+            if wholeBlocks > 0 {
+                var differing = memsnap_differing_blocks(original + offset, updated + offset, blockSize, wholeBlocks)
+                while differing != 0 {
+                    let block = differing.trailingZeroBitCount
+                    differing &= differing - 1
+                    let start = offset + block * blockSize
+                    narrow(start..<start + blockSize)
+                }
+                offset += wholeBlocks * blockSize
+            } else {
+                narrow(offset..<range.upperBound)
+                offset = range.upperBound
+            }
         }
         if runStart >= 0 { body(runStart..<runEnd) }
-    }
-
-    /// Whether `count` bytes (a multiple of 32) are equal, comparing 32 bytes per step.
-    @inline(__always)
-    static func blocksEqual(_ a: UnsafeRawPointer, _ b: UnsafeRawPointer, _ count: Int) -> Bool {
-        var offset = 0
-        while offset < count {
-            let left = a.loadUnaligned(fromByteOffset: offset, as: SIMD4<UInt64>.self)
-            let right = b.loadUnaligned(fromByteOffset: offset, as: SIMD4<UInt64>.self)
-            if left != right { return false }
-            offset += 32
-        }
-        return true
     }
 
     /// Typed diffs of one arithmetic segment: nothing if no value changed, else one diff with a

@@ -1,3 +1,5 @@
+import CMemSnap
+
 /// Merge regions, diffs and the sync point.
 ///
 /// The cycle of a fork/join host: set the merge regions, let workers run on copy-on-write
@@ -101,7 +103,7 @@ extension Snapshot {
     @discardableResult
     public func apply(_ diffs: [SnapshotDiff]) throws(MemSnapError) -> [Range<Int>] {
         try lock.withWriteLock { () throws(MemSnapError) -> [Range<Int>] in
-            try applyLocked(diffs)
+            try applyLocked([diffs])
         }
     }
 
@@ -126,15 +128,16 @@ extension Snapshot {
             return queue
         }
         do {
-            return try apply(batches.flatMap { $0 })
+            return try lock.withWriteLock { () throws(MemSnapError) -> [Range<Int>] in try applyLocked(batches) }
         } catch {
             diffQueue.withLock { $0.insert(contentsOf: batches, at: 0) }
             throw error
         }
     }
 
-    /// Call with the write lock held.
-    private func applyLocked(_ diffs: [SnapshotDiff]) throws(MemSnapError) -> [Range<Int>] {
+    /// Call with the write lock held. Applies the batches in order, as one.
+    private func applyLocked(_ batches: [[SnapshotDiff]]) throws(MemSnapError) -> [Range<Int>] {
+        let diffs = batches.joined()
         let operation = "apply \(diffs.count) diffs to snapshot \"\(name)\""
         var reachedSize = logicalSize
         for diff in diffs where diff.operation == .bytewise {
@@ -158,25 +161,39 @@ extension Snapshot {
         }
         if reachedSize > logicalSize { try growLocked(to: reachedSize, during: operation) }
         var written: [Range<Int>] = []
-        written.reserveCapacity(diffs.count)
-        for diff in diffs where diff.operation != .ignore && !diff.bytes.isEmpty {
-            let target = memory.base + diff.offset
-            switch diff.operation {
-            case .bytewise:
-                diff.bytes.withUnsafeBytes { target.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-            case .xor:
-                diff.bytes.withUnsafeBytes { source in
-                    for index in 0..<source.count {
-                        target.storeBytes(of: target.load(fromByteOffset: index, as: UInt8.self) ^ source[index],
-                                          toByteOffset: index, as: UInt8.self)
+        written.reserveCapacity(batches.reduce(0) { $0 + $1.count })
+        // Diffs from many workers land all over the snapshot: each is a cache and TLB miss.
+        // Prefetching a few diffs ahead overlaps those misses (the order itself must not change:
+        // overlapping bytewise diffs are last-writer-wins).
+        let lookahead = 16
+        let base = memory.base
+        for batch in batches {
+            batch.withUnsafeBufferPointer { diffs in
+                for index in diffs.indices {
+                    if index + lookahead < diffs.count, diffs[index + lookahead].operation != .ignore {
+                        memsnap_prefetch_for_write(base + diffs[index + lookahead].offset)
                     }
+                    let diff = diffs[index]
+                    guard diff.operation != .ignore, !diff.bytes.isEmpty else { continue }
+                    let target = base + diff.offset
+                    switch diff.operation {
+                    case .bytewise:
+                        diff.bytes.withUnsafeBytes { target.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+                    case .xor:
+                        diff.bytes.withUnsafeBytes { source in
+                            for index in 0..<source.count {
+                                target.storeBytes(of: target.load(fromByteOffset: index, as: UInt8.self) ^ source[index],
+                                                  toByteOffset: index, as: UInt8.self)
+                            }
+                        }
+                    case .sum, .product, .subtract, .max, .min:
+                        Differ.applyTyped(diff, to: target)
+                    case .ignore:
+                        break
+                    }
+                    written.append(diff.range)
                 }
-            case .sum, .product, .subtract, .max, .min:
-                Differ.applyTyped(diff, to: target)
-            case .ignore:
-                continue
             }
-            written.append(diff.range)
         }
         let coalesced = ByteRangeSet.coalescing(written)
         changes.formUnion(coalesced)

@@ -28,10 +28,11 @@ struct ByteRangeSet: Sendable, Equatable {
         ranges.replaceSubrange(low..<end, with: CollectionOfOne(merged))
     }
 
-    /// Adds every range of `batch` (in any order): O((n + m) + m log m).
+    /// Adds every range of `batch` (in any order): O(n + m log k) for a batch made of k
+    /// ascending runs (diffs from k workers, each in offset order), O(n + m log m) at worst.
     mutating func formUnion(_ batch: [Range<Int>]) {
         guard !batch.isEmpty else { return }
-        let incoming = batch.filter { !$0.isEmpty }.sorted { $0.lowerBound < $1.lowerBound }
+        let incoming = ByteRangeSet.sortedByLowerBound(batch.filter { !$0.isEmpty })
         var result: [Range<Int>] = []
         result.reserveCapacity(ranges.count + incoming.count)
         var mine = 0
@@ -52,6 +53,42 @@ struct ByteRangeSet: Sendable, Equatable {
             }
         }
         ranges = result
+    }
+
+    /// Natural merge sort: split into ascending runs, merge them pairwise until one is left.
+    static func sortedByLowerBound(_ ranges: [Range<Int>]) -> [Range<Int>] {
+        var runs: [ArraySlice<Range<Int>>] = []
+        var start = 0
+        for index in 1..<max(1, ranges.count + 1) where index == ranges.count || ranges[index].lowerBound < ranges[index - 1].lowerBound {
+            runs.append(ranges[start..<index])
+            start = index
+        }
+        if runs.count <= 1 { return ranges }
+        while runs.count > 1 {
+            var next: [ArraySlice<Range<Int>>] = []
+            next.reserveCapacity((runs.count + 1) / 2)
+            var index = 0
+            while index + 1 < runs.count {
+                next.append(merge(runs[index], runs[index + 1])[...])
+                index += 2
+            }
+            if index < runs.count { next.append(runs[index]) }
+            runs = next
+        }
+        return Array(runs[0])
+    }
+
+    private static func merge(_ left: ArraySlice<Range<Int>>, _ right: ArraySlice<Range<Int>>) -> [Range<Int>] {
+        var result: [Range<Int>] = []
+        result.reserveCapacity(left.count + right.count)
+        var i = left.startIndex
+        var j = right.startIndex
+        while i < left.endIndex && j < right.endIndex {
+            if left[i].lowerBound <= right[j].lowerBound { result.append(left[i]); i += 1 } else { result.append(right[j]); j += 1 }
+        }
+        result.append(contentsOf: left[i...])
+        result.append(contentsOf: right[j...])
+        return result
     }
 
     /// The coalesced union of `batch`.
