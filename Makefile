@@ -1,7 +1,7 @@
 # memsnap: the two quick-start commands are `make demo` and `make test`.
 SWIFT ?= swift
 
-.PHONY: demo test build release test-tsan test-asan sanitize deps clean
+.PHONY: demo test build release test-tsan test-asan sanitize benchmarks deps clean
 
 demo: deps
 	$(SWIFT) build -c release --product memsnap
@@ -25,6 +25,10 @@ test-asan: deps
 	LSAN_OPTIONS=suppressions=$(CURDIR)/scripts/lsan.supp $(SWIFT) test --sanitize=address --scratch-path .build-asan
 
 sanitize: test-tsan test-asan
+
+# The package-benchmark suite (its own package, so `make test` never builds the harness).
+benchmarks: deps
+	cd Benchmarks && $(SWIFT) package --allow-writing-to-package-directory benchmark
 
 deps:
 	@scripts/install-deps.sh

@@ -29,6 +29,45 @@ struct DemoCommand: ParsableCommand {
         print(timings.rendered())
         print("\n2. Dirty-page tracking: one worker writes 1 % of its pages, each mode collects them\n")
         try trackingStage(snapshot: snapshot)
+        print("\n3. Fork/join: \(workers) workers add to a shared int64 sum and update 1 % of their heap, merged every round\n")
+        try forkJoinStage(snapshot: snapshot)
+    }
+
+    /// Workers run from the snapshot, each adds to one int64 sum region and rewrites values on 1 %
+    /// of its pages; each round's diffs are merged into the snapshot and every worker is remapped.
+    private func forkJoinStage(snapshot: Snapshot) throws {
+        let counterOffset = 0
+        try snapshot.write([UInt8](repeating: 0, count: 8), at: counterOffset)
+        try snapshot.addMergeRegion(MergeRegion(offset: counterOffset, length: 8, dataType: .int64, operation: .sum))
+        defer { snapshot.clearMergeRegions() }
+        let pool = try SnapshotWorkers(snapshot: snapshot, count: workers)
+        let pageCount = Page.count(covering: snapshot.size) ?? 1
+        let rounds = 5
+        var table = Table(columns: ["round", "dirty pages per worker", "diffs", "diff bytes", "run + diff + merge", "sum"])
+        var expected: Int64 = 0
+        for round in 0..<rounds {
+            let (report, seconds) = try Stopwatch.time {
+                try pool.run { worker in
+                    worker.memory.withUnsafeMutableBytes { memory in
+                        let sum = memory.load(fromByteOffset: counterOffset, as: Int64.self)
+                        memory.storeBytes(of: sum + Int64(worker.index + 1) * 1000, toByteOffset: counterOffset, as: Int64.self)
+                        var random = SplitMix64(seed: UInt64(round * 100 + worker.index))
+                        for _ in 0..<max(1, pageCount / 100) {
+                            let page = 1 + Int(random.next() % UInt64(max(1, pageCount - 1)))
+                            memory.storeBytes(of: random.next(), toByteOffset: page * Page.size + 64, as: UInt64.self)
+                        }
+                    }
+                }
+            }
+            expected += Int64((1...workers).reduce(0, +) * 1000)
+            let sum = try snapshot.read(at: counterOffset, count: 8).withUnsafeBytes { $0.load(as: Int64.self) }
+            let perWorker = report.dirtyPageCounts.dropFirst()
+            table.append(["\(round + 1)", "\(perWorker.min() ?? 0)-\(perWorker.max() ?? 0)", "\(report.diffCount)",
+                          "\(ByteCount(report.diffBytes))", formatDuration(seconds), "\(sum)"])
+            if sum != expected { throw DemoFailure("round \(round + 1): the sum is \(sum), expected \(expected)") }
+        }
+        print(table.rendered())
+        print("the sum is exact: \(expected) = \(rounds) rounds x (1 + ... + \(workers)) x 1000")
     }
 
     /// Build a heap-like snapshot, fork copy-on-write workers from it, show their writes stay
