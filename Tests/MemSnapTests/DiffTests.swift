@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import MemSnap
 import Testing
 
@@ -250,6 +253,24 @@ struct DiffingTests {
         #expect(diffs.map(\.offset) == [pageSize + 100, 2 * pageSize + 8, 2 * pageSize + 12],
                 "page 0's and page 3's changes are not read; page 1's bytes and page 2's region are")
         #expect(diffs.map(\.operation) == [.bytewise, .sum, .bytewise])
+    }
+
+    @Test func theDiffNeverReadsACleanPage() throws {
+        let snapshot = try Snapshot(size: 8 * pageSize)
+        try snapshot.addMergeRegion(MergeRegion(offset: 6 * pageSize, length: 8, dataType: .int64, operation: .sum))
+        let worker = try workerMemory(of: snapshot)
+        worker.store(1, at: 2 * pageSize + 16)
+        worker.store(2, at: 5 * pageSize + 40)
+        // Every clean page becomes inaccessible: reading one would crash this test.
+        let clean = [0, 1, 3, 4, 6, 7]
+        worker.withUnsafeMutableBytes { memory in
+            for page in clean { #expect(mprotect(memory.baseAddress! + page * pageSize, pageSize, PROT_NONE) == 0) }
+        }
+        let diffs = try snapshot.diff(worker, dirtyPages: DirtyPages(pageCount: 8, runs: [2..<3, 5..<6]))
+        worker.withUnsafeMutableBytes { memory in
+            for page in clean { #expect(mprotect(memory.baseAddress! + page * pageSize, pageSize, PROT_READ | PROT_WRITE) == 0) }
+        }
+        #expect(diffs.map(\.offset) == [2 * pageSize + 16, 5 * pageSize + 40])
     }
 
     @Test func bytewiseRunsAreBytePreciseAndTinyGapsAreMerged() throws {
