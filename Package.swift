@@ -6,6 +6,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "MemSnap", targets: ["MemSnap"]),
+        .library(name: "MemSnapCheckpoint", targets: ["MemSnapCheckpoint"]),
         .executable(name: "memsnap", targets: ["memsnap"]),
     ],
     dependencies: [
@@ -23,16 +24,30 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
+        // LZ4, zstd and XXH3 from the system (scripts/install-deps.sh installs the -dev packages).
+        .target(
+            name: "CMemSnapCodecs",
+            linkerSettings: [.linkedLibrary("lz4"), .linkedLibrary("zstd"), .linkedLibrary("xxhash")]
+        ),
+        .target(
+            name: "MemSnapCheckpoint",
+            dependencies: ["MemSnap", "CMemSnap", "CMemSnapCodecs", .product(name: "SystemPackage", package: "swift-system")]
+        ),
         .executableTarget(
             name: "memsnap",
             dependencies: [
                 "MemSnap",
+                "MemSnapCheckpoint",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .testTarget(
             name: "MemSnapTests",
             dependencies: ["MemSnap", "CMemSnap"]
+        ),
+        .testTarget(
+            name: "MemSnapCheckpointTests",
+            dependencies: ["MemSnapCheckpoint", "MemSnap"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -9,6 +9,9 @@ set -euo pipefail
 REQUIREMENTS=(
   # pkg-config name   header                 Debian package
   "-                  -                      pkg-config"
+  "liblz4             lz4.h                  liblz4-dev"
+  "libzstd            zstd.h                 libzstd-dev"
+  "libxxhash          xxhash.h               libxxhash-dev"
 )
 
 have_pkg_config() { command -v pkg-config >/dev/null 2>&1; }

@@ -3,6 +3,7 @@
 
 #include <pthread.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -34,4 +35,8 @@ int memsnap_thread_set_name(pthread_t thread, const char *name) {
 
 int memsnap_pipe_cloexec_nonblocking(int fds[2]) {
     return pipe2(fds, O_CLOEXEC | O_NONBLOCK);
+}
+
+int memsnap_rename_noreplace(const char *from, const char *to) {
+    return (int)syscall(SYS_renameat2, AT_FDCWD, from, AT_FDCWD, to, 1 /* RENAME_NOREPLACE */);
 }

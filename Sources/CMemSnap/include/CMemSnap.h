@@ -41,6 +41,11 @@ void memsnap_rwlock_init_prefer_writer(pthread_rwlock_t *lock);
 /// are refused by the kernel. Returns 0 or an errno.
 int memsnap_thread_set_name(pthread_t thread, const char *name);
 
+// ---- files -----------------------------------------------------------------------------------
+/// renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE): fails with EEXIST instead of
+/// replacing an existing `to`. Returns 0 or -1 with errno.
+int memsnap_rename_noreplace(const char *from, const char *to);
+
 // ---- pipes ---------------------------------------------------------------------------------
 /// pipe2(fds, O_CLOEXEC | O_NONBLOCK) (pipe2 is hidden behind _GNU_SOURCE). Returns 0 or -1/errno.
 int memsnap_pipe_cloexec_nonblocking(int fds[2]);

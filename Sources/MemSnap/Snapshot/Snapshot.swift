@@ -63,6 +63,27 @@ public final class Snapshot: @unchecked Sendable {
         self.logicalSize = size
     }
 
+    /// Takes over `file` as the snapshot's data: its first `size` bytes become the snapshot (no
+    /// copy; the file is mapped). The file is resized to cover `size` if it is shorter. Nothing
+    /// else may write the file afterwards.
+    /// - Throws: as `init(size:maxSize:name:)`.
+    public init(adopting file: MemoryFile, size: Int, maxSize: Int? = nil) throws(MemSnapError) {
+        let operation = "adopt memory file \"\(file.name)\" as a snapshot of \(ByteCount(size))"
+        let limit = maxSize ?? size
+        guard size >= 0, limit >= 0 else { throw MemSnapError(operation, .invalidRange(offset: 0, length: min(size, limit))) }
+        guard size <= limit else {
+            throw MemSnapError(operation, .exceedsMaximum(what: "size", requested: size, maximum: limit))
+        }
+        let mapped = try Page.roundUp(size, during: operation)
+        let memory = try VirtualRegion(maxSize: max(limit, 1), hugePages: .disabled)
+        if file.size != mapped { try file.resize(to: mapped) }
+        if mapped > 0 { try file.map(into: memory, length: mapped, sharing: .shared) }
+        self.memory = memory
+        self.file = file
+        self.maxSize = try Page.roundUp(limit, during: operation)
+        self.logicalSize = size
+    }
+
     /// Creates a snapshot holding a copy of `bytes`, able to grow to `maxSize` (default: its size).
     public convenience init(
         copying bytes: UnsafeRawBufferPointer, maxSize: Int? = nil, name: String = "memsnap-snapshot"

@@ -84,7 +84,7 @@ public struct MemSnapError: Error, Sendable, Equatable, CustomStringConvertible 
 
     /// An error for the system call `call` that just failed, taking the thread's current errno
     /// before building the operation's text (which allocates and may clobber errno).
-    static func systemCall(_ call: String, during operation: @autoclosure () -> String) -> MemSnapError {
+    public static func systemCall(_ call: String, during operation: @autoclosure () -> String) -> MemSnapError {
         let errno = Errno(rawValue: Glibc.errno)
         return MemSnapError(operation(), .systemCall(call, errno))
     }

@@ -1,0 +1,325 @@
+import CMemSnapCodecs
+import MemSnap
+
+/// The checkpoint file format, version 1. docs/FORMAT.md describes it byte by byte.
+enum CheckpointFormat {
+    static let magic: UInt64 = 0x3130_5450_4B43_534D  // "MSCKPT01"
+    static let version: UInt16 = 1
+    static let headerSize = 64
+    static let frameHeaderSize = 48
+    static let frameMagic: UInt32 = 0x4D41_5246  // "FRAM"
+    static let indexMagic: UInt32 = 0x5844_4E49  // "INDX"
+    static let indexEntrySize = 40
+    static let footerMagic: UInt32 = 0x544F_4F46  // "FOOT"
+    static let footerSize = 80
+    static let extentEntrySize = 24
+    /// Upper bounds a reader enforces before allocating anything.
+    static let maxInfoLength = 1 << 20
+    static let maxChunkSize = 1 << 30
+
+    static func xxh3(_ bytes: UnsafeRawBufferPointer) -> UInt64 { memsnap_xxh3(bytes.baseAddress, bytes.count) }
+    static func xxh3(_ bytes: [UInt8]) -> UInt64 { bytes.withUnsafeBytes { xxh3($0) } }
+}
+
+func corrupt(_ operation: String, _ text: String) -> MemSnapError {
+    MemSnapError(operation, .corrupt(text))
+}
+
+/// Byte sizes in messages: "8.0 MiB" for large offsets, exact bytes below 1 KiB.
+func at(_ offset: Int) -> String { offset < 1024 ? "offset \(offset)" : "offset \(ByteCount(offset)) (\(offset))" }
+
+struct ByteWriter {
+    var bytes: [UInt8] = []
+    mutating func u8(_ value: UInt8) { bytes.append(value) }
+    mutating func u16(_ value: UInt16) { append(value) }
+    mutating func u32(_ value: UInt32) { append(value) }
+    mutating func u64(_ value: UInt64) { append(value) }
+    mutating func i32(_ value: Int32) { append(UInt32(bitPattern: value)) }
+    mutating func raw(_ data: some Sequence<UInt8>) { bytes.append(contentsOf: data) }
+    private mutating func append<T: FixedWidthInteger>(_ value: T) {
+        withUnsafeBytes(of: value.littleEndian) { bytes.append(contentsOf: $0) }
+    }
+    /// Appends XXH3 of everything written so far.
+    mutating func checksum() { u64(CheckpointFormat.xxh3(bytes)) }
+}
+
+/// Little-endian reads from a buffer the caller has bounds-checked.
+struct ByteReader {
+    let bytes: UnsafeRawBufferPointer
+    var position = 0
+    init(_ bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
+    mutating func u8() -> UInt8 { defer { position += 1 }; return bytes[position] }
+    mutating func u16() -> UInt16 { read() }
+    mutating func u32() -> UInt32 { read() }
+    mutating func u64() -> UInt64 { read() }
+    mutating func i32() -> Int32 { Int32(bitPattern: read()) }
+    private mutating func read<T: FixedWidthInteger>() -> T {
+        defer { position += MemoryLayout<T>.size }
+        return T(littleEndian: bytes.loadUnaligned(fromByteOffset: position, as: T.self))
+    }
+    mutating func slice(_ count: Int) -> UnsafeRawBufferPointer {
+        defer { position += count }
+        return UnsafeRawBufferPointer(rebasing: bytes[position..<position + count])
+    }
+}
+
+/// The fixed 64-byte header at offset 0.
+struct CheckpointHeader: Equatable {
+    var style: CheckpointStyle
+    var codec: CheckpointCodec
+    var level: Int32
+    var chunkSize: Int
+    var infoLength: Int
+
+    func encoded() -> [UInt8] {
+        var writer = ByteWriter()
+        writer.u64(CheckpointFormat.magic)
+        writer.u16(CheckpointFormat.version)
+        writer.u8(style.rawValue)
+        writer.u8(codec.rawValue)
+        writer.i32(level)
+        writer.u64(UInt64(chunkSize))
+        writer.u64(UInt64(infoLength))
+        writer.u64(0); writer.u64(0); writer.u64(0)
+        writer.checksum()
+        return writer.bytes
+    }
+
+    static func decode(_ bytes: UnsafeRawBufferPointer, during operation: String) throws(MemSnapError) -> CheckpointHeader {
+        guard bytes.count >= CheckpointFormat.headerSize else {
+            throw corrupt(operation, "header at offset 0: \(bytes.count) bytes, shorter than the \(CheckpointFormat.headerSize)-byte header")
+        }
+        var reader = ByteReader(bytes)
+        guard reader.u64() == CheckpointFormat.magic else {
+            throw corrupt(operation, "header at offset 0: wrong magic, not a memsnap checkpoint")
+        }
+        let stored = UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: 56, as: UInt64.self))
+        guard CheckpointFormat.xxh3(UnsafeRawBufferPointer(rebasing: bytes[0..<56])) == stored else {
+            throw corrupt(operation, "header at offset 0: checksum mismatch")
+        }
+        let version = reader.u16()
+        guard version == CheckpointFormat.version else {
+            throw corrupt(operation, "header at offset 0: unsupported format version \(version) (this build reads 1)")
+        }
+        let rawStyle = reader.u8()
+        let rawCodec = reader.u8()
+        guard let style = CheckpointStyle(rawValue: rawStyle) else { throw corrupt(operation, "header: unknown style \(rawStyle)") }
+        guard let codec = CheckpointCodec(rawValue: rawCodec) else { throw corrupt(operation, "header: unknown codec \(rawCodec)") }
+        guard (style == .v3) == (codec != .none) else {
+            throw corrupt(operation, "header: style \(style) cannot use codec \(codec)")
+        }
+        let level = reader.i32()
+        let chunkSize = reader.u64()
+        let infoLength = reader.u64()
+        guard chunkSize >= UInt64(Page.size), chunkSize <= UInt64(CheckpointFormat.maxChunkSize) else {
+            throw corrupt(operation, "header: chunk size \(chunkSize) is out of range")
+        }
+        guard infoLength <= UInt64(CheckpointFormat.maxInfoLength) else {
+            throw corrupt(operation, "header: info length \(infoLength) exceeds \(CheckpointFormat.maxInfoLength)")
+        }
+        guard reader.u64() == 0, reader.u64() == 0, reader.u64() == 0 else {
+            throw corrupt(operation, "header: reserved bytes are not zero")
+        }
+        return CheckpointHeader(style: style, codec: codec, level: level, chunkSize: Int(chunkSize), infoLength: Int(infoLength))
+    }
+}
+
+extension CheckpointInfo {
+    /// count u32, then per entry key length u16, key, value length u32, value (UTF-8); the
+    /// section is followed by its XXH3 (not counted in the header's info length).
+    func encoded() -> [UInt8] {
+        var writer = ByteWriter()
+        writer.u32(UInt32(entries.count))
+        for (key, value) in entries {
+            let keyBytes = Array(key.utf8.prefix(Int(UInt16.max)))
+            let valueBytes = Array(value.utf8.prefix(1 << 16))
+            writer.u16(UInt16(keyBytes.count)); writer.raw(keyBytes)
+            writer.u32(UInt32(valueBytes.count)); writer.raw(valueBytes)
+        }
+        return writer.bytes
+    }
+
+    static func decode(_ bytes: UnsafeRawBufferPointer, checksum: UInt64, during operation: String) throws(MemSnapError) -> CheckpointInfo {
+        let where_ = "info section at offset \(CheckpointFormat.headerSize)"
+        guard CheckpointFormat.xxh3(bytes) == checksum else { throw corrupt(operation, "\(where_): checksum mismatch") }
+        guard bytes.count >= 4 else { throw corrupt(operation, "\(where_): too short") }
+        var reader = ByteReader(bytes)
+        let count = Int(reader.u32())
+        var entries: [(key: String, value: String)] = []
+        for index in 0..<count {
+            guard bytes.count - reader.position >= 2 else { throw corrupt(operation, "\(where_): entry \(index) runs past the end") }
+            let keyLength = Int(reader.u16())
+            guard bytes.count - reader.position >= keyLength + 4 else { throw corrupt(operation, "\(where_): entry \(index) runs past the end") }
+            let key = String(decoding: reader.slice(keyLength), as: UTF8.self)
+            let valueLength = Int(reader.u32())
+            guard bytes.count - reader.position >= valueLength else { throw corrupt(operation, "\(where_): entry \(index) runs past the end") }
+            entries.append((key, String(decoding: reader.slice(valueLength), as: UTF8.self)))
+        }
+        guard reader.position == bytes.count else { throw corrupt(operation, "\(where_): \(bytes.count - reader.position) trailing bytes") }
+        return CheckpointInfo(entries)
+    }
+}
+
+/// One frame's 48-byte header, and its entry in the index.
+struct FrameRecord: Equatable {
+    var index: Int
+    var offset: Int  // of the frame header in the file
+    var storedSize: Int
+    var rawSize: Int
+    var extentCount: Int
+    var payloadChecksum: UInt64
+
+    var end: Int { offset + CheckpointFormat.frameHeaderSize + storedSize }
+
+    func encodedHeader() -> [UInt8] {
+        var writer = ByteWriter()
+        writer.u32(CheckpointFormat.frameMagic)
+        writer.u32(UInt32(index))
+        writer.u64(UInt64(storedSize))
+        writer.u64(UInt64(rawSize))
+        writer.u32(UInt32(extentCount))
+        writer.u32(0)
+        writer.u64(payloadChecksum)
+        writer.checksum()
+        return writer.bytes
+    }
+
+    /// Decodes a frame header found at `offset`, checking what can be checked without the payload.
+    static func decodeHeader(
+        _ bytes: UnsafeRawBufferPointer, at offset: Int, expectedIndex: Int, chunkSize: Int, during operation: String
+    ) throws(MemSnapError) -> FrameRecord {
+        let where_ = "checkpoint frame \(expectedIndex) at \(at(offset))"
+        guard bytes.count >= CheckpointFormat.frameHeaderSize else { throw corrupt(operation, "\(where_): header truncated") }
+        var reader = ByteReader(bytes)
+        guard reader.u32() == CheckpointFormat.frameMagic else { throw corrupt(operation, "\(where_): not a frame header") }
+        let stored = UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: 40, as: UInt64.self))
+        guard CheckpointFormat.xxh3(UnsafeRawBufferPointer(rebasing: bytes[0..<40])) == stored else {
+            throw corrupt(operation, "\(where_): header checksum mismatch")
+        }
+        let index = Int(reader.u32())
+        guard index == expectedIndex else { throw corrupt(operation, "\(where_): says it is frame \(index)") }
+        let storedSize = reader.u64()
+        let rawSize = reader.u64()
+        let extentCount = Int(reader.u32())
+        guard reader.u32() == 0 else { throw corrupt(operation, "\(where_): reserved bytes are not zero") }
+        let payloadChecksum = reader.u64()
+        // A frame holds at most chunkSize extent bytes plus a 24-byte entry per extent; a
+        // compressor can expand incompressible input a little (LZ4 and zstd bounds are < 1 %).
+        let rawLimit = UInt64(chunkSize) + UInt64(extentCount) * UInt64(CheckpointFormat.extentEntrySize)
+        guard rawSize <= rawLimit, extentCount <= chunkSize, storedSize <= rawLimit + rawLimit / 64 + 1024 else {
+            throw corrupt(operation, "\(where_): sizes out of range (stored \(storedSize), raw \(rawSize), \(extentCount) extents)")
+        }
+        return FrameRecord(index: index, offset: offset, storedSize: Int(storedSize), rawSize: Int(rawSize),
+                           extentCount: extentCount, payloadChecksum: payloadChecksum)
+    }
+}
+
+/// The index: every frame's offset, sizes, extent count and checksum.
+enum CheckpointIndex {
+    static func encoded(_ frames: [FrameRecord]) -> [UInt8] {
+        var writer = ByteWriter()
+        writer.u32(CheckpointFormat.indexMagic)
+        writer.u32(0)
+        writer.u64(UInt64(frames.count))
+        for frame in frames {
+            writer.u64(UInt64(frame.offset))
+            writer.u64(UInt64(frame.storedSize))
+            writer.u64(UInt64(frame.rawSize))
+            writer.u32(UInt32(frame.extentCount))
+            writer.u32(0)
+            writer.u64(frame.payloadChecksum)
+        }
+        writer.checksum()
+        return writer.bytes
+    }
+
+    static func size(frameCount: Int) -> Int { 16 + frameCount * CheckpointFormat.indexEntrySize + 8 }
+
+    static func decode(_ bytes: UnsafeRawBufferPointer, at offset: Int, during operation: String) throws(MemSnapError) -> [FrameRecord] {
+        let where_ = "index at \(at(offset))"
+        guard bytes.count >= 24 else { throw corrupt(operation, "\(where_): truncated") }
+        var reader = ByteReader(bytes)
+        guard reader.u32() == CheckpointFormat.indexMagic else { throw corrupt(operation, "\(where_): not an index") }
+        guard reader.u32() == 0 else { throw corrupt(operation, "\(where_): reserved bytes are not zero") }
+        let count = reader.u64()
+        guard count <= UInt64((bytes.count - 24) / CheckpointFormat.indexEntrySize), size(frameCount: Int(count)) == bytes.count else {
+            throw corrupt(operation, "\(where_): \(count) frames do not fit its \(bytes.count) bytes")
+        }
+        let stored = UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: bytes.count - 8, as: UInt64.self))
+        guard CheckpointFormat.xxh3(UnsafeRawBufferPointer(rebasing: bytes[0..<bytes.count - 8])) == stored else {
+            throw corrupt(operation, "\(where_): checksum mismatch")
+        }
+        var frames: [FrameRecord] = []
+        frames.reserveCapacity(Int(count))
+        for index in 0..<Int(count) {
+            let frameOffset = reader.u64(), storedSize = reader.u64(), rawSize = reader.u64()
+            let extentCount = reader.u32()
+            guard reader.u32() == 0 else { throw corrupt(operation, "\(where_): entry \(index): reserved bytes are not zero") }
+            let checksum = reader.u64()
+            guard frameOffset <= UInt64(Int.max), storedSize <= UInt64(Int.max), rawSize <= UInt64(Int.max) else {
+                throw corrupt(operation, "\(where_): entry \(index): values out of range")
+            }
+            frames.append(FrameRecord(index: index, offset: Int(frameOffset), storedSize: Int(storedSize), rawSize: Int(rawSize),
+                                      extentCount: Int(extentCount), payloadChecksum: checksum))
+        }
+        return frames
+    }
+}
+
+/// The fixed 80-byte footer at the end of the file: the header's settings again, the totals, and
+/// where the index is; it ends with the inverted magic.
+struct CheckpointFooter: Equatable {
+    var style: CheckpointStyle
+    var codec: CheckpointCodec
+    var level: Int32
+    var chunkSize: Int
+    var imageSize: Int
+    var extentBytes: Int
+    var frameCount: Int
+    var indexOffset: Int  // 0 for v1 (no index)
+    var fileSize: Int
+
+    func encoded() -> [UInt8] {
+        var writer = ByteWriter()
+        writer.u32(CheckpointFormat.footerMagic)
+        writer.u16(CheckpointFormat.version)
+        writer.u8(style.rawValue)
+        writer.u8(codec.rawValue)
+        writer.i32(level)
+        writer.u32(0)
+        writer.u64(UInt64(chunkSize))
+        writer.u64(UInt64(imageSize))
+        writer.u64(UInt64(extentBytes))
+        writer.u64(UInt64(frameCount))
+        writer.u64(UInt64(indexOffset))
+        writer.u64(UInt64(fileSize))
+        writer.checksum()
+        writer.u64(~CheckpointFormat.magic)
+        return writer.bytes
+    }
+
+    static func decode(_ bytes: UnsafeRawBufferPointer, at offset: Int, during operation: String) throws(MemSnapError) -> CheckpointFooter {
+        let where_ = "footer at \(at(offset))"
+        guard bytes.count == CheckpointFormat.footerSize else { throw corrupt(operation, "\(where_): truncated") }
+        var reader = ByteReader(bytes)
+        guard UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: 72, as: UInt64.self)) == ~CheckpointFormat.magic else {
+            throw corrupt(operation, "\(where_): wrong closing magic (truncated or not a checkpoint)")
+        }
+        guard reader.u32() == CheckpointFormat.footerMagic else { throw corrupt(operation, "\(where_): not a footer") }
+        let stored = UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: 64, as: UInt64.self))
+        guard CheckpointFormat.xxh3(UnsafeRawBufferPointer(rebasing: bytes[0..<64])) == stored else {
+            throw corrupt(operation, "\(where_): checksum mismatch")
+        }
+        guard reader.u16() == CheckpointFormat.version else { throw corrupt(operation, "\(where_): unsupported version") }
+        guard let style = CheckpointStyle(rawValue: reader.u8()), let codec = CheckpointCodec(rawValue: reader.u8()) else {
+            throw corrupt(operation, "\(where_): unknown style or codec")
+        }
+        let level = reader.i32()
+        guard reader.u32() == 0 else { throw corrupt(operation, "\(where_): reserved bytes are not zero") }
+        let values = (0..<6).map { _ in reader.u64() }
+        guard values.allSatisfy({ $0 <= UInt64(Int.max) }) else { throw corrupt(operation, "\(where_): values out of range") }
+        return CheckpointFooter(style: style, codec: codec, level: level, chunkSize: Int(values[0]), imageSize: Int(values[1]),
+                                extentBytes: Int(values[2]), frameCount: Int(values[3]), indexOffset: Int(values[4]),
+                                fileSize: Int(values[5]))
+    }
+}

@@ -1,0 +1,108 @@
+import MemSnap
+
+/// How a checkpoint is laid out (raw values are stored in the file).
+public enum CheckpointStyle: UInt8, Sendable, CaseIterable, CustomStringConvertible {
+    /// One sequential stream of uncompressed frames, no index: one pass and bounded memory on
+    /// both sides, pipe in and pipe out. Written and restored by one thread.
+    case v1 = 1
+    /// Uncompressed frames plus an index: parallel restore from a file.
+    case v2 = 2
+    /// Compressed frames (LZ4 or zstd) plus an index: parallel checkpoint and restore.
+    case v3 = 3
+
+    public var description: String { "v\(rawValue)" }
+
+    public var summary: String {
+        switch self {
+        case .v1: "single sequential stream, uncompressed, no index (pipes, O(1) memory)"
+        case .v2: "framed, uncompressed, indexed (parallel restore)"
+        case .v3: "framed, compressed with lz4 or zstd, indexed (parallel checkpoint and restore)"
+        }
+    }
+}
+
+/// The compressor of v3 frames (raw values are stored in the file).
+public enum CheckpointCodec: UInt8, Sendable, CaseIterable, CustomStringConvertible {
+    case none = 0
+    case lz4 = 1
+    case zstd = 2
+
+    public var description: String {
+        switch self {
+        case .none: "none"
+        case .lz4: "lz4"
+        case .zstd: "zstd"
+        }
+    }
+}
+
+/// Everything that decides a checkpoint's bytes. The same options and input give the same file,
+/// whatever `threads` is.
+public struct CheckpointOptions: Sendable {
+    public var style: CheckpointStyle
+    /// Ignored (`.none`) for v1 and v2; `.lz4` by default for v3.
+    public var codec: CheckpointCodec
+    /// zstd level (1...22, default 3); LZ4 acceleration (1 = default ratio, higher = faster).
+    public var level: Int32
+    /// Most uncompressed extent bytes per frame; large extents are split at absolute multiples
+    /// of it, so one huge extent still spreads over every thread. A multiple of the page size.
+    public var chunkSize: Int
+    /// Threads compressing or hashing frames (the output does not depend on it).
+    public var threads: Int
+    /// Stored in the info section (host, time, user, application); the only part of a file
+    /// that differs between runs over the same input.
+    public var info: CheckpointInfo
+
+    public init(
+        style: CheckpointStyle = .v3, codec: CheckpointCodec? = nil, level: Int32? = nil,
+        chunkSize: Int = 1 << 20, threads: Int = 2, info: CheckpointInfo = .current()
+    ) {
+        self.style = style
+        self.codec = style == .v3 ? (codec ?? .lz4) : .none
+        self.level = level ?? (self.codec == .zstd ? 3 : 1)
+        self.chunkSize = chunkSize
+        self.threads = threads
+        self.info = info
+    }
+
+    func validate(during operation: String) throws(MemSnapError) {
+        guard chunkSize >= Page.size, chunkSize <= 1 << 30, chunkSize % Page.size == 0 else {
+            throw MemSnapError(operation, .invalidArgument(
+                "chunk size \(chunkSize) must be a multiple of \(Page.size) from \(Page.size) to 1 GiB"))
+        }
+        guard (1...256).contains(threads) else {
+            throw MemSnapError(operation, .invalidArgument("thread count \(threads) must be 1...256"))
+        }
+        if style == .v3 && codec == .none {
+            throw MemSnapError(operation, .invalidArgument("style v3 needs a codec (lz4 or zstd)"))
+        }
+        if codec == .zstd && !(1...22).contains(level) {
+            throw MemSnapError(operation, .invalidArgument("zstd level \(level) must be 1...22"))
+        }
+        if codec == .lz4 && !(1...65537).contains(level) {
+            throw MemSnapError(operation, .invalidArgument("lz4 acceleration \(level) must be 1...65537"))
+        }
+    }
+}
+
+/// A piece of memory to checkpoint: `bytes` belong at `offset` in the address space named by
+/// `tag` (0 for a plain image). The bytes are only borrowed for the duration of the call that
+/// receives the extent.
+public struct CheckpointExtent: @unchecked Sendable {
+    public var tag: UInt64
+    public var offset: UInt64
+    public var bytes: UnsafeRawBufferPointer
+
+    public init(tag: UInt64 = 0, offset: UInt64, bytes: UnsafeRawBufferPointer) {
+        self.tag = tag
+        self.offset = offset
+        self.bytes = bytes
+    }
+}
+
+/// Progress of a long checkpoint or restore, reported from the working thread.
+public struct CheckpointProgress: Sendable {
+    /// Uncompressed bytes handled so far, and in all (0 when unknown, e.g. reading a pipe).
+    public var bytesDone: Int
+    public var bytesTotal: Int
+}

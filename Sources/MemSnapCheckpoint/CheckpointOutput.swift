@@ -1,0 +1,114 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CMemSnap
+import MemSnap
+
+/// Where a checkpoint goes.
+///
+/// A path is written under a temporary name in the same directory (`.NAME.tmp-RANDOM`),
+/// flushed with fsync and renamed into place only when complete, so a failed or interrupted
+/// checkpoint leaves nothing behind (the temporary file is unlinked on error and in deinit). An
+/// existing file is replaced only with `force`; without it the rename refuses atomically
+/// (RENAME_NOREPLACE). A descriptor (pipe, socket, stdout) is written sequentially as is.
+///
+/// Ownership: owns the temporary file's descriptor; never closes a descriptor it was given.
+final class CheckpointOutput {
+    let descriptor: Int32
+    private(set) var position = 0
+    let finalPath: String?
+    private let temporaryPath: String?
+    private let force: Bool
+    private var committed = false
+
+    private init(descriptor: Int32, finalPath: String?, temporaryPath: String?, force: Bool) {
+        self.descriptor = descriptor
+        self.finalPath = finalPath
+        self.temporaryPath = temporaryPath
+        self.force = force
+    }
+
+    static func file(_ path: String, force: Bool) throws(MemSnapError) -> CheckpointOutput {
+        let operation = "write checkpoint \(path)"
+        if !force && access(path, F_OK) == 0 {
+            throw MemSnapError(operation, .invalidArgument("\(path) exists; pass --force (force: true) to replace it"))
+        }
+        let slash = path.lastIndex(of: "/")
+        let directory = slash.map { String(path[...$0]) } ?? ""
+        let name = slash.map { String(path[path.index(after: $0)...]) } ?? path
+        var random = SystemRandomNumberGenerator()
+        for _ in 0..<16 {
+            let temporary = "\(directory).\(name).tmp-\(String(random.next() % 0xFFFF_FFFF, radix: 16))"
+            let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+            if fd >= 0 { return CheckpointOutput(descriptor: fd, finalPath: path, temporaryPath: temporary, force: force) }
+            if errno != EEXIST { throw MemSnapError.systemCall("open \(temporary)", during: operation) }
+        }
+        throw MemSnapError(operation, .invalidArgument("could not find a free temporary name next to \(path)"))
+    }
+
+    static func stream(_ descriptor: Int32) -> CheckpointOutput {
+        CheckpointOutput(descriptor: descriptor, finalPath: nil, temporaryPath: nil, force: false)
+    }
+
+    deinit {
+        if let temporaryPath, !committed {
+            close(descriptor)
+            unlink(temporaryPath)
+        }
+    }
+
+    /// Writes every byte of `buffers` in order (retrying short writes and EINTR).
+    func write(_ buffers: [UnsafeRawBufferPointer], during operation: @autoclosure () -> String) throws(MemSnapError) {
+        var vectors = buffers.filter { !$0.isEmpty }.map {
+            iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress), iov_len: $0.count)
+        }
+        var first = 0
+        while first < vectors.count {
+            let batch = min(vectors.count - first, 1024)
+            let written = vectors.withUnsafeMutableBufferPointer { writev(descriptor, $0.baseAddress! + first, Int32(batch)) }
+            if written < 0 {
+                if errno == EINTR { continue }
+                throw MemSnapError.systemCall("write", during: "\(operation()) at \(at(position))")
+            }
+            position += written
+            var remaining = written
+            while remaining > 0 && first < vectors.count {
+                if remaining >= vectors[first].iov_len {
+                    remaining -= vectors[first].iov_len
+                    first += 1
+                } else {
+                    vectors[first].iov_base += remaining
+                    vectors[first].iov_len -= remaining
+                    remaining = 0
+                }
+            }
+        }
+    }
+
+    func write(_ bytes: [UInt8], during operation: @autoclosure () -> String) throws(MemSnapError) {
+        let text = operation()
+        try withBytes(bytes) { (buffer) throws(MemSnapError) in try write([buffer], during: text) }
+    }
+
+    /// Makes the file durable and gives it its name. Streams need nothing.
+    func commit(during operation: String) throws(MemSnapError) {
+        guard let temporaryPath, let finalPath else { return }
+        guard fsync(descriptor) == 0 else { throw MemSnapError.systemCall("fsync", during: operation) }
+        let renamed = force ? rename(temporaryPath, finalPath) : memsnap_rename_noreplace(temporaryPath, finalPath)
+        guard renamed == 0 else {
+            if errno == EEXIST {
+                throw MemSnapError(operation, .invalidArgument("\(finalPath) appeared while writing; pass --force to replace it"))
+            }
+            throw MemSnapError.systemCall("rename", during: operation)
+        }
+        committed = true
+        close(descriptor)
+        // Make the rename itself durable.
+        let directory = finalPath.lastIndex(of: "/").map { String(finalPath[...$0]) } ?? "."
+        let directoryDescriptor = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if directoryDescriptor >= 0 {
+            fsync(directoryDescriptor)
+            close(directoryDescriptor)
+        }
+    }
+}

@@ -1,0 +1,59 @@
+import CMemSnapCodecs
+import MemSnap
+
+/// Compression of frame payloads. One call per frame, no state across frames, so any thread can
+/// handle any frame and the output depends only on the frame's bytes and the settings.
+enum FrameCodec {
+    /// `raw` compressed with `codec` at `level`.
+    static func compress(_ raw: UnsafeRawBufferPointer, codec: CheckpointCodec, level: Int32) -> [UInt8] {
+        switch codec {
+        case .none:
+            return [UInt8](raw)
+        case .lz4:
+            let bound = Int(LZ4_compressBound(Int32(raw.count)))
+            return [UInt8](unsafeUninitializedCapacity: max(bound, 1)) { output, count in
+                count = Int(LZ4_compress_fast(
+                    raw.baseAddress?.assumingMemoryBound(to: CChar.self), UnsafeMutableRawPointer(output.baseAddress!)
+                        .assumingMemoryBound(to: CChar.self), Int32(raw.count), Int32(bound), level))
+            }
+        case .zstd:
+            let bound = ZSTD_compressBound(raw.count)
+            return [UInt8](unsafeUninitializedCapacity: max(bound, 1)) { output, count in
+                let written = ZSTD_compress(output.baseAddress, bound, raw.baseAddress, raw.count, level)
+                count = ZSTD_isError(written) != 0 ? 0 : written
+            }
+        }
+    }
+
+    /// Decompresses `stored` into `output`, which must be exactly the frame's raw size.
+    /// - Throws: `.corrupt` if the data does not decompress to exactly that many bytes.
+    static func decompress(
+        _ stored: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer, codec: CheckpointCodec,
+        where place: @autoclosure () -> String, during operation: String
+    ) throws(MemSnapError) {
+        switch codec {
+        case .none:
+            guard stored.count == output.count else {
+                throw corrupt(operation, "\(place()): stored size \(stored.count) differs from raw size \(output.count)")
+            }
+            if let base = output.baseAddress, let source = stored.baseAddress, !stored.isEmpty {
+                base.copyMemory(from: source, byteCount: stored.count)
+            }
+        case .lz4:
+            let produced = LZ4_decompress_safe(
+                stored.baseAddress?.assumingMemoryBound(to: CChar.self), output.baseAddress?.assumingMemoryBound(to: CChar.self),
+                Int32(stored.count), Int32(output.count))
+            guard produced == Int32(output.count) else {
+                throw corrupt(operation, "\(place()): lz4 data decompressed to \(produced) bytes, expected \(output.count)")
+            }
+        case .zstd:
+            let produced = ZSTD_decompress(output.baseAddress, output.count, stored.baseAddress, stored.count)
+            if ZSTD_isError(produced) != 0 {
+                throw corrupt(operation, "\(place()): zstd: \(String(cString: ZSTD_getErrorName(produced)))")
+            }
+            guard produced == output.count else {
+                throw corrupt(operation, "\(place()): zstd data decompressed to \(produced) bytes, expected \(output.count)")
+            }
+        }
+    }
+}

@@ -1,0 +1,340 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import MemSnap
+@testable import MemSnapCheckpoint
+import Testing
+
+/// A temporary directory, removed when the value goes away.
+final class TemporaryDirectory {
+    let path: String
+    init() {
+        var template = Array("/tmp/memsnap-checkpoint-test-XXXXXX".utf8CString)
+        path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
+    }
+    deinit { _ = try? FileManager.default.removeItem(atPath: path) }
+    func file(_ name: String) -> String { "\(path)/\(name)" }
+    var entries: [String] { (try? FileManager.default.contentsOfDirectory(atPath: path))?.sorted() ?? [] }
+}
+
+/// A heap-like image with zero pages, and a partial last page.
+func heapImage(size: Int, seed: UInt64 = 7) -> [UInt8] {
+    var bytes = [UInt8](repeating: 0, count: size)
+    bytes.withUnsafeMutableBytes { SyntheticHeap(seed: seed).fill($0) }
+    return bytes
+}
+
+let fixedInfo = CheckpointInfo([("host", "test"), ("time", "2026-11-21T00:00:00Z"), ("user", "tester"), ("application", "tests")])
+
+func options(_ style: CheckpointStyle, _ codec: CheckpointCodec? = nil, threads: Int = 2, chunk: Int = 64 << 10) -> CheckpointOptions {
+    CheckpointOptions(style: style, codec: codec, chunkSize: chunk, threads: threads, info: fixedInfo)
+}
+
+/// Records every extent restored, for exact comparisons.
+final class RecordingTarget: CheckpointRestoreTarget, @unchecked Sendable {
+    let extents = Locked<[UInt64: [UInt8]]>([:])  // tag -> image
+    let committed = Locked<Int?>(nil)
+    func write(tag: UInt64, offset: Int, bytes: UnsafeRawBufferPointer) throws(MemSnapError) {
+        extents.withLock { images in
+            var image = images[tag] ?? []
+            if image.count < offset + bytes.count { image += [UInt8](repeating: 0, count: offset + bytes.count - image.count) }
+            image.replaceSubrange(offset..<offset + bytes.count, with: bytes)
+            images[tag] = image
+        }
+    }
+    func commit(imageSize: Int) throws(MemSnapError) { committed.withLock { $0 = imageSize } }
+}
+
+func restoredImage(_ path: String, threads: Int) throws -> [UInt8] {
+    let snapshot = try Checkpoint.restoreSnapshot(from: path, threads: threads)
+    return try snapshot.read(at: 0, count: snapshot.size)
+}
+
+func fileBytes(_ path: String) -> [UInt8] { [UInt8](FileManager.default.contents(atPath: path) ?? Data()) }
+
+struct StyleCodec: Sendable, CustomTestStringConvertible {
+    var style: CheckpointStyle
+    var codec: CheckpointCodec?
+    var testDescription: String { codec.map { "\(style)/\($0)" } ?? "\(style)" }
+}
+
+let styleCodecs = [StyleCodec(style: .v1), StyleCodec(style: .v2), StyleCodec(style: .v3, codec: .lz4), StyleCodec(style: .v3, codec: .zstd)]
+
+@Suite("Checkpoint round trips")
+struct CheckpointRoundTripTests {
+    @Test("every style and codec, written and restored with 1, 2, 4 and 8 threads", arguments: styleCodecs)
+    func roundTrips(styleCodec: StyleCodec) throws {
+        let directory = TemporaryDirectory()
+        let image = heapImage(size: (3 << 20) + 1000)
+        for threads in [1, 2, 4, 8] {
+            let path = directory.file("image-\(threads).ckpt")
+            let summary = try image.withUnsafeBytes { bytes in
+                try Checkpoint.write([CheckpointExtent(offset: 0, bytes: bytes)], to: path,
+                                     options: options(styleCodec.style, styleCodec.codec, threads: threads))
+            }
+            #expect(summary.imageSize == image.count)
+            #expect(summary.extentBytes < image.count, "zero pages are not stored")
+            for restoreThreads in [1, 3, 8] {
+                #expect(try restoredImage(path, threads: restoreThreads) == image, "written with \(threads), restored with \(restoreThreads)")
+            }
+        }
+        let reference = fileBytes(directory.file("image-1.ckpt"))
+        for threads in [2, 4, 8] {
+            #expect(fileBytes(directory.file("image-\(threads).ckpt")) == reference, "bit-identical with \(threads) threads")
+        }
+    }
+
+    @Test(arguments: styleCodecs)
+    func anEmptyImageRoundTrips(styleCodec: StyleCodec) throws {
+        let directory = TemporaryDirectory()
+        let path = directory.file("empty.ckpt")
+        let summary = try Checkpoint.write([], to: path, options: options(styleCodec.style, styleCodec.codec))
+        #expect(summary.frameCount == 0 && summary.imageSize == 0)
+        #expect(try restoredImage(path, threads: 2) == [])
+        let zeros = [UInt8](repeating: 0, count: 3 * 4096)
+        try zeros.withUnsafeBytes { bytes in
+            _ = try Checkpoint.write([CheckpointExtent(offset: 0, bytes: bytes)], to: directory.file("zeros.ckpt"),
+                                     options: options(styleCodec.style, styleCodec.codec))
+        }
+        let file = try CheckpointFile(path: directory.file("zeros.ckpt"))
+        #expect(file.frameCount == 0 && file.imageSize == zeros.count, "all-zero pages store nothing but the size")
+        #expect(try restoredImage(directory.file("zeros.ckpt"), threads: 1) == zeros)
+    }
+
+    @Test func oneHugeExtentSpreadsOverManyFrames() throws {
+        let directory = TemporaryDirectory()
+        var image = [UInt8](repeating: 0, count: 8 << 20)
+        var random = SplitMix64(seed: 3)
+        for index in stride(from: 0, to: image.count, by: 8) {
+            image.withUnsafeMutableBytes { $0.storeBytes(of: random.next(), toByteOffset: index, as: UInt64.self) }
+        }
+        let path = directory.file("huge.ckpt")
+        let summary = try image.withUnsafeBytes { bytes in
+            try Checkpoint.write([CheckpointExtent(offset: 0, bytes: bytes)], to: path, options: options(.v3, .lz4, threads: 4, chunk: 256 << 10))
+        }
+        #expect(summary.frameCount == 32, "8 MiB in 256 KiB frames")
+        #expect(try restoredImage(path, threads: 4) == image)
+    }
+
+    @Test func manyTinyTaggedExtentsRoundTripExactly() throws {
+        let directory = TemporaryDirectory()
+        var random = SplitMix64(seed: 11)
+        var storage: [[UInt8]] = []
+        var placements: [(tag: UInt64, offset: UInt64)] = []
+        for index in 0..<2000 {
+            let length = 1 + Int(random.next() % 100)
+            storage.append((0..<length).map { _ in UInt8(1 + random.next() % 255) })
+            placements.append((UInt64(index % 3), UInt64(index / 3) * 128))
+        }
+        let path = directory.file("tiny.ckpt")
+        try withExtendedLifetime(storage) {
+            let extents = storage.indices.map { index in
+                storage[index].withUnsafeBytes {
+                    CheckpointExtent(tag: placements[index].tag, offset: placements[index].offset, bytes: $0)
+                }
+            }
+            _ = try Checkpoint.write(extents, to: path, options: options(.v3, .zstd, threads: 3, chunk: 4096))
+        }
+        let target = RecordingTarget()
+        try CheckpointFile(path: path).restore(into: target, threads: 4)
+        for index in storage.indices {
+            let image = target.extents.withLock { $0[placements[index].tag] } ?? []
+            let offset = Int(placements[index].offset)
+            #expect(Array(image[offset..<offset + storage[index].count]) == storage[index], "extent \(index)")
+        }
+    }
+
+    @Test(arguments: styleCodecs)
+    func aPipeRoundTripMatchesTheFile(styleCodec: StyleCodec) throws {
+        let directory = TemporaryDirectory()
+        let image = heapImage(size: 2 << 20, seed: 21)
+        let filePath = directory.file("file.ckpt")
+        try image.withUnsafeBytes { bytes in
+            _ = try Checkpoint.write([CheckpointExtent(offset: 0, bytes: bytes)], to: filePath, options: options(styleCodec.style, styleCodec.codec))
+        }
+        // The image goes in through a pipe and the checkpoint comes out through another.
+        var imageEnds: [Int32] = [0, 0], checkpointEnds: [Int32] = [0, 0]
+        #expect(pipe(&imageEnds) == 0 && pipe(&checkpointEnds) == 0)
+        let imagePipe = imageEnds, checkpointPipe = checkpointEnds
+        let feeder = Thread {
+            image.withUnsafeBytes { var done = 0; while done < $0.count { done += max(0, write(imagePipe[1], $0.baseAddress! + done, $0.count - done)) } }
+            close(imagePipe[1])
+        }
+        let styleOptions = options(styleCodec.style, styleCodec.codec)
+        let writerDone = DispatchSemaphore(value: 0)
+        let writerResult = Locked<String?>(nil)
+        let writer = Thread {
+            do {
+                _ = try Checkpoint.write(readingFrom: imagePipe[0], to: .descriptor(checkpointPipe[1]), options: styleOptions)
+            } catch {
+                writerResult.withLock { $0 = "\(error)" }
+            }
+            close(checkpointPipe[1])
+            writerDone.signal()
+        }
+        feeder.start()
+        writer.start()
+        let target = try MemoryImageTarget()
+        let summary = try Checkpoint.restore(readingFrom: checkpointPipe[0], into: target)
+        writerDone.wait()
+        close(imagePipe[0]); close(checkpointPipe[0])
+        #expect(writerResult.withLock { $0 } == nil)
+        #expect(summary.imageSize == image.count)
+        let restored = try Snapshot(adopting: target.file, size: summary.imageSize)
+        #expect(try restored.read(at: 0, count: restored.size) == image)
+        #expect(summary.fileSize == fileBytes(filePath).count, "the streamed checkpoint has the file's size")
+    }
+
+    @Test func aStreamedImageGivesTheSameFileAsAnImageInMemory() throws {
+        let directory = TemporaryDirectory()
+        let image = heapImage(size: (5 << 20) + 12345, seed: 5)
+        try image.withUnsafeBytes { bytes in
+            _ = try Checkpoint.write([CheckpointExtent(offset: 0, bytes: bytes)], to: directory.file("memory.ckpt"), options: options(.v3, .lz4, threads: 2))
+        }
+        let imagePath = directory.file("image.raw")
+        FileManager.default.createFile(atPath: imagePath, contents: Data(image))
+        let input = open(imagePath, O_RDONLY)
+        defer { close(input) }
+        try Checkpoint.write(readingFrom: input, to: .file(path: directory.file("stream.ckpt"), force: false), options: options(.v3, .lz4, threads: 3))
+        #expect(fileBytes(directory.file("stream.ckpt")) == fileBytes(directory.file("memory.ckpt")))
+    }
+
+    @Test func snapshotsCheckpointAndRestore() throws {
+        let directory = TemporaryDirectory()
+        let image = heapImage(size: 1 << 20, seed: 9)
+        let snapshot = try Snapshot(copying: image, maxSize: 4 << 20)
+        try Checkpoint.write(snapshot, to: directory.file("snap.ckpt"), options: options(.v3, .zstd))
+        let restored = try Checkpoint.restoreSnapshot(from: directory.file("snap.ckpt"), maxSize: 4 << 20, threads: 3)
+        #expect(restored.size == image.count && restored.maxSize == 4 << 20)
+        #expect(try restored.read(at: 0, count: image.count) == image)
+    }
+}
+
+@Suite("Checkpoint integrity: damage is detected, never applied")
+struct CheckpointIntegrityTests {
+    /// A small v3 checkpoint with a few frames.
+    func smallCheckpoint(_ directory: TemporaryDirectory, style: CheckpointStyle = .v3) throws -> (path: String, image: [UInt8]) {
+        let image = heapImage(size: 40 << 10, seed: 17)
+        let path = directory.file("small.ckpt")
+        try image.withUnsafeBytes { bytes in
+            _ = try Checkpoint.write([CheckpointExtent(offset: 0, bytes: bytes)], to: path,
+                                     options: options(style, style == .v3 ? .lz4 : nil, chunk: 8192))
+        }
+        return (path, image)
+    }
+
+    /// Opening, verifying and restoring `bytes` must all fail, leaving `existing` as it was.
+    func expectRejected(_ bytes: [UInt8], in directory: TemporaryDirectory, _ comment: String) {
+        let damaged = directory.file("damaged.ckpt")
+        FileManager.default.createFile(atPath: damaged, contents: Data(bytes))
+        let existing = directory.file("existing.raw")
+        FileManager.default.createFile(atPath: existing, contents: Data("precious".utf8))
+        do {
+            let file = try CheckpointFile(path: damaged)
+            try file.verify(threads: 2)
+            try file.restore(into: ImageFileTarget(path: existing, force: true), threads: 2)
+            Issue.record("not detected: \(comment)")
+        } catch {
+            #expect(error.description.contains("damaged.ckpt"), "the error names the file: \(error)")
+        }
+        #expect(fileBytes(existing) == Array("precious".utf8), "target untouched: \(comment)")
+        #expect(directory.entries == ["damaged.ckpt", "existing.raw", "small.ckpt"], "no temporary file left: \(comment)")
+    }
+
+    @Test(arguments: [CheckpointStyle.v1, .v2, .v3])
+    func everyByteFlipInHeaderIndexAndFooterIsDetected(style: CheckpointStyle) throws {
+        let directory = TemporaryDirectory()
+        let (path, _) = try smallCheckpoint(directory, style: style)
+        let original = fileBytes(path)
+        let file = try CheckpointFile(path: path)
+        let metadataStart = style == .v1 ? original.count - CheckpointFormat.footerSize : file.frames.last!.end
+        let positions = Array(0..<(CheckpointFormat.headerSize + 8)) + Array(metadataStart..<original.count)
+        for position in positions {
+            var damaged = original
+            damaged[position] ^= 0x01
+            expectRejected(damaged, in: directory, "flip at \(position)")
+        }
+    }
+
+    @Test func randomFlipsInFrameDataAreDetected() throws {
+        let directory = TemporaryDirectory()
+        let (path, _) = try smallCheckpoint(directory)
+        let original = fileBytes(path)
+        let file = try CheckpointFile(path: path)
+        var random = SplitMix64(seed: 1)
+        let dataRange = file.frames.first!.offset..<file.frames.last!.end
+        for _ in 0..<200 {
+            var damaged = original
+            let position = dataRange.lowerBound + Int(random.next() % UInt64(dataRange.count))
+            damaged[position] ^= UInt8(1 << (random.next() % 8))
+            expectRejected(damaged, in: directory, "flip at \(position)")
+        }
+    }
+
+    @Test func everyTruncationNearTheEndsIsDetected() throws {
+        let directory = TemporaryDirectory()
+        let (path, _) = try smallCheckpoint(directory)
+        let original = fileBytes(path)
+        for length in Array(0..<200) + Array(original.count - 200..<original.count) {
+            expectRejected(Array(original.prefix(length)), in: directory, "truncated to \(length)")
+        }
+    }
+
+    @Test func errorsNameTheFrameAndOffset() throws {
+        let directory = TemporaryDirectory()
+        let (path, _) = try smallCheckpoint(directory)
+        var bytes = fileBytes(path)
+        let file = try CheckpointFile(path: path)
+        let frame = file.frames[2]
+        bytes[frame.offset + CheckpointFormat.frameHeaderSize + 5] ^= 0xFF
+        FileManager.default.createFile(atPath: path, contents: Data(bytes))
+        let error = expectCheckpointError { try CheckpointFile(path: path).verify() }
+        #expect(error?.reason == .corrupt("checkpoint frame 2 at offset \(ByteCount(frame.offset)) (\(frame.offset)): checksum mismatch"))
+    }
+
+    @Test func aWrongMagicIsNamed() throws {
+        let directory = TemporaryDirectory()
+        let (path, _) = try smallCheckpoint(directory)
+        var bytes = fileBytes(path)
+        bytes[0] = 0x58
+        FileManager.default.createFile(atPath: path, contents: Data(bytes))
+        let error = expectCheckpointError { _ = try CheckpointFile(path: path) }
+        #expect(error?.reason == .corrupt("header at offset 0: wrong magic, not a memsnap checkpoint"))
+    }
+
+    @Test func anExistingOutputIsNotOverwrittenWithoutForceAndAFailedCheckpointLeavesNothing() throws {
+        let directory = TemporaryDirectory()
+        let path = directory.file("out.ckpt")
+        FileManager.default.createFile(atPath: path, contents: Data("keep".utf8))
+        let bytes = [UInt8](repeating: 1, count: 8192)
+        let error = expectCheckpointError {
+            try bytes.withUnsafeBytes { _ = try Checkpoint.write([CheckpointExtent(offset: 0, bytes: $0)], to: path, options: options(.v2)) }
+        }
+        #expect(error?.reason == .invalidArgument("\(path) exists; pass --force (force: true) to replace it"))
+        #expect(fileBytes(path) == Array("keep".utf8))
+        try bytes.withUnsafeBytes { _ = try Checkpoint.write([CheckpointExtent(offset: 0, bytes: $0)], to: path, options: options(.v2), force: true) }
+        #expect(try restoredImage(path, threads: 1) == bytes)
+        // A failure midway (an extent past Int.max) leaves no file behind.
+        let failing = directory.file("failing.ckpt")
+        _ = expectCheckpointError {
+            try bytes.withUnsafeBytes {
+                _ = try Checkpoint.write([CheckpointExtent(offset: 0, bytes: $0), CheckpointExtent(offset: UInt64.max - 10, bytes: $0)],
+                                         to: failing, options: options(.v2))
+            }
+        }
+        #expect(directory.entries == ["out.ckpt"])
+    }
+}
+
+func expectCheckpointError(_ body: () throws -> Void, sourceLocation: SourceLocation = #_sourceLocation) -> MemSnapError? {
+    do {
+        try body()
+        Issue.record("expected a MemSnapError", sourceLocation: sourceLocation)
+    } catch let error as MemSnapError {
+        return error
+    } catch {
+        Issue.record("expected a MemSnapError, got \(error)", sourceLocation: sourceLocation)
+    }
+    return nil
+}
