@@ -24,6 +24,21 @@ public final class CheckpointFile: @unchecked Sendable {
 
     public var frameCount: Int { frames.count }
 
+    /// One line of the index, for `memsnap info --verbose 2`.
+    public struct FrameSummary: Sendable {
+        public let index: Int
+        public let offset: Int
+        public let storedSize: Int
+        public let rawSize: Int
+        public let extentCount: Int
+        public let checksum: UInt64
+    }
+
+    public var frameSummaries: [FrameSummary] {
+        frames.map { FrameSummary(index: $0.index, offset: $0.offset, storedSize: $0.storedSize, rawSize: $0.rawSize,
+                                  extentCount: $0.extentCount, checksum: $0.payloadChecksum) }
+    }
+
     /// Opens and checks `path`.
     /// - Throws: `.systemCall` if it cannot be opened or mapped; `.corrupt` naming the part and
     ///   offset for a wrong magic, a checksum mismatch, a truncated file, an index pointing
