@@ -41,6 +41,12 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // The checkpoint reader's fuzz target; `make fuzz` builds it with -sanitize=fuzzer.
+        .executableTarget(
+            name: "checkpoint-fuzzer-replay",
+            dependencies: ["MemSnap", "MemSnapCheckpoint", "CMemSnap"],
+            path: "Sources/CheckpointFuzzer"
+        ),
         .testTarget(
             name: "MemSnapTests",
             dependencies: ["MemSnap", "CMemSnap"]
