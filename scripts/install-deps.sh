@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the system packages memsnap builds against, and only those that are missing.
+# Installs the system packages memsnap builds against (and the two compressors its benchmarks
+# compare with), and only those that are missing.
 #
 # Each line of REQUIREMENTS is "pkg-config-name header debian-package". A requirement counts as
 # present when pkg-config knows the library or, for libraries that ship no .pc file, when the
@@ -26,6 +27,17 @@ for line in "${REQUIREMENTS[@]}"; do
   if [[ "$pc" != "-" ]] && have_pkg_config && pkg-config --exists "$pc"; then continue; fi
   if [[ "$header" != "-" && -f "/usr/include/$header" ]]; then continue; fi
   missing+=("$package")
+done
+
+# Commands the benchmarks compare against (memsnap bench checkpoint runs lz4 -1 and zstd -1).
+COMMANDS=(
+  # command  Debian package
+  "lz4       lz4"
+  "zstd      zstd"
+)
+for line in "${COMMANDS[@]}"; do
+  read -r command package <<<"$line"
+  command -v "$command" >/dev/null 2>&1 || missing+=("$package")
 done
 
 if [[ ${#missing[@]} -eq 0 ]]; then

@@ -47,7 +47,8 @@ public struct CheckpointOptions: Sendable {
     /// Most uncompressed extent bytes per frame; large extents are split at absolute multiples
     /// of it, so one huge extent still spreads over every thread. A multiple of the page size.
     public var chunkSize: Int
-    /// Threads compressing or hashing frames (the output does not depend on it).
+    /// Threads compressing frames (v3; v1 and v2 frames are hashed and written by the calling
+    /// thread, which measured faster). The output does not depend on it.
     public var threads: Int
     /// Stored in the info section (host, time, user, application); the only part of a file
     /// that differs between runs over the same input.

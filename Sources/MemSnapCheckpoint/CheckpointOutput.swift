@@ -39,7 +39,7 @@ final class CheckpointOutput {
         var random = SystemRandomNumberGenerator()
         for _ in 0..<16 {
             let temporary = "\(directory).\(name).tmp-\(String(random.next() % 0xFFFF_FFFF, radix: 16))"
-            let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+            let fd = open(temporary, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
             if fd >= 0 { return CheckpointOutput(descriptor: fd, finalPath: path, temporaryPath: temporary, force: force) }
             if errno != EEXIST { throw MemSnapError.systemCall("open \(temporary)", during: operation) }
         }

@@ -162,6 +162,7 @@ public final class CheckpointFile: @unchecked Sendable {
         into target: CheckpointRestoreTarget, threads: Int = 2,
         progress: (@Sendable (CheckpointProgress) -> Void)? = nil
     ) throws(MemSnapError) {
+        try target.prepare(imageSize: imageSize)
         try process(threads: threads, target: target, progress: progress)
         try target.commit(imageSize: imageSize)
     }

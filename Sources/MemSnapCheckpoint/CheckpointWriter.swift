@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Foundation
 import MemSnap
 
 /// What a finished checkpoint holds.
@@ -54,8 +55,6 @@ final class CheckpointWriter {
         try output.write(header, during: operation)
     }
 
-    private var batchSize: Int { options.style == .v1 ? 1 : max(4, options.threads * 4) }
-
     func add(_ extent: CheckpointExtent) throws(MemSnapError) {
         guard extent.offset <= UInt64(Int.max - extent.bytes.count) else {
             throw MemSnapError(operation, .invalidRange(offset: Int(truncatingIfNeeded: extent.offset), length: extent.bytes.count))
@@ -64,7 +63,6 @@ final class CheckpointWriter {
         imageSize = max(imageSize, end)
         ready += planner.add(extent)
         consumed += extent.bytes.count
-        if ready.count >= batchSize { try writeReady() }
     }
 
     /// Writes every completed frame and copies the pieces of the partial frame, so the caller
@@ -103,24 +101,36 @@ final class CheckpointWriter {
                                  imageSize: imageSize, extentBytes: extentBytes, fileSize: fileSize)
     }
 
-    /// Encodes the ready frames on `options.threads` threads, then writes them in order.
+    /// Encodes the ready frames on `options.threads` threads while this thread writes them, in
+    /// order, as they complete: a pipeline with at most `window` frames encoded ahead of the
+    /// writer (bounded memory). The bytes written do not depend on the thread count.
     private func writeReady() throws(MemSnapError) {
         guard !ready.isEmpty else { return }
         let batch = ready
         ready = []
         let firstIndex = frames.count
-        let slots = EncodedSlots(count: batch.count)
-        let work = BorrowedFrames(batch)
-        let counter = ParallelWork.Counter(count: batch.count)
-        let codec = options.codec
-        let level = options.level
-        try ParallelWork.run(threads: min(options.style == .v1 ? 1 : options.threads, batch.count)) { _ in
-            while let index = counter.claim() {
-                slots.store(FrameEncoder.encode(work.frames[index], index: firstIndex + index, codec: codec, level: level), at: index)
-            }
+        // Only compression is worth other threads: an uncompressed frame is hashed (XXH3, tens of
+        // GB/s) and written by this thread while its bytes are still in cache; hashing it on a
+        // worker made v2 slower than v1 (the writer then re-read every frame from memory).
+        let workers = options.codec == .none ? 0 : min(options.threads, batch.count)
+        let pipeline = FramePipeline(frames: BorrowedFrames(batch), firstIndex: firstIndex, codec: options.codec,
+                                     level: options.level, window: max(4, options.threads * 4))
+        var threads: [Thread] = []
+        for _ in 0..<workers {
+            let thread = Thread { pipeline.encodeUntilDone() }
+            thread.stackSize = 1 << 20
+            threads.append(thread)
+            thread.start()
+        }
+        defer {
+            pipeline.cancel()
+            pipeline.waitForWorkers(workers)
         }
         for index in 0..<batch.count {
-            var encoded = slots.take(at: index)
+            // Without workers (v1, v2) this thread encodes each frame itself, in order.
+            var encoded = workers == 0
+                ? FrameEncoder.encode(batch[index], index: firstIndex + index, codec: options.codec, level: options.level)
+                : pipeline.take(index)
             encoded.record.offset = output.position
             let header = encoded.record.encodedHeader()
             let place = "\(operation): frame \(encoded.record.index)"
@@ -137,8 +147,84 @@ final class CheckpointWriter {
             }
             extentBytes += batch[index].reduce(0) { $0 + $1.bytes.count }
             frames.append(encoded.record)
+            if index % 16 == 15 { progress?(CheckpointProgress(bytesDone: consumed, bytesTotal: totalBytes)) }
         }
         progress?(CheckpointProgress(bytesDone: consumed, bytesTotal: totalBytes))
+    }
+}
+
+/// Workers claim frames in order and encode them; the writer takes each in order. A worker
+/// waits while it is `window` frames ahead of the writer.
+private final class FramePipeline: @unchecked Sendable {
+    private let frames: BorrowedFrames
+    private let firstIndex: Int
+    private let codec: CheckpointCodec
+    private let level: Int32
+    private let window: Int
+    private let condition = NSCondition()
+    // Guarded by `condition`.
+    private var nextToClaim = 0
+    private var taken = 0
+    private var results: [Int: EncodedFrame] = [:]
+    private var cancelled = false
+    private var finishedWorkers = 0
+
+    init(frames: BorrowedFrames, firstIndex: Int, codec: CheckpointCodec, level: Int32, window: Int) {
+        self.frames = frames
+        self.firstIndex = firstIndex
+        self.codec = codec
+        self.level = level
+        self.window = window
+    }
+
+    func encodeUntilDone() {
+        defer {
+            condition.lock()
+            finishedWorkers += 1
+            condition.broadcast()
+            condition.unlock()
+        }
+        while true {
+            condition.lock()
+            while !cancelled && nextToClaim < frames.frames.count && nextToClaim >= taken + window { condition.wait() }
+            guard !cancelled, nextToClaim < frames.frames.count else {
+                condition.unlock()
+                return
+            }
+            let index = nextToClaim
+            nextToClaim += 1
+            condition.unlock()
+            let encoded = FrameEncoder.encode(frames.frames[index], index: firstIndex + index, codec: codec, level: level)
+            condition.lock()
+            results[index] = encoded
+            condition.broadcast()
+            condition.unlock()
+        }
+    }
+
+    /// Waits for frame `index` (taken in order) and hands it over.
+    func take(_ index: Int) -> EncodedFrame {
+        condition.lock()
+        defer { condition.unlock() }
+        while results[index] == nil { condition.wait() }
+        let frame = results.removeValue(forKey: index)!
+        taken = index + 1
+        condition.broadcast()
+        return frame
+    }
+
+    /// Stops workers from claiming more frames (after an error, or when all are taken).
+    func cancel() {
+        condition.lock()
+        cancelled = true
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    func waitForWorkers(_ count: Int) {
+        condition.lock()
+        while finishedWorkers < count { condition.wait() }
+        condition.unlock()
     }
 }
 
@@ -149,29 +235,6 @@ private struct BorrowedFrames: @unchecked Sendable {
     init(_ frames: [[Piece]]) { self.frames = frames }
 }
 
-/// One slot per frame of a batch, each written by exactly one worker and read after they join.
-private final class EncodedSlots: @unchecked Sendable {
-    private let slots: UnsafeMutablePointer<EncodedFrame?>
-    private let count: Int
-
-    init(count: Int) {
-        self.count = count
-        slots = .allocate(capacity: count)
-        slots.initialize(repeating: nil, count: count)
-    }
-
-    deinit {
-        slots.deinitialize(count: count)
-        slots.deallocate()
-    }
-
-    func store(_ frame: EncodedFrame, at index: Int) { slots[index] = frame }
-
-    func take(at index: Int) -> EncodedFrame {
-        guard let frame = slots[index] else { preconditionFailure("frame \(index) was not encoded") }
-        return frame
-    }
-}
 
 /// `Array.withUnsafeBytes` for typed throws (the standard one rethrows untyped errors).
 func withBytes<Result>(

@@ -193,7 +193,7 @@ struct CheckpointRoundTripTests {
             _ = try Checkpoint.write([CheckpointExtent(offset: 0, bytes: bytes)], to: directory.file("memory.ckpt"), options: options(.v3, .lz4, threads: 2))
         }
         let imagePath = directory.file("image.raw")
-        FileManager.default.createFile(atPath: imagePath, contents: Data(image))
+        _ = FileManager.default.createFile(atPath: imagePath, contents: Data(image))
         let input = open(imagePath, O_RDONLY)
         defer { close(input) }
         try Checkpoint.write(readingFrom: input, to: .file(path: directory.file("stream.ckpt"), force: false), options: options(.v3, .lz4, threads: 3))
@@ -227,9 +227,9 @@ struct CheckpointIntegrityTests {
     /// Opening, verifying and restoring `bytes` must all fail, leaving `existing` as it was.
     func expectRejected(_ bytes: [UInt8], in directory: TemporaryDirectory, _ comment: String) {
         let damaged = directory.file("damaged.ckpt")
-        FileManager.default.createFile(atPath: damaged, contents: Data(bytes))
+        _ = FileManager.default.createFile(atPath: damaged, contents: Data(bytes))
         let existing = directory.file("existing.raw")
-        FileManager.default.createFile(atPath: existing, contents: Data("precious".utf8))
+        _ = FileManager.default.createFile(atPath: existing, contents: Data("precious".utf8))
         do {
             let file = try CheckpointFile(path: damaged)
             try file.verify(threads: 2)
@@ -288,7 +288,7 @@ struct CheckpointIntegrityTests {
         let file = try CheckpointFile(path: path)
         let frame = file.frames[2]
         bytes[frame.offset + CheckpointFormat.frameHeaderSize + 5] ^= 0xFF
-        FileManager.default.createFile(atPath: path, contents: Data(bytes))
+        _ = FileManager.default.createFile(atPath: path, contents: Data(bytes))
         let error = expectCheckpointError { try CheckpointFile(path: path).verify() }
         #expect(error?.reason == .corrupt("checkpoint frame 2 at offset \(ByteCount(frame.offset)) (\(frame.offset)): checksum mismatch"))
     }
@@ -298,7 +298,7 @@ struct CheckpointIntegrityTests {
         let (path, _) = try smallCheckpoint(directory)
         var bytes = fileBytes(path)
         bytes[0] = 0x58
-        FileManager.default.createFile(atPath: path, contents: Data(bytes))
+        _ = FileManager.default.createFile(atPath: path, contents: Data(bytes))
         let error = expectCheckpointError { _ = try CheckpointFile(path: path) }
         #expect(error?.reason == .corrupt("header at offset 0: wrong magic, not a memsnap checkpoint"))
     }
@@ -306,7 +306,7 @@ struct CheckpointIntegrityTests {
     @Test func anExistingOutputIsNotOverwrittenWithoutForceAndAFailedCheckpointLeavesNothing() throws {
         let directory = TemporaryDirectory()
         let path = directory.file("out.ckpt")
-        FileManager.default.createFile(atPath: path, contents: Data("keep".utf8))
+        _ = FileManager.default.createFile(atPath: path, contents: Data("keep".utf8))
         let bytes = [UInt8](repeating: 1, count: 8192)
         let error = expectCheckpointError {
             try bytes.withUnsafeBytes { _ = try Checkpoint.write([CheckpointExtent(offset: 0, bytes: $0)], to: path, options: options(.v2)) }

@@ -4,7 +4,7 @@ struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Benchmarks that also measure the physical limit (memcpy) in the same run.",
-        subcommands: [TrackingBenchmarkCommand.self, DiffBenchmarkCommand.self]
+        subcommands: [TrackingBenchmarkCommand.self, DiffBenchmarkCommand.self, CheckpointBenchmarkCommand.self]
     )
 }
 

@@ -1,0 +1,207 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import Foundation
+import MemSnap
+import MemSnapCheckpoint
+
+struct CheckpointBenchmarkCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "checkpoint",
+        abstract: "Checkpoint and restore a large heap-like image; compare with lz4 -1, zstd -1 -T2 and memcpy in the same run."
+    )
+
+    @Option(help: "Image size.", transform: parseByteCount)
+    var size: Int = 512 << 20
+
+    @Option(help: "Threads for memsnap checkpoint and restore.")
+    var threads: Int = 2
+
+    @Option(help: "Where the image and the checkpoints go (tmpfs keeps the disk out of it).")
+    var directory: String = "/dev/shm"
+
+    @Option(help: "Repetitions per measurement; medians are reported.")
+    var repetitions: Int = 3
+
+    @Flag(help: "Print JSON instead of a table.")
+    var json = false
+
+    func run() throws {
+        let report = try CheckpointBenchmark(size: size, threads: threads, directory: directory, repetitions: repetitions).run()
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try encoder.encode(report), as: UTF8.self))
+        } else {
+            print(report.table())
+        }
+    }
+}
+
+struct CheckpointReport: Codable {
+    struct Row: Codable {
+        var name: String
+        var seconds: Double
+        var outputBytes: Int?
+        var note: String
+    }
+    var date: String
+    var imageBytes: Int
+    var nonzeroBytes: Int
+    var threads: Int
+    var repetitions: Int
+    var rows: [Row]
+    var checkpointVsLZ4Throughput: Double?
+    var sizeVsLZ4: Double?
+    var restoreVsLZ4Decompress: Double?
+    var v2VsMemcpy: Double
+    var v2VsFileWrite: Double
+
+    func table() -> String {
+        var table = Table(columns: ["step", "time", "throughput", "output", "ratio", "note"])
+        for row in rows {
+            table.append([row.name, formatDuration(row.seconds), formatBandwidth(bytes: imageBytes, seconds: row.seconds),
+                          row.outputBytes.map { "\(ByteCount($0))" } ?? "-",
+                          row.outputBytes.map { format(Double(imageBytes) / Double(max($0, 1)), decimals: 2) } ?? "-", row.note])
+        }
+        var lines = [
+            "image \(ByteCount(imageBytes)) of synthetic heap (\(ByteCount(nonzeroBytes)) in nonzero pages), "
+                + "\(threads) threads, medians of \(repetitions)", "", table.rendered(), ""]
+        if let checkpointVsLZ4Throughput, let sizeVsLZ4 {
+            lines.append("v3/lz4 checkpoint: \(format(checkpointVsLZ4Throughput, decimals: 2))x the throughput of lz4 -1, "
+                         + "output \(format((sizeVsLZ4 - 1) * 100, decimals: 1)) % \(sizeVsLZ4 >= 1 ? "larger" : "smaller")")
+        }
+        if let restoreVsLZ4Decompress {
+            lines.append("v3/lz4 restore: \(format(restoreVsLZ4Decompress, decimals: 2))x the speed of lz4 -d")
+        }
+        lines.append("v2 checkpoint: \(format(v2VsMemcpy, decimals: 2))x the time of a memcpy of the image, "
+                     + "\(format(v2VsFileWrite, decimals: 2))x the time of writing it to a new file there")
+        return lines.joined(separator: "\n")
+    }
+}
+
+struct CheckpointBenchmark {
+    var size: Int
+    var threads: Int
+    var directory: String
+    var repetitions: Int
+
+    func run() throws -> CheckpointReport {
+        let workspace = "\(directory)/memsnap-bench-\(getpid())"
+        try FileManager.default.createDirectory(atPath: workspace, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: workspace) }
+        let image = try VirtualRegion(maxSize: size, committing: size)
+        image.withUnsafeMutableBytes { SyntheticHeap().fill($0) }
+        let imagePath = "\(workspace)/image.raw"
+        try image.withUnsafeBytes { bytes in try Data(bytes).write(to: URL(fileURLWithPath: imagePath)) }
+        var rows: [CheckpointReport.Row] = []
+
+        let copy = try VirtualRegion(maxSize: size, committing: size)
+        copy.withUnsafeMutableBytes { _ = memset($0.baseAddress!, 0, $0.count) }
+        let memcpySeconds = Stopwatch.median(repetitions: repetitions) {
+            image.withUnsafeBytes { from in copy.withUnsafeMutableBytes { _ = memcpy($0.baseAddress!, from.baseAddress!, from.count) } }
+        }
+        rows.append(.init(name: "memcpy of the image", seconds: memcpySeconds, outputBytes: nil, note: "between prefaulted buffers"))
+        // Writing the same bytes to a new file in the same directory: the limit of the medium
+        // (tmpfs allocates and clears every page of a new file).
+        let copyPath = "\(workspace)/copy.raw"
+        let fileWriteSeconds = Stopwatch.median(repetitions: repetitions) {
+            unlink(copyPath)
+            let fd = open(copyPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+            image.withUnsafeBytes { bytes in
+                var done = 0
+                while done < bytes.count {
+                    let written = write(fd, bytes.baseAddress! + done, min(1 << 20, bytes.count - done))
+                    if written <= 0 { break }
+                    done += written
+                }
+            }
+            close(fd)
+        }
+        unlink(copyPath)
+        rows.append(.init(name: "write the image to a new file", seconds: fileWriteSeconds, outputBytes: nil, note: "the medium's limit"))
+
+        func memsnap(_ name: String, _ options: CheckpointOptions) throws -> (seconds: Double, bytes: Int, path: String) {
+            let path = "\(workspace)/\(name).ckpt"
+            var summary: CheckpointSummary?
+            let seconds = try Stopwatch.median(repetitions: repetitions) {
+                try image.withUnsafeBytes { bytes in
+                    summary = try Checkpoint.write([CheckpointExtent(offset: 0, bytes: bytes)], to: path, options: options, force: true)
+                }
+            }
+            return (seconds, summary?.fileSize ?? 0, path)
+        }
+        let info = CheckpointInfo([("application", "bench")])
+        let v3 = try memsnap("v3-lz4", CheckpointOptions(style: .v3, codec: .lz4, threads: threads, info: info))
+        rows.append(.init(name: "memsnap checkpoint v3/lz4", seconds: v3.seconds, outputBytes: v3.bytes, note: "\(threads) threads"))
+        let v3zstd = try memsnap("v3-zstd", CheckpointOptions(style: .v3, codec: .zstd, level: 1, threads: threads, info: info))
+        rows.append(.init(name: "memsnap checkpoint v3/zstd -1", seconds: v3zstd.seconds, outputBytes: v3zstd.bytes, note: "\(threads) threads"))
+        let v2 = try memsnap("v2", CheckpointOptions(style: .v2, threads: threads, info: info))
+        rows.append(.init(name: "memsnap checkpoint v2", seconds: v2.seconds, outputBytes: v2.bytes, note: "uncompressed, zero pages skipped"))
+        let v1 = try memsnap("v1", CheckpointOptions(style: .v1, threads: 1, info: info))
+        rows.append(.init(name: "memsnap checkpoint v1", seconds: v1.seconds, outputBytes: v1.bytes, note: "single stream"))
+
+        let restorePath = "\(workspace)/restored.raw"
+        let restoreSeconds = try Stopwatch.median(repetitions: repetitions) {
+            try CheckpointFile(path: v3.path).restore(into: ImageFileTarget(path: restorePath, force: true), threads: threads)
+        }
+        rows.append(.init(name: "memsnap restore v3/lz4 to a file", seconds: restoreSeconds, outputBytes: nil, note: "\(threads) threads, verified"))
+        let snapshotSeconds = try Stopwatch.median(repetitions: repetitions) {
+            _ = try Checkpoint.restoreSnapshot(from: v3.path, threads: threads)
+        }
+        rows.append(.init(name: "memsnap restore v3/lz4 to a snapshot", seconds: snapshotSeconds, outputBytes: nil, note: "\(threads) threads, verified"))
+        let same = FileManager.default.contentsEqual(atPath: restorePath, andPath: imagePath)
+        guard same else { throw MemSnapError("bench checkpoint", .corrupt("the restored image differs from the original")) }
+
+        var lz4Throughput: Double?, lz4Size: Int?, lz4Decompress: Double?
+        if let lz4 = which("lz4") {
+            let lz4Path = "\(workspace)/image.lz4"
+            let seconds = try Stopwatch.median(repetitions: repetitions) { try runTool(lz4, ["-1", "-f", "-q", imagePath, lz4Path]) }
+            lz4Size = fileSize(lz4Path)
+            lz4Throughput = seconds
+            rows.append(.init(name: "lz4 -1", seconds: seconds, outputBytes: lz4Size, note: "1 thread (the lz4 tool has no threads)"))
+            lz4Decompress = try Stopwatch.median(repetitions: repetitions) {
+                try runTool(lz4, ["-d", "-f", "-q", lz4Path, "\(workspace)/lz4-restored.raw"])
+            }
+            rows.append(.init(name: "lz4 -d", seconds: lz4Decompress!, outputBytes: nil, note: "to a file"))
+        } else {
+            rows.append(.init(name: "lz4 -1", seconds: .nan, outputBytes: nil, note: "lz4 not installed (scripts/install-deps.sh)"))
+        }
+        if let zstd = which("zstd") {
+            let zstdPath = "\(workspace)/image.zst"
+            let seconds = try Stopwatch.median(repetitions: repetitions) { try runTool(zstd, ["-1", "-T2", "-f", "-q", imagePath, "-o", zstdPath]) }
+            rows.append(.init(name: "zstd -1 -T2", seconds: seconds, outputBytes: fileSize(zstdPath), note: "2 threads"))
+        }
+        let nonzero = try CheckpointFile(path: v2.path).extentBytes
+        return CheckpointReport(
+            date: isoDate(), imageBytes: size, nonzeroBytes: nonzero, threads: threads, repetitions: repetitions, rows: rows,
+            checkpointVsLZ4Throughput: lz4Throughput.map { $0 / v3.seconds },
+            sizeVsLZ4: lz4Size.map { Double(v3.bytes) / Double($0) },
+            restoreVsLZ4Decompress: lz4Decompress.map { $0 / restoreSeconds },
+            v2VsMemcpy: v2.seconds / memcpySeconds, v2VsFileWrite: v2.seconds / fileWriteSeconds)
+    }
+
+    private func which(_ tool: String) -> String? {
+        for directory in ["/usr/bin", "/usr/local/bin", "/bin"] where access("\(directory)/\(tool)", X_OK) == 0 {
+            return "\(directory)/\(tool)"
+        }
+        return nil
+    }
+
+    private func runTool(_ path: String, _ arguments: [String]) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: path)
+        process.arguments = arguments
+        try process.run()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else {
+            throw MemSnapError("run \(path) \(arguments.joined(separator: " "))",
+                               .invalidArgument("exited with status \(process.terminationStatus)"))
+        }
+    }
+
+    private func fileSize(_ path: String) -> Int {
+        ((try? FileManager.default.attributesOfItem(atPath: path)[.size]) as? NSNumber)?.intValue ?? 0
+    }
+}
