@@ -137,10 +137,10 @@ struct CheckpointBenchmark {
         rows.append(.init(name: "memsnap checkpoint v3/lz4", seconds: v3.seconds, outputBytes: v3.bytes, note: "\(threads) threads"))
         let v3zstd = try memsnap("v3-zstd", CheckpointOptions(style: .v3, codec: .zstd, level: 1, threads: threads, info: info))
         rows.append(.init(name: "memsnap checkpoint v3/zstd -1", seconds: v3zstd.seconds, outputBytes: v3zstd.bytes, note: "\(threads) threads"))
-        let v2 = try memsnap("v2", CheckpointOptions(style: .v2, threads: threads, info: info))
-        rows.append(.init(name: "memsnap checkpoint v2", seconds: v2.seconds, outputBytes: v2.bytes, note: "uncompressed, zero pages skipped"))
         let v1 = try memsnap("v1", CheckpointOptions(style: .v1, threads: 1, info: info))
         rows.append(.init(name: "memsnap checkpoint v1", seconds: v1.seconds, outputBytes: v1.bytes, note: "single stream"))
+        let v2 = try memsnap("v2", CheckpointOptions(style: .v2, threads: threads, info: info))
+        rows.append(.init(name: "memsnap checkpoint v2", seconds: v2.seconds, outputBytes: v2.bytes, note: "uncompressed, zero pages skipped"))
 
         let restorePath = "\(workspace)/restored.raw"
         let restoreSeconds = try Stopwatch.median(repetitions: repetitions) {
