@@ -6,7 +6,7 @@ import MemSnap
 /// A checkpoint file opened for reading: mapped read-only, its header, info, footer and index
 /// checked on open (a v1 stream's frames are walked to build the index).
 ///
-/// Ownership: owns the mapping and the descriptor; releases both in deinit.
+/// Ownership: owns the mapping (and through it the descriptor).
 /// Thread safety: immutable after open; `verify` and `restore` may run from any thread.
 public final class CheckpointFile: @unchecked Sendable {
     public let path: String
@@ -19,8 +19,7 @@ public final class CheckpointFile: @unchecked Sendable {
     public let extentBytes: Int
     public let fileSize: Int
     let frames: [FrameRecord]
-    private let mapping: UnsafeRawBufferPointer
-    private let descriptor: Int32
+    private let mapping: ReadOnlyFileMapping
 
     public var frameCount: Int { frames.count }
 
@@ -45,44 +44,19 @@ public final class CheckpointFile: @unchecked Sendable {
     ///   outside the file, or frames that do not tile the data section.
     public init(path: String) throws(MemSnapError) {
         let operation = "open checkpoint \(path)"
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw MemSnapError.systemCall("open", during: operation) }
-        var status = stat()
-        guard fstat(fd, &status) == 0 else {
-            let error = MemSnapError.systemCall("fstat", during: operation)
-            close(fd)
-            throw error
-        }
-        let size = Int(status.st_size)
+        let mapping = try ReadOnlyFileMapping(path: path)
+        let size = mapping.bytes.count
         let minimum = CheckpointFormat.headerSize + 8 + CheckpointFormat.footerSize
         guard size >= minimum else {
-            close(fd)
             throw corrupt(operation, "\(size) bytes is shorter than the smallest checkpoint (\(minimum)): truncated")
         }
-        guard let address = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), address != MAP_FAILED else {
-            let error = MemSnapError.systemCall("mmap", during: operation)
-            close(fd)
-            throw error
-        }
-        let bytes = UnsafeRawBufferPointer(start: address, count: size)
-        do {
-            let parsed = try CheckpointFile.parse(bytes, during: operation)
-            (style, codec, level, chunkSize, info, imageSize, extentBytes, frames) = parsed
-        } catch {
-            munmap(address, size)
-            close(fd)
-            throw error
-        }
+        (style, codec, level, chunkSize, info, imageSize, extentBytes, frames) =
+            try CheckpointFile.parse(mapping.bytes, during: operation)
         self.path = path
         self.fileSize = size
-        self.mapping = bytes
-        self.descriptor = fd
+        self.mapping = mapping
     }
 
-    deinit {
-        munmap(UnsafeMutableRawPointer(mutating: mapping.baseAddress), mapping.count)
-        close(descriptor)
-    }
 
     private static func parse(_ bytes: UnsafeRawBufferPointer, during operation: String) throws(MemSnapError) -> (
         CheckpointStyle, CheckpointCodec, Int32, Int, CheckpointInfo, Int, Int, [FrameRecord]
@@ -206,7 +180,7 @@ public final class CheckpointFile: @unchecked Sendable {
     }
 
     fileprivate func bytes(_ range: Range<Int>) -> UnsafeRawBufferPointer {
-        UnsafeRawBufferPointer(rebasing: mapping[range])
+        UnsafeRawBufferPointer(rebasing: mapping.bytes[range])
     }
 }
 

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -15,4 +16,21 @@ func parsePercentage(_ text: String) throws -> Double {
         throw ValidationError("'\(text)' is not a percentage between 0 and 100 (example: 1%)")
     }
     return value / 100
+}
+
+/// A benchmark's results: printed as a table, or as JSON with `--json`.
+protocol BenchmarkReport: Encodable {
+    func table() -> String
+}
+
+extension BenchmarkReport {
+    func emit(json: Bool) throws {
+        guard json else {
+            print(table())
+            return
+        }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        print(String(decoding: try encoder.encode(self), as: UTF8.self))
+    }
 }

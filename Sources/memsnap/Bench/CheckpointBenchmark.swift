@@ -29,17 +29,11 @@ struct CheckpointBenchmarkCommand: ParsableCommand {
 
     func run() throws {
         let report = try CheckpointBenchmark(size: size, threads: threads, directory: directory, repetitions: repetitions).run()
-        if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            print(String(decoding: try encoder.encode(report), as: UTF8.self))
-        } else {
-            print(report.table())
-        }
+        try report.emit(json: json)
     }
 }
 
-struct CheckpointReport: Codable {
+struct CheckpointReport: Codable, BenchmarkReport {
     struct Row: Codable {
         var name: String
         var seconds: Double

@@ -44,17 +44,11 @@ struct DiffBenchmarkCommand: ParsableCommand {
         }
         let report = try DiffBenchmark(size: size, dirtyFraction: dirty, repetitions: repetitions)
             .run(blockSizes: blocks, workers: workers)
-        if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            print(String(decoding: try encoder.encode(report), as: UTF8.self))
-        } else {
-            print(report.table())
-        }
+        try report.emit(json: json)
     }
 }
 
-struct DiffReport: Codable {
+struct DiffReport: Codable, BenchmarkReport {
     struct BlockResult: Codable {
         var blockSize: Int
         var diffSeconds: Double

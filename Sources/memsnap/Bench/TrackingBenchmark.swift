@@ -34,13 +34,7 @@ struct TrackingBenchmarkCommand: ParsableCommand {
     func run() throws {
         let benchmark = TrackingBenchmark(size: size, dirtyFraction: dirty, repetitions: repetitions)
         let report = try benchmark.run(modes: modes)
-        if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            print(String(decoding: try encoder.encode(report), as: UTF8.self))
-        } else {
-            print(report.table())
-        }
+        try report.emit(json: json)
     }
 }
 
@@ -74,7 +68,7 @@ struct TrackingModeResult: Codable {
     var breakEvenFraction: Double?
 }
 
-struct TrackingReport: Codable {
+struct TrackingReport: Codable, BenchmarkReport {
     var date: String
     var kernel: String
     var regionBytes: Int

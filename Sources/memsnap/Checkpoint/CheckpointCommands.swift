@@ -70,7 +70,7 @@ struct CheckpointCommand: ParsableCommand {
             if source == "-" {
                 return try Checkpoint.write(readingFrom: STDIN_FILENO, to: destination, options: options, progress: progress.handler)
             }
-            let image = try MappedFile(path: source)
+            let image = try ReadOnlyFileMapping(path: source, sequential: true)
             let extents = image.bytes.isEmpty ? [] : [CheckpointExtent(offset: 0, bytes: image.bytes)]
             switch destination {
             case let .file(path, force):
