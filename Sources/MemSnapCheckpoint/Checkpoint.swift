@@ -127,15 +127,19 @@ public enum Checkpoint {
         var imageEnd = 0
         var raw: [UInt8] = []
         let sizeTracker = ImageEnd()
+        var indexPosition: Int?
         while true {
             let position = stream.position
             let magicBytes = try stream.read(4)
             let magic = magicBytes.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self)) }
+            if magic == CheckpointFormat.frameMagic || magic == CheckpointFormat.indexMagic, let indexPosition {
+                throw corrupt(operation, "at \(at(position)): data after the index at \(at(indexPosition)); expected the footer")
+            }
             if magic == CheckpointFormat.frameMagic {
                 let headerBytes = magicBytes + (try stream.read(CheckpointFormat.frameHeaderSize - 4))
                 let frame = try withBytes(headerBytes) { (bytes) throws(MemSnapError) in
                     try FrameRecord.decodeHeader(bytes, at: position, expectedIndex: frames.count, chunkSize: header.chunkSize,
-                                                 during: operation)
+                                                 codec: header.codec, during: operation)
                 }
                 let payload = try stream.read(frame.storedSize)
                 let place = "checkpoint frame \(frame.index) at \(at(position))"
@@ -165,15 +169,21 @@ public enum Checkpoint {
                 }
                 let rest = try stream.read(CheckpointIndex.size(frameCount: frames.count) - 16)
                 let decoded = try withBytes(magicBytes + countBytes + rest) { (bytes) throws(MemSnapError) in
-                    try CheckpointIndex.decode(bytes, at: position, during: operation)
+                    try CheckpointIndex.decode(bytes, at: position, chunkSize: header.chunkSize, codec: header.codec, during: operation)
                 }
                 guard decoded == frames else { throw corrupt(operation, "index at \(at(position)): disagrees with the frames") }
+                indexPosition = position
             } else if magic == CheckpointFormat.footerMagic {
                 let footerBytes = magicBytes + (try stream.read(CheckpointFormat.footerSize - 4))
                 let footer = try withBytes(footerBytes) { (bytes) throws(MemSnapError) in
                     try CheckpointFooter.decode(bytes, at: position, during: operation)
                 }
                 imageEnd = sizeTracker.value
+                let expectedIndexOffset = header.style == .v1 ? 0 : indexPosition
+                guard footer.indexOffset == expectedIndexOffset else {
+                    throw corrupt(operation, "footer at \(at(position)): "
+                                  + (expectedIndexOffset == nil ? "a \(header.style) stream has no index" : "index offset \(footer.indexOffset) is not where the index was"))
+                }
                 guard footer.fileSize == stream.position, footer.frameCount == frames.count, footer.extentBytes == extentBytes,
                       footer.imageSize >= imageEnd, footer.style == header.style, footer.codec == header.codec,
                       footer.chunkSize == header.chunkSize, footer.level == header.level else {
@@ -221,11 +231,15 @@ private struct InputStream {
         self.operation = operation
     }
 
+    /// Reads exactly `count` bytes. The buffer grows at most 1 MiB ahead of the data actually
+    /// read, so a size declared by a damaged stream cannot allocate memory the stream never backs.
     mutating func read(_ count: Int) throws(MemSnapError) -> [UInt8] {
-        var bytes = [UInt8](repeating: 0, count: count)
+        var bytes: [UInt8] = []
         var filled = 0
         while filled < count {
-            let got = bytes.withUnsafeMutableBytes { Glibc.read(descriptor, $0.baseAddress! + filled, count - filled) }
+            if bytes.count == filled { bytes += [UInt8](repeating: 0, count: min(count - filled, 1 << 20)) }
+            let limit = bytes.count
+            let got = bytes.withUnsafeMutableBytes { Glibc.read(descriptor, $0.baseAddress! + filled, limit - filled) }
             if got < 0 {
                 if errno == EINTR { continue }
                 throw MemSnapError.systemCall("read", during: "\(operation) at \(at(position + filled))")

@@ -1,6 +1,7 @@
 import CMemSnapCodecs
 import MemSnap
 
+
 /// The checkpoint file format, version 1. docs/FORMAT.md describes it byte by byte.
 enum CheckpointFormat {
     static let magic: UInt64 = 0x3130_5450_4B43_534D  // "MSCKPT01"
@@ -15,7 +16,10 @@ enum CheckpointFormat {
     static let extentEntrySize = 24
     /// Upper bounds a reader enforces before allocating anything.
     static let maxInfoLength = 1 << 20
-    static let maxChunkSize = 1 << 30
+    static let maxChunkSize = 64 << 20
+    /// A frame's raw payload (extent table plus bytes) never exceeds twice the chunk size: the
+    /// planner closes frames before that, and readers refuse more before allocating anything.
+    static func maxRawSize(chunkSize: Int) -> Int { 2 * chunkSize }
 
     static func xxh3(_ bytes: UnsafeRawBufferPointer) -> UInt64 { memsnap_xxh3(bytes.baseAddress, bytes.count) }
     static func xxh3(_ bytes: [UInt8]) -> UInt64 { bytes.withUnsafeBytes { xxh3($0) } }
@@ -111,8 +115,9 @@ struct CheckpointHeader: Equatable {
         let level = reader.i32()
         let chunkSize = reader.u64()
         let infoLength = reader.u64()
-        guard chunkSize >= UInt64(Page.size), chunkSize <= UInt64(CheckpointFormat.maxChunkSize) else {
-            throw corrupt(operation, "header: chunk size \(chunkSize) is out of range")
+        guard chunkSize >= UInt64(Page.size), chunkSize <= UInt64(CheckpointFormat.maxChunkSize),
+              chunkSize % UInt64(Page.size) == 0 else {
+            throw corrupt(operation, "header: chunk size \(chunkSize) is not a multiple of \(Page.size) up to \(CheckpointFormat.maxChunkSize)")
         }
         guard infoLength <= UInt64(CheckpointFormat.maxInfoLength) else {
             throw corrupt(operation, "header: info length \(infoLength) exceeds \(CheckpointFormat.maxInfoLength)")
@@ -131,12 +136,26 @@ extension CheckpointInfo {
         var writer = ByteWriter()
         writer.u32(UInt32(entries.count))
         for (key, value) in entries {
-            let keyBytes = Array(key.utf8.prefix(Int(UInt16.max)))
-            let valueBytes = Array(value.utf8.prefix(1 << 16))
+            let keyBytes = Array(CheckpointInfo.prefix(key, utf8Bytes: Int(UInt16.max)).utf8)
+            let valueBytes = Array(CheckpointInfo.prefix(value, utf8Bytes: 1 << 16).utf8)
             writer.u16(UInt16(keyBytes.count)); writer.raw(keyBytes)
             writer.u32(UInt32(valueBytes.count)); writer.raw(valueBytes)
         }
         return writer.bytes
+    }
+
+    /// The longest prefix of whole characters that fits `utf8Bytes`.
+    static func prefix(_ text: String, utf8Bytes limit: Int) -> String {
+        guard text.utf8.count > limit else { return text }
+        var result = ""
+        var used = 0
+        for character in text {
+            let size = character.utf8.count
+            if used + size > limit { break }
+            result.append(character)
+            used += size
+        }
+        return result
     }
 
     static func decode(_ bytes: UnsafeRawBufferPointer, checksum: UInt64, during operation: String) throws(MemSnapError) -> CheckpointInfo {
@@ -184,9 +203,33 @@ struct FrameRecord: Equatable {
         return writer.bytes
     }
 
+    /// Checks the sizes a frame declares against the format's limits, before anything is
+    /// allocated for it: raw size at most twice the chunk size, at least 25 bytes per extent
+    /// (a 24-byte table entry and one byte), stored size equal to the raw size without a codec
+    /// and within the codec's compress bound with one.
+    static func validateSizes(
+        storedSize: UInt64, rawSize: UInt64, extentCount: UInt64, chunkSize: Int, codec: CheckpointCodec,
+        where place: String, during operation: String
+    ) throws(MemSnapError) {
+        let rawLimit = UInt64(CheckpointFormat.maxRawSize(chunkSize: chunkSize))
+        guard rawSize <= rawLimit, extentCount <= rawSize / UInt64(CheckpointFormat.extentEntrySize + 1) else {
+            throw corrupt(operation, "\(place): raw size \(rawSize) with \(extentCount) extents is out of range")
+        }
+        let storedLimit: UInt64
+        switch codec {
+        case .none: storedLimit = rawSize
+        case .lz4: storedLimit = UInt64(LZ4_compressBound(Int32(rawSize)))
+        case .zstd: storedLimit = UInt64(ZSTD_compressBound(Int(rawSize)))
+        }
+        guard codec == .none ? storedSize == rawSize : storedSize <= storedLimit else {
+            throw corrupt(operation, "\(place): stored size \(storedSize) does not fit raw size \(rawSize) with codec \(codec)")
+        }
+    }
+
     /// Decodes a frame header found at `offset`, checking what can be checked without the payload.
     static func decodeHeader(
-        _ bytes: UnsafeRawBufferPointer, at offset: Int, expectedIndex: Int, chunkSize: Int, during operation: String
+        _ bytes: UnsafeRawBufferPointer, at offset: Int, expectedIndex: Int, chunkSize: Int, codec: CheckpointCodec,
+        during operation: String
     ) throws(MemSnapError) -> FrameRecord {
         let where_ = "checkpoint frame \(expectedIndex) at \(at(offset))"
         guard bytes.count >= CheckpointFormat.frameHeaderSize else { throw corrupt(operation, "\(where_): header truncated") }
@@ -203,12 +246,8 @@ struct FrameRecord: Equatable {
         let extentCount = Int(reader.u32())
         guard reader.u32() == 0 else { throw corrupt(operation, "\(where_): reserved bytes are not zero") }
         let payloadChecksum = reader.u64()
-        // A frame holds at most chunkSize extent bytes plus a 24-byte entry per extent; a
-        // compressor can expand incompressible input a little (LZ4 and zstd bounds are < 1 %).
-        let rawLimit = UInt64(chunkSize) + UInt64(extentCount) * UInt64(CheckpointFormat.extentEntrySize)
-        guard rawSize <= rawLimit, extentCount <= chunkSize, storedSize <= rawLimit + rawLimit / 64 + 1024 else {
-            throw corrupt(operation, "\(where_): sizes out of range (stored \(storedSize), raw \(rawSize), \(extentCount) extents)")
-        }
+        try validateSizes(storedSize: storedSize, rawSize: rawSize, extentCount: UInt64(extentCount), chunkSize: chunkSize,
+                          codec: codec, where: where_, during: operation)
         return FrameRecord(index: index, offset: offset, storedSize: Int(storedSize), rawSize: Int(rawSize),
                            extentCount: extentCount, payloadChecksum: payloadChecksum)
     }
@@ -235,7 +274,9 @@ enum CheckpointIndex {
 
     static func size(frameCount: Int) -> Int { 16 + frameCount * CheckpointFormat.indexEntrySize + 8 }
 
-    static func decode(_ bytes: UnsafeRawBufferPointer, at offset: Int, during operation: String) throws(MemSnapError) -> [FrameRecord] {
+    static func decode(
+        _ bytes: UnsafeRawBufferPointer, at offset: Int, chunkSize: Int, codec: CheckpointCodec, during operation: String
+    ) throws(MemSnapError) -> [FrameRecord] {
         let where_ = "index at \(at(offset))"
         guard bytes.count >= 24 else { throw corrupt(operation, "\(where_): truncated") }
         var reader = ByteReader(bytes)
@@ -256,9 +297,9 @@ enum CheckpointIndex {
             let extentCount = reader.u32()
             guard reader.u32() == 0 else { throw corrupt(operation, "\(where_): entry \(index): reserved bytes are not zero") }
             let checksum = reader.u64()
-            guard frameOffset <= UInt64(Int.max), storedSize <= UInt64(Int.max), rawSize <= UInt64(Int.max) else {
-                throw corrupt(operation, "\(where_): entry \(index): values out of range")
-            }
+            guard frameOffset <= UInt64(Int.max) else { throw corrupt(operation, "\(where_): entry \(index): offset out of range") }
+            try FrameRecord.validateSizes(storedSize: storedSize, rawSize: rawSize, extentCount: UInt64(extentCount),
+                                          chunkSize: chunkSize, codec: codec, where: "\(where_): entry \(index)", during: operation)
             frames.append(FrameRecord(index: index, offset: Int(frameOffset), storedSize: Int(storedSize), rawSize: Int(rawSize),
                                       extentCount: Int(extentCount), payloadChecksum: checksum))
         }

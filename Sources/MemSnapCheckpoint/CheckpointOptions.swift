@@ -45,7 +45,8 @@ public struct CheckpointOptions: Sendable {
     /// zstd level (1...22, default 3); LZ4 acceleration (1 = default ratio, higher = faster).
     public var level: Int32
     /// Most uncompressed extent bytes per frame; large extents are split at absolute multiples
-    /// of it, so one huge extent still spreads over every thread. A multiple of the page size.
+    /// of it, so one huge extent still spreads over every thread. A multiple of the page size,
+    /// at most 64 MiB (readers allocate up to twice this per thread).
     public var chunkSize: Int
     /// Threads compressing frames (v3; v1 and v2 frames are hashed and written by the calling
     /// thread, which measured faster). The output does not depend on it.
@@ -67,9 +68,14 @@ public struct CheckpointOptions: Sendable {
     }
 
     func validate(during operation: String) throws(MemSnapError) {
-        guard chunkSize >= Page.size, chunkSize <= 1 << 30, chunkSize % Page.size == 0 else {
+        guard chunkSize >= Page.size, chunkSize <= CheckpointFormat.maxChunkSize, chunkSize % Page.size == 0 else {
             throw MemSnapError(operation, .invalidArgument(
-                "chunk size \(chunkSize) must be a multiple of \(Page.size) from \(Page.size) to 1 GiB"))
+                "chunk size \(chunkSize) must be a multiple of \(Page.size) from \(Page.size) to 64 MiB"))
+        }
+        let infoLength = info.encoded().count
+        guard infoLength <= CheckpointFormat.maxInfoLength else {
+            throw MemSnapError(operation, .invalidArgument(
+                "the info section would take \(infoLength) bytes; at most \(CheckpointFormat.maxInfoLength) can be read back"))
         }
         guard (1...256).contains(threads) else {
             throw MemSnapError(operation, .invalidArgument("thread count \(threads) must be 1...256"))

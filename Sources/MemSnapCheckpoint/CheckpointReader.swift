@@ -90,7 +90,7 @@ public final class CheckpointFile: @unchecked Sendable {
                 }
                 let frame = try FrameRecord.decodeHeader(
                     UnsafeRawBufferPointer(rebasing: bytes[position..<position + CheckpointFormat.frameHeaderSize]),
-                    at: position, expectedIndex: frames.count, chunkSize: header.chunkSize, during: operation)
+                    at: position, expectedIndex: frames.count, chunkSize: header.chunkSize, codec: header.codec, during: operation)
                 guard frame.end <= footerOffset else {
                     throw corrupt(operation, "checkpoint frame \(frame.index) at \(at(position)): payload runs past the end (truncated)")
                 }
@@ -103,7 +103,8 @@ public final class CheckpointFile: @unchecked Sendable {
                 throw corrupt(operation, "footer: index offset \(footer.indexOffset) points outside the data section")
             }
             frames = try CheckpointIndex.decode(UnsafeRawBufferPointer(rebasing: bytes[footer.indexOffset..<footerOffset]),
-                                                at: footer.indexOffset, during: operation)
+                                                at: footer.indexOffset, chunkSize: header.chunkSize, codec: header.codec,
+                                                during: operation)
             var expected = dataStart
             for frame in frames {
                 guard frame.offset == expected, frame.storedSize <= footer.indexOffset - frame.offset - CheckpointFormat.frameHeaderSize else {
@@ -136,6 +137,9 @@ public final class CheckpointFile: @unchecked Sendable {
         into target: CheckpointRestoreTarget, threads: Int = 2,
         progress: (@Sendable (CheckpointProgress) -> Void)? = nil
     ) throws(MemSnapError) {
+        guard (1...256).contains(threads) else {
+            throw MemSnapError("restore checkpoint \(path)", .invalidArgument("thread count \(threads) must be 1...256"))
+        }
         try target.prepare(imageSize: imageSize)
         try process(threads: threads, target: target, progress: progress)
         try target.commit(imageSize: imageSize)
@@ -152,7 +156,7 @@ public final class CheckpointFile: @unchecked Sendable {
         let failures = Locked<(frame: Int, error: MemSnapError)?>(nil)
         let restored = Locked((extentBytes: 0, rawBytes: 0))
         let context = FrameContext(file: self, target: target, operation: operation)
-        let totalRaw = frames.reduce(0) { $0 + $1.rawSize }
+        let totalRaw = frames.reduce(0) { $0 &+ $1.rawSize }  // each is at most 2 x chunk size (checked on open)
         try ParallelWork.run(threads: min(threads, max(1, frames.count))) { _ in
             var buffer: [UInt8] = []
             while let index = counter.claim() {
@@ -196,7 +200,7 @@ private struct FrameContext: @unchecked Sendable {
         let place = "checkpoint frame \(index) at \(at(expected.offset))"
         let header = try FrameRecord.decodeHeader(
             file.bytes(expected.offset..<expected.offset + CheckpointFormat.frameHeaderSize),
-            at: expected.offset, expectedIndex: index, chunkSize: file.chunkSize, during: operation)
+            at: expected.offset, expectedIndex: index, chunkSize: file.chunkSize, codec: file.codec, during: operation)
         guard header == expected else { throw corrupt(operation, "\(place): header disagrees with the index") }
         let payload = file.bytes(expected.offset + CheckpointFormat.frameHeaderSize..<expected.end)
         guard CheckpointFormat.xxh3(payload) == expected.payloadChecksum else {
@@ -238,6 +242,13 @@ func applyExtents(
     }
     guard tableSize + total == raw.count else {
         throw corrupt(operation, "\(place): extents hold \(total) bytes but the frame has \(raw.count - tableSize)")
+    }
+    // Extents of one frame never overlap (the planner's pieces are disjoint); overlaps across
+    // frames would make a parallel restore's result depend on timing and are documented as
+    // unsupported input (a writer of this format never produces them).
+    let sorted = extents.sorted { ($0.tag, $0.offset) < ($1.tag, $1.offset) }
+    for (previous, next) in zip(sorted, sorted.dropFirst()) where previous.tag == next.tag && previous.offset + previous.length > next.offset {
+        throw corrupt(operation, "\(place): extents overlap at offset \(next.offset) of tag \(next.tag)")
     }
     if let target {
         var position = tableSize

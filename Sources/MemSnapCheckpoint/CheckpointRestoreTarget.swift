@@ -6,9 +6,11 @@ import MemSnap
 
 /// Where restored extents go. Restore never writes a caller's data in place: targets stage
 /// everything (a temporary file, a fresh memfd) and `commit` publishes it only after every frame
-/// verified. `abort` (or deinit) throws the staging away.
+/// verified. A target that is never committed throws its staging away in deinit.
 ///
-/// Thread safety: `write` is called from several restore threads at once, for disjoint ranges.
+/// Thread safety: `write` is called from several restore threads at once, for ranges that are
+/// disjoint in every checkpoint this library writes (a crafted file with extents overlapping
+/// across frames restores them in an unspecified order).
 public protocol CheckpointRestoreTarget: AnyObject, Sendable {
     /// Called once before any write when the image size is known in advance (file restores;
     /// not one-pass stream restores). Targets may size and map their staging here.

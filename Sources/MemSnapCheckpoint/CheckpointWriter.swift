@@ -129,8 +129,8 @@ final class CheckpointWriter {
         for index in 0..<batch.count {
             // Without workers (v1, v2) this thread encodes each frame itself, in order.
             var encoded = workers == 0
-                ? FrameEncoder.encode(batch[index], index: firstIndex + index, codec: options.codec, level: options.level)
-                : pipeline.take(index)
+                ? try FrameEncoder.encode(batch[index], index: firstIndex + index, codec: options.codec, level: options.level)
+                : try pipeline.take(index).get()
             encoded.record.offset = output.position
             let header = encoded.record.encodedHeader()
             let place = "\(operation): frame \(encoded.record.index)"
@@ -165,7 +165,7 @@ private final class FramePipeline: @unchecked Sendable {
     // Guarded by `condition`.
     private var nextToClaim = 0
     private var taken = 0
-    private var results: [Int: EncodedFrame] = [:]
+    private var results: [Int: Result<EncodedFrame, MemSnapError>] = [:]
     private var cancelled = false
     private var finishedWorkers = 0
 
@@ -194,7 +194,9 @@ private final class FramePipeline: @unchecked Sendable {
             let index = nextToClaim
             nextToClaim += 1
             condition.unlock()
-            let encoded = FrameEncoder.encode(frames.frames[index], index: firstIndex + index, codec: codec, level: level)
+            let encoded = Result { () throws(MemSnapError) -> EncodedFrame in
+                try FrameEncoder.encode(frames.frames[index], index: firstIndex + index, codec: codec, level: level)
+            }
             condition.lock()
             results[index] = encoded
             condition.broadcast()
@@ -203,7 +205,7 @@ private final class FramePipeline: @unchecked Sendable {
     }
 
     /// Waits for frame `index` (taken in order) and hands it over.
-    func take(_ index: Int) -> EncodedFrame {
+    func take(_ index: Int) -> Result<EncodedFrame, MemSnapError> {
         condition.lock()
         defer { condition.unlock() }
         while results[index] == nil { condition.wait() }

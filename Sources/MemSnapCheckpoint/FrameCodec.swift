@@ -5,7 +5,17 @@ import MemSnap
 /// handle any frame and the output depends only on the frame's bytes and the settings.
 enum FrameCodec {
     /// `raw` compressed with `codec` at `level`.
-    static func compress(_ raw: UnsafeRawBufferPointer, codec: CheckpointCodec, level: Int32) -> [UInt8] {
+    /// - Throws: `.invalidArgument` if the compressor fails (it produced nothing for input).
+    static func compress(_ raw: UnsafeRawBufferPointer, codec: CheckpointCodec, level: Int32) throws(MemSnapError) -> [UInt8] {
+        let stored = compressOrEmpty(raw, codec: codec, level: level)
+        guard stored.count > 0 || raw.isEmpty || codec == .none else {
+            throw MemSnapError("compress a frame of \(raw.count) bytes with \(codec)",
+                               .invalidArgument("the compressor failed"))
+        }
+        return stored
+    }
+
+    private static func compressOrEmpty(_ raw: UnsafeRawBufferPointer, codec: CheckpointCodec, level: Int32) -> [UInt8] {
         switch codec {
         case .none:
             return [UInt8](raw)

@@ -13,7 +13,8 @@ struct Piece {
 /// page size; all-zero pages are dropped; what is left is joined into maximal runs that never
 /// cross an absolute multiple of the chunk size (so no piece is larger than a chunk); pieces are
 /// packed in order into frames of at most `chunkSize` extent bytes, a frame closing when the next
-/// piece does not fit. Because every cut is at an absolute offset, feeding the same image in
+/// piece does not fit (its extent bytes would pass the chunk size, or table plus bytes would
+/// pass twice the chunk size). Because every cut is at an absolute offset, feeding the same image in
 /// windows (a pipe) or whole (a file) gives the same frames, as long as windows are cut at
 /// multiples of the chunk size.
 struct FramePlanner {
@@ -35,7 +36,11 @@ struct FramePlanner {
             guard let start = runStart, end > start else { runStart = nil; return }
             let piece = Piece(tag: extent.tag, offset: extent.offset + UInt64(start),
                               bytes: UnsafeRawBufferPointer(start: base + start, count: end - start))
-            if pendingBytes + piece.bytes.count > chunkSize { completed.append(takeFrame()) }
+            let rawAfter = (pending.count + 1) * CheckpointFormat.extentEntrySize + pendingBytes + piece.bytes.count
+            if !pending.isEmpty && (pendingBytes + piece.bytes.count > chunkSize
+                                    || rawAfter > CheckpointFormat.maxRawSize(chunkSize: chunkSize)) {
+                completed.append(takeFrame())
+            }
             pending.append(piece)
             pendingBytes += piece.bytes.count
             runStart = nil
@@ -113,7 +118,7 @@ enum FrameEncoder {
     }
 
     /// Builds frame `index`: table, checksum, and (v3) the compressed payload.
-    static func encode(_ pieces: [Piece], index: Int, codec: CheckpointCodec, level: Int32) -> EncodedFrame {
+    static func encode(_ pieces: [Piece], index: Int, codec: CheckpointCodec, level: Int32) throws(MemSnapError) -> EncodedFrame {
         let table = table(pieces)
         let rawSize = table.count + pieces.reduce(0) { $0 + $1.bytes.count }
         if codec == .none {
@@ -128,7 +133,7 @@ enum FrameEncoder {
         raw.reserveCapacity(rawSize)
         raw.append(contentsOf: table)
         for piece in pieces { raw.append(contentsOf: piece.bytes) }
-        let stored = raw.withUnsafeBytes { FrameCodec.compress($0, codec: codec, level: level) }
+        let stored = try withBytes(raw) { (bytes) throws(MemSnapError) in try FrameCodec.compress(bytes, codec: codec, level: level) }
         let record = FrameRecord(index: index, offset: 0, storedSize: stored.count, rawSize: rawSize,
                                  extentCount: pieces.count, payloadChecksum: CheckpointFormat.xxh3(stored))
         return EncodedFrame(record: record, compressed: stored, table: [], pieces: [])

@@ -338,3 +338,105 @@ func expectCheckpointError(_ body: () throws -> Void, sourceLocation: SourceLoca
     }
     return nil
 }
+
+/// Crafted files a review used to crash, hang or fool the reader, kept as specifications.
+@Suite("Checkpoint reader against crafted files")
+struct CheckpointCraftedFileTests {
+    func v2Checkpoint(_ directory: TemporaryDirectory) throws -> (path: String, bytes: [UInt8], file: CheckpointFile) {
+        let image = heapImage(size: 40 << 10, seed: 31)
+        let path = directory.file("v2.ckpt")
+        try image.withUnsafeBytes { _ = try Checkpoint.write([CheckpointExtent(offset: 0, bytes: $0)], to: path, options: options(.v2, chunk: 8192)) }
+        return (path, fileBytes(path), try CheckpointFile(path: path))
+    }
+
+    func store(_ value: UInt64, at offset: Int, in bytes: inout [UInt8]) {
+        withUnsafeBytes(of: value.littleEndian) { bytes.replaceSubrange(offset..<offset + 8, with: $0) }
+    }
+
+    func reseal(index bytes: inout [UInt8], from start: Int, to end: Int) {
+        store(CheckpointFormat.xxh3(Array(bytes[start..<end - 8])), at: end - 8, in: &bytes)
+    }
+
+    @Test func hugeRawSizesInAResealedIndexAreRejectedOnOpen() throws {
+        let directory = TemporaryDirectory()
+        var (path, bytes, file) = try v2Checkpoint(directory)
+        let indexStart = file.frames.last!.end
+        let indexEnd = bytes.count - CheckpointFormat.footerSize
+        for entry in 0..<2 { store(1 << 62, at: indexStart + 16 + entry * 40 + 16, in: &bytes) }
+        reseal(index: &bytes, from: indexStart, to: indexEnd)
+        _ = FileManager.default.createFile(atPath: path, contents: Data(bytes))
+        let error = expectCheckpointError { try CheckpointFile(path: path).verify() }
+        guard case let .corrupt(text)? = error?.reason else { Issue.record("expected corrupt, got \(String(describing: error))"); return }
+        #expect(text.contains("entry 0: raw size 4611686018427387904"))
+    }
+
+    @Test func aStreamDeclaringAHugeFrameIsRejectedBeforeReadingIt() throws {
+        let directory = TemporaryDirectory()
+        let (_, bytes, file) = try v2Checkpoint(directory)
+        var damaged = Array(bytes[0..<file.frames[0].offset + CheckpointFormat.frameHeaderSize])
+        let header = file.frames[0].offset
+        store(256 << 20, at: header + 8, in: &damaged)  // stored size
+        store(256 << 20, at: header + 16, in: &damaged)  // raw size
+        store(CheckpointFormat.xxh3(Array(damaged[header..<header + 40])), at: header + 40, in: &damaged)
+        let error = try restoreFromPipe(damaged)
+        #expect(error?.description.contains("checkpoint frame 0") == true, "\(String(describing: error))")
+        #expect(error?.description.contains("out of range") == true, "\(String(describing: error))")
+    }
+
+    @Test func aV2StreamWithoutItsIndexIsRejected() throws {
+        let directory = TemporaryDirectory()
+        let (_, bytes, file) = try v2Checkpoint(directory)
+        let indexStart = file.frames.last!.end
+        let footerStart = bytes.count - CheckpointFormat.footerSize
+        var footer = CheckpointFooter(style: .v2, codec: .none, level: 1, chunkSize: 8192, imageSize: file.imageSize,
+                                      extentBytes: file.extentBytes, frameCount: file.frameCount, indexOffset: 0,
+                                      fileSize: indexStart + CheckpointFormat.footerSize)
+        _ = footerStart
+        let damaged = Array(bytes[0..<indexStart]) + footer.encoded()
+        let error = try restoreFromPipe(damaged)
+        #expect(error?.reason == .corrupt("footer at offset \(ByteCount(indexStart)) (\(indexStart)): a v2 stream has no index"))
+        footer.indexOffset = 1
+        #expect(try restoreFromPipe(Array(bytes[0..<indexStart]) + footer.encoded()) != nil)
+    }
+
+    @Test func aWriterRefusesAnInfoSectionNoReaderWouldAccept() throws {
+        let directory = TemporaryDirectory()
+        let big = String(repeating: "x", count: 70_000)
+        let info = CheckpointInfo((0..<20).map { ("key\($0)", big) })
+        let error = expectCheckpointError {
+            _ = try Checkpoint.write([], to: directory.file("info.ckpt"), options: CheckpointOptions(style: .v2, info: info))
+        }
+        guard case let .invalidArgument(text)? = error?.reason else { Issue.record("expected invalidArgument"); return }
+        #expect(text.contains("at most 1048576 can be read back"))
+        #expect(directory.entries.isEmpty, "nothing is left behind")
+        #expect(CheckpointInfo.prefix("aé€", utf8Bytes: 4) == "aé", "info text is cut at character boundaries")
+    }
+
+    /// Feeds `bytes` to a one-pass restore through a pipe; returns its error (nil if accepted).
+    func restoreFromPipe(_ bytes: [UInt8]) throws -> MemSnapError? {
+        var ends: [Int32] = [0, 0]
+        #expect(pipe(&ends) == 0)
+        let input = ends
+        let feeder = Thread {
+            bytes.withUnsafeBytes { buffer in
+                var done = 0
+                while done < buffer.count {
+                    let written = write(input[1], buffer.baseAddress! + done, buffer.count - done)
+                    if written <= 0 { break }
+                    done += written
+                }
+            }
+            close(input[1])
+        }
+        feeder.start()
+        defer { close(input[0]) }
+        do {
+            _ = try Checkpoint.restore(readingFrom: input[0], into: MemoryImageTarget())
+            return nil
+        } catch let error as MemSnapError {
+            var drain = [UInt8](repeating: 0, count: 65536)
+            while read(input[0], &drain, drain.count) > 0 {}
+            return error
+        }
+    }
+}
