@@ -115,6 +115,17 @@ struct SnapshotWorkersTests {
             worker.memory.withUnsafeMutableBytes { $0.storeBytes(of: Int32(1), toByteOffset: Self.counterA, as: Int32.self) }
         }
         #expect(try loadInt32(snapshot, at: Self.counterA) == 2, "the next round works")
+
+        // A memsnap error from the body is still the worker's failure.
+        do {
+            try workers.run { worker in
+                if worker.index == 0 { try worker.memory.grow(to: worker.memory.maxSize + 1) }
+            }
+            Issue.record("expected a WorkerFailure")
+        } catch let failure as SnapshotWorkers.WorkerFailure {
+            #expect(failure.worker == 0)
+            #expect(failure.underlying is MemSnapError)
+        }
     }
 
     @Test func workersCanGrowTheirMemoryAndTheSnapshotGrowsWithIt() throws {

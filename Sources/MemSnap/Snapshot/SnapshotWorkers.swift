@@ -31,6 +31,11 @@ public final class SnapshotWorkers: @unchecked Sendable {
         public var writtenRanges: [Range<Int>]
     }
 
+    /// Marks an error thrown by a worker's body, as opposed to by tracking or diffing.
+    private struct BodyFailure: Error {
+        let underlying: any Error
+    }
+
     /// A worker's body threw; nothing from that round was merged.
     public struct WorkerFailure: Error, CustomStringConvertible {
         public let worker: Int
@@ -103,7 +108,7 @@ public final class SnapshotWorkers: @unchecked Sendable {
             do {
                 threads.append(try OSThread(name: "memsnap-w\(index)") {
                     let outcome = Result { () throws -> [SnapshotDiff] in
-                        try body(worker)
+                        do { try body(worker) } catch { throw BodyFailure(underlying: error) }
                         let dirty = try tracker.collectAndReset()
                         dirtyCounts.withLock { $0[index] = dirty.count }
                         return try snapshot.diff(worker.memory, dirtyPages: dirty, options: options)
@@ -127,8 +132,10 @@ public final class SnapshotWorkers: @unchecked Sendable {
                 workerDiffs.append(diffs)
             case let .failure(error)?:
                 try restoreWorkers()
-                if let memsnapError = error as? MemSnapError { throw memsnapError }
-                throw WorkerFailure(worker: index, underlying: error)
+                // The body's own errors (whatever their type) are the worker's failure; errors
+                // from tracking or diffing the worker's memory are memsnap's and stay as they are.
+                if let failure = error as? BodyFailure { throw WorkerFailure(worker: index, underlying: failure.underlying) }
+                throw error
             case nil:
                 try restoreWorkers()
                 throw MemSnapError("run worker \(index)", .invalidArgument("the worker thread ended without a result"))
