@@ -7,6 +7,7 @@ let package = Package(
     products: [
         .library(name: "MemSnap", targets: ["MemSnap"]),
         .library(name: "MemSnapCheckpoint", targets: ["MemSnapCheckpoint"]),
+        .library(name: "MemSnapArena", targets: ["MemSnapArena"]),
         .executable(name: "memsnap", targets: ["memsnap"]),
     ],
     dependencies: [
@@ -33,6 +34,10 @@ let package = Package(
             name: "MemSnapCheckpoint",
             dependencies: ["MemSnap", "CMemSnap", "CMemSnapCodecs", .product(name: "SystemPackage", package: "swift-system")]
         ),
+        .target(
+            name: "MemSnapArena",
+            dependencies: ["MemSnap", "CMemSnap"]
+        ),
         .executableTarget(
             name: "memsnap",
             dependencies: [
@@ -54,6 +59,10 @@ let package = Package(
         .testTarget(
             name: "MemSnapCheckpointTests",
             dependencies: ["MemSnapCheckpoint", "MemSnap"]
+        ),
+        .testTarget(
+            name: "MemSnapArenaTests",
+            dependencies: ["MemSnapArena", "MemSnap"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -59,7 +59,17 @@ public final class VirtualRegion: @unchecked Sendable {
     /// - Throws: `.invalidRange` if a size is negative or rounding overflows;
     ///   `.exceedsMaximum` if `initialSize > maxSize`; `.systemCall("mmap", ENOMEM)` if the address
     ///   space cannot be reserved; `.systemCall("mprotect", ...)` if the prefix cannot be committed.
-    public init(maxSize: Int, committing initialSize: Int = 0, hugePages: HugePages = .disabled) throws(MemSnapError) {
+    public convenience init(maxSize: Int, committing initialSize: Int = 0, hugePages: HugePages = .disabled) throws(MemSnapError) {
+        try self.init(maxSize: maxSize, committing: initialSize, hugePages: hugePages, preferredAddress: nil)
+    }
+
+    /// Like `init(maxSize:committing:hugePages:)`, but tries to place the reservation at
+    /// `preferredAddress` (page-aligned) first, without ever replacing an existing mapping
+    /// (MAP_FIXED_NOREPLACE). If that range is taken the reservation lands anywhere: check
+    /// `baseAddress` to see which happened.
+    public init(
+        maxSize: Int, committing initialSize: Int = 0, hugePages: HugePages = .disabled, preferredAddress: UInt?
+    ) throws(MemSnapError) {
         let operation = "reserve \(ByteCount(maxSize))"
         let reserved = try Page.roundUp(maxSize, during: operation)
         let initial = try Page.roundUp(initialSize, during: operation)
@@ -67,8 +77,18 @@ public final class VirtualRegion: @unchecked Sendable {
         guard initialSize <= maxSize else {
             throw MemSnapError(operation, .exceedsMaximum(what: "initial size", requested: initialSize, maximum: maxSize))
         }
-        let address = mmap(nil, reserved, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
-        guard let address, address != MAP_FAILED else {
+        var address: UnsafeMutableRawPointer? = nil
+        if let preferredAddress, preferredAddress % UInt(Page.size) == 0, let hint = UnsafeMutableRawPointer(bitPattern: preferredAddress) {
+            let placed = mmap(hint, reserved, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MEMSNAP_MAP_FIXED_NOREPLACE, -1, 0)
+            if let placed, placed != MAP_FAILED {
+                if placed == hint { address = placed } else { munmap(placed, reserved) }  // kernels before 4.17 ignore the flag
+            }
+        }
+        if address == nil {
+            let anywhere = mmap(nil, reserved, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+            if anywhere != MAP_FAILED { address = anywhere }
+        }
+        guard let address else {
             throw MemSnapError.systemCall("mmap", during: operation)
         }
         self.base = address
@@ -151,6 +171,18 @@ public final class VirtualRegion: @unchecked Sendable {
         _ body: (UnsafeRawBufferPointer) throws(Failure) -> Result
     ) throws(Failure) -> Result {
         try body(UnsafeRawBufferPointer(start: base, count: committedSize))
+    }
+
+    /// Maps `length` bytes (rounded up to a page) of any file, from `fileOffset`, at `offset`
+    /// in the region; see `MemoryFile.map(into:...)` for the rules (page-aligned offsets, no hole
+    /// after the committed prefix, inside the reservation). The caller keeps the file at least
+    /// as long as the mapping's pages are touched: pages past the file's end raise SIGBUS.
+    public func map(
+        fileDescriptor: Int32, fileOffset: Int, at offset: Int, length: Int, sharing: MemoryFile.Sharing
+    ) throws(MemSnapError) {
+        let operation = "map descriptor \(fileDescriptor) (\(ByteCount(length)) at file offset \(fileOffset)) into region at offset \(offset)"
+        let mappedLength = try Page.roundUp(length, during: operation)
+        try mapFile(fileDescriptor, fileOffset: fileOffset, at: offset, length: mappedLength, shared: sharing == .shared, during: operation)
     }
 
     // MARK: - Used by MemoryFile and Snapshot

@@ -1,0 +1,118 @@
+import CMemSnap
+import MemSnap
+
+/// The arena's files (docs/FORMAT.md, "Persistent arenas"):
+///
+/// - `PATH`: two 4 KiB metapage slots, then the heap (`capacity` bytes, a sparse file);
+/// - `PATH-wal`: the write-ahead log, one record per `sync` since the last checkpoint.
+///
+/// A sync appends one record (every page written since the last sync, full images, plus the
+/// roots, epoch and event) and makes it durable with one fdatasync. The record's CRC32C covers
+/// all of it, so a record torn by a crash fails its check and recovery stops at the previous
+/// one. A checkpoint copies the logged pages into the heap file, syncs it, writes the other
+/// metapage slot (counter + CRC32C; a torn slot falls back to the other) and empties the log.
+enum ArenaFormat {
+    static let metaMagic: UInt64 = 0x3141_4E45_5241_534D  // "MSARENA1"
+    static let recordMagic: UInt64 = 0x4345_524C_4157_534D  // "MSWALREC"
+    static let version: UInt32 = 1
+    static let slotSize = 4096
+    static let heapFileOffset = 2 * slotSize
+    static let rootCount = 32
+    static let metaBytes = 320  // the fields before the CRC32C
+    static let recordHeaderSize = 64 + rootCount * 8
+
+    static func crc(_ bytes: UnsafeRawBufferPointer, continuing crc: UInt32 = 0) -> UInt32 {
+        memsnap_crc32c(crc, bytes.baseAddress, bytes.count)
+    }
+}
+
+/// One metapage slot: what the heap file holds (the state after commit `checkpointCommit`).
+struct ArenaMeta: Equatable {
+    var counter: UInt64
+    var capacity: Int
+    var recordedBase: UInt64
+    var checkpointCommit: UInt64
+    var epoch: UInt64
+    var event: UInt64
+    var roots: [UInt64]
+
+    func encoded() -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: ArenaFormat.slotSize)
+        bytes.withUnsafeMutableBytes { slot in
+            var offset = 0
+            func put<T: FixedWidthInteger>(_ value: T) {
+                slot.storeBytes(of: value.littleEndian, toByteOffset: offset, as: T.self)
+                offset += MemoryLayout<T>.size
+            }
+            put(ArenaFormat.metaMagic); put(ArenaFormat.version); put(UInt32(Page.size))
+            put(UInt64(capacity)); put(recordedBase); put(counter); put(checkpointCommit); put(epoch); put(event)
+            for root in roots { put(root) }
+            let crc = ArenaFormat.crc(UnsafeRawBufferPointer(rebasing: slot[0..<offset]))
+            put(crc)
+        }
+        return bytes
+    }
+
+    /// nil when the slot is torn, damaged, or not an arena metapage.
+    static func decode(_ slot: UnsafeRawBufferPointer) -> ArenaMeta? {
+        guard slot.count >= ArenaFormat.metaBytes + 4 else { return nil }
+        var offset = 0
+        func get<T: FixedWidthInteger>(_: T.Type) -> T {
+            defer { offset += MemoryLayout<T>.size }
+            return T(littleEndian: slot.loadUnaligned(fromByteOffset: offset, as: T.self))
+        }
+        guard get(UInt64.self) == ArenaFormat.metaMagic, get(UInt32.self) == ArenaFormat.version,
+              get(UInt32.self) == UInt32(Page.size) else { return nil }
+        let capacity = get(UInt64.self), base = get(UInt64.self), counter = get(UInt64.self)
+        let checkpoint = get(UInt64.self), epoch = get(UInt64.self), event = get(UInt64.self)
+        let roots = (0..<ArenaFormat.rootCount).map { _ in get(UInt64.self) }
+        let stored = get(UInt32.self)
+        guard stored == ArenaFormat.crc(UnsafeRawBufferPointer(rebasing: slot[0..<ArenaFormat.metaBytes])),
+              capacity <= UInt64(Int.max) else { return nil }
+        return ArenaMeta(counter: counter, capacity: Int(capacity), recordedBase: base, checkpointCommit: checkpoint,
+                         epoch: epoch, event: event, roots: roots)
+    }
+}
+
+/// The fixed part of a log record: 64 bytes of header, then the 32 roots.
+struct ArenaRecordHeader: Equatable {
+    var commit: UInt64
+    var pageCount: Int
+    var epoch: UInt64
+    var event: UInt64
+    var roots: [UInt64]
+
+    /// Header, roots, page numbers, pages, then the CRC32C of all of them.
+    var recordBytes: Int { ArenaFormat.recordHeaderSize + pageCount * 8 + pageCount * Page.size + 4 }
+
+    func encoded() -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: ArenaFormat.recordHeaderSize)
+        bytes.withUnsafeMutableBytes { header in
+            var offset = 0
+            func put<T: FixedWidthInteger>(_ value: T) {
+                header.storeBytes(of: value.littleEndian, toByteOffset: offset, as: T.self)
+                offset += MemoryLayout<T>.size
+            }
+            put(ArenaFormat.recordMagic); put(commit); put(UInt64(pageCount)); put(epoch); put(event)
+            put(UInt64(recordBytes)); put(UInt64(0)); put(UInt64(0))
+            for root in roots { put(root) }
+        }
+        return bytes
+    }
+
+    /// nil unless the magic is right and the sizes are sane for an arena of `pageLimit` pages.
+    static func decode(_ bytes: UnsafeRawBufferPointer, pageLimit: Int) -> ArenaRecordHeader? {
+        guard bytes.count >= ArenaFormat.recordHeaderSize else { return nil }
+        var offset = 0
+        func get() -> UInt64 {
+            defer { offset += 8 }
+            return UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self))
+        }
+        guard get() == ArenaFormat.recordMagic else { return nil }
+        let commit = get(), pageCount = get(), epoch = get(), event = get(), total = get()
+        guard get() == 0, get() == 0, pageCount <= UInt64(pageLimit) else { return nil }
+        let roots = (0..<ArenaFormat.rootCount).map { _ in get() }
+        let header = ArenaRecordHeader(commit: commit, pageCount: Int(pageCount), epoch: epoch, event: event, roots: roots)
+        return UInt64(header.recordBytes) == total ? header : nil
+    }
+}

@@ -1,0 +1,233 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import MemSnap
+@testable import MemSnapArena
+import Testing
+
+final class ArenaDirectory {
+    let path: String
+    init() {
+        var template = Array("/tmp/memsnap-arena-test-XXXXXX".utf8CString)
+        path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
+    }
+    deinit { _ = try? FileManager.default.removeItem(atPath: path) }
+    var arena: String { "\(path)/heap.arena" }
+}
+
+extension Arena {
+    func fill(_ offset: ArenaOffset, count: Int, with byte: UInt8) {
+        address(of: offset).initializeMemory(as: UInt8.self, repeating: byte, count: count)
+    }
+    func bytes(_ offset: ArenaOffset, count: Int) -> [UInt8] {
+        [UInt8](UnsafeRawBufferPointer(start: address(of: offset), count: count))
+    }
+}
+
+@Suite("Arena: a persistent heap with an allocator, roots and crash-consistent sync")
+struct ArenaTests {
+    @Test func syncedStateSurvivesCloseAndReopenAndUnsyncedWritesDoNot() throws {
+        let directory = ArenaDirectory()
+        var blob: ArenaOffset
+        do {
+            let arena = try Arena.open(path: directory.arena, capacity: 16 << 20)
+            blob = try arena.allocate(byteCount: 3 * pageSize + 100)
+            arena.fill(blob, count: 3 * pageSize + 100, with: 0xAB)
+            try arena.setRoot(0, to: blob.rawValue)
+            try arena.setRoot(31, to: 77)
+            try arena.sync(epoch: 1, event: 1)
+            arena.fill(blob, count: 10, with: 0xCD)  // never synced
+            try arena.setRoot(31, to: 78)
+            try arena.close()
+        }
+        let arena = try Arena.open(path: directory.arena, capacity: 0)
+        #expect(arena.commitCounter == 2, "creation is commit 1")
+        #expect(arena.epoch == 1 && arena.event == 1)
+        #expect(try arena.root(0) == blob.rawValue)
+        #expect(try arena.root(31) == 77, "the unsynced root change is gone")
+        #expect(arena.bytes(blob, count: 3 * pageSize + 100) == [UInt8](repeating: 0xAB, count: 3 * pageSize + 100))
+        #expect(try arena.check().allocations == 1)
+        try arena.close()
+    }
+
+    @Test func syncRefusesAnEpochAndEventThatDoNotIncrease() throws {
+        let directory = ArenaDirectory()
+        let arena = try Arena.open(path: directory.arena, capacity: 1 << 20)
+        try arena.sync(epoch: 2, event: 5)
+        expectArenaReason(.invalidArgument("epoch/event (2, 5) does not increase past (2, 5)")) { try arena.sync(epoch: 2, event: 5) }
+        expectArenaReason(.invalidArgument("epoch/event (1, 9) does not increase past (2, 5)")) { try arena.sync(epoch: 1, event: 9) }
+        try arena.sync(epoch: 3, event: 0)
+        #expect(arena.epoch == 3 && arena.event == 0)
+        expectArenaReason(.outOfBounds(offset: 32, length: 1, size: 32)) { try arena.setRoot(32, to: 1) }
+    }
+
+    @Test func doubleFreesAndForeignPointersAreErrorsNotCorruption() throws {
+        let directory = ArenaDirectory()
+        let arena = try Arena.open(path: directory.arena, capacity: 4 << 20)
+        let small = try arena.allocate(byteCount: 40)
+        let large = try arena.allocate(byteCount: 3 * pageSize)
+        try arena.free(small)
+        expectArenaReason(.invalidArgument("it is not the start of an allocated slot (double free or an interior pointer)")) { try arena.free(small) }
+        try arena.free(large)
+        expectArenaReason(.invalidArgument("it is not allocated (double free?)")) { try arena.free(large) }
+        let other = try arena.allocate(byteCount: 2 * pageSize)
+        expectArenaReason(.invalidArgument("it points inside an allocation, not at its start")) {
+            try arena.free(ArenaOffset(rawValue: other.rawValue + UInt64(pageSize)))
+        }
+        expectArenaReason(.invalidArgument("it points into the allocator's own metadata")) { try arena.free(ArenaOffset(rawValue: 8)) }
+        expectArenaReason(.invalidArgument("it lies outside the arena")) { try arena.free(ArenaOffset(rawValue: 1 << 40)) }
+        var outside = 0
+        #expect(!arena.contains(&outside))
+        #expect(arena.contains(arena.address(of: other)))
+        _ = try arena.check()
+    }
+
+    @Test func freedSpaceIsReusedOnlyAfterTheFreeingSync() throws {
+        let directory = ArenaDirectory()
+        let arena = try Arena.open(path: directory.arena, capacity: 4 << 20)
+        let first = try arena.allocate(byteCount: 5 * pageSize)
+        try arena.sync(epoch: 0, event: 1)
+        try arena.free(first)
+        let second = try arena.allocate(byteCount: 5 * pageSize)
+        #expect(second != first, "not reused before the free is durable")
+        try arena.sync(epoch: 0, event: 2)
+        let third = try arena.allocate(byteCount: 5 * pageSize)
+        #expect(third == first, "reused after it")
+    }
+
+    @Test func aRandomizedWorkloadKeepsEveryAllocationIntactAcrossSyncsAndReopens() throws {
+        let directory = ArenaDirectory()
+        var arena = try Arena.open(path: directory.arena, capacity: 64 << 20)
+        var live: [ArenaOffset: (size: Int, byte: UInt8)] = [:]
+        var random = SplitMix64(seed: 2026)
+        var event: UInt64 = 0
+        for step in 0..<12_000 {
+            let roll = random.next() % 100
+            if roll < 55 || live.isEmpty {
+                let size = roll < 45 ? Int(1 + random.next() % 1024) : Int(1 + random.next() % (6 * UInt64(pageSize)))
+                let alignment = [1, 8, 16, 64, 4096][Int(random.next() % 5)]
+                let offset = try arena.allocate(byteCount: size, alignment: alignment)
+                #expect(offset.rawValue % UInt64(alignment) == 0)
+                let byte = UInt8(truncatingIfNeeded: random.next() | 1)
+                arena.fill(offset, count: size, with: byte)
+                live[offset] = (size, byte)
+            } else {
+                let victim = live.keys.sorted()[Int(random.next() % UInt64(live.count))]
+                let (size, byte) = live.removeValue(forKey: victim)!
+                #expect(arena.bytes(victim, count: size).allSatisfy { $0 == byte }, "step \(step): another allocation overlapped it")
+                try arena.free(victim)
+            }
+            if step % 500 == 499 {
+                event += 1
+                try arena.sync(epoch: 0, event: event)
+                #expect(try arena.check().allocations == live.count)
+            }
+            if step % 4000 == 3999 {
+                try arena.close()
+                arena = try Arena.open(path: directory.arena, capacity: 0)
+                for (offset, value) in live {
+                    #expect(arena.bytes(offset, count: value.size).allSatisfy { $0 == value.byte }, "after reopening")
+                }
+            }
+        }
+        try arena.close()
+    }
+
+    @Test func aFlippedBitInEitherMetapageFallsBackToTheOtherCopy() throws {
+        let directory = ArenaDirectory()
+        do {
+            let arena = try Arena.open(path: directory.arena, capacity: 2 << 20)
+            try arena.setRoot(3, to: 333)
+            try arena.sync(epoch: 1, event: 1)
+            try arena.close()
+        }
+        for slot in 0..<2 {
+            let fd = open(directory.arena, O_RDWR)
+            var byte: UInt8 = 0
+            pread(fd, &byte, 1, off_t(slot * 4096 + 100))
+            byte ^= 0x10
+            pwrite(fd, &byte, 1, off_t(slot * 4096 + 100))
+            let arena = try Arena.open(path: directory.arena, capacity: 0)
+            #expect(try arena.root(3) == 333, "slot \(slot) damaged")
+            try arena.close()  // rewrites both copies
+            close(fd)
+        }
+        // Both copies damaged: a clear error.
+        let fd = open(directory.arena, O_RDWR)
+        var zeros = [UInt8](repeating: 0, count: 64)
+        pwrite(fd, &zeros, 64, 0)
+        pwrite(fd, &zeros, 64, 4096)
+        close(fd)
+        expectArenaReason(.corrupt("both metapages are damaged or missing; not an arena, or destroyed")) {
+            _ = try Arena.open(path: directory.arena, capacity: 0)
+        }
+    }
+
+    @Test func aTornLogTailIsIgnoredAndTheLastCompleteSyncWins() throws {
+        let directory = ArenaDirectory()
+        let blob: ArenaOffset
+        do {
+            let arena = try Arena.open(path: directory.arena, capacity: 2 << 20)
+            blob = try arena.allocate(byteCount: 8)
+            arena.fill(blob, count: 8, with: 1)
+            try arena.sync(epoch: 0, event: 1)
+            arena.fill(blob, count: 8, with: 2)
+            try arena.sync(epoch: 0, event: 2)
+            // Simulate a crash: the log is left as is (no close, no checkpoint), then its last
+            // record is torn.
+            let logSize = Int(lseek(open(directory.arena + "-wal", O_RDONLY), 0, SEEK_END))
+            #expect(truncate(directory.arena + "-wal", off_t(logSize - 100)) == 0)
+            arena.abandonForTesting()
+        }
+        let arena = try Arena.open(path: directory.arena, capacity: 0)
+        #expect(arena.event == 1)
+        #expect(arena.bytes(blob, count: 8) == [UInt8](repeating: 1, count: 8))
+        try arena.close()
+    }
+
+    @Test func aSyncOf100000DirtyPagesWorks() throws {
+        let directory = ArenaDirectory()
+        let pages = 100_000
+        let arena = try Arena.open(path: directory.arena, capacity: (pages + 1024) * pageSize)
+        let blob = try arena.allocate(byteCount: pages * pageSize)
+        for page in 0..<pages { arena.address(of: blob).storeBytes(of: UInt64(page), toByteOffset: page * pageSize + 8, as: UInt64.self) }
+        try arena.sync(epoch: 0, event: 1)
+        try arena.close()
+        let reopened = try Arena.open(path: directory.arena, capacity: 0)
+        for page in stride(from: 0, to: pages, by: 997) {
+            #expect(reopened.address(of: blob).load(fromByteOffset: page * pageSize + 8, as: UInt64.self) == UInt64(page))
+        }
+        try reopened.close()
+    }
+
+    @Test func explicitTrackingSyncsOnlyDeclaredPages() throws {
+        let directory = ArenaDirectory()
+        let blob: ArenaOffset
+        do {
+            let arena = try Arena.open(path: directory.arena, capacity: 2 << 20, configuration: .init(tracking: .explicit))
+            blob = try arena.allocate(byteCount: 2 * pageSize)
+            arena.fill(blob, count: 2 * pageSize, with: 9)
+            arena.markDirty(Int(blob.rawValue)..<Int(blob.rawValue) + pageSize)  // only the first page
+            try arena.sync(epoch: 0, event: 1)
+            try arena.close()
+        }
+        let arena = try Arena.open(path: directory.arena, capacity: 0, configuration: .init(tracking: .explicit))
+        #expect(arena.bytes(blob, count: 1) == [9])
+        #expect(arena.bytes(ArenaOffset(rawValue: blob.rawValue + UInt64(pageSize)), count: 1) == [0], "undeclared writes are not synced")
+        try arena.close()
+    }
+}
+
+let pageSize = Page.size
+
+func expectArenaReason(_ reason: MemSnapError.Reason, sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> Void) {
+    do {
+        try body()
+        Issue.record("expected \(reason)", sourceLocation: sourceLocation)
+    } catch let error as MemSnapError {
+        #expect(error.reason == reason, sourceLocation: sourceLocation)
+    } catch {
+        Issue.record("unexpected \(error)", sourceLocation: sourceLocation)
+    }
+}
