@@ -186,6 +186,33 @@ struct ArenaTests {
         try arena.close()
     }
 
+    @Test func aDamagedLastRecordFailsItsChecksumAndIsIgnored() throws {
+        let directory = ArenaDirectory()
+        let blob: ArenaOffset
+        do {
+            let arena = try Arena.open(path: directory.arena, capacity: 2 << 20)
+            blob = try arena.allocate(byteCount: 8)
+            arena.fill(blob, count: 8, with: 1)
+            try arena.sync(epoch: 0, event: 1)
+            arena.fill(blob, count: 8, with: 2)
+            try arena.sync(epoch: 0, event: 2)
+            arena.abandonForTesting()
+        }
+        // Flip one byte in the last page image of the last record: its length is intact, so only
+        // the CRC32C can tell (as after a power loss that reordered writes).
+        let fd = open(directory.arena + "-wal", O_RDWR)
+        let size = Int(lseek(fd, 0, SEEK_END))
+        var byte: UInt8 = 0
+        pread(fd, &byte, 1, off_t(size - 4 - 100))
+        byte ^= 0xFF
+        pwrite(fd, &byte, 1, off_t(size - 4 - 100))
+        close(fd)
+        let arena = try Arena.open(path: directory.arena, capacity: 0)
+        #expect(arena.event == 1)
+        #expect(arena.bytes(blob, count: 8) == [UInt8](repeating: 1, count: 8))
+        try arena.close()
+    }
+
     @Test func aSyncOf100000DirtyPagesWorks() throws {
         let directory = ArenaDirectory()
         let pages = 100_000
