@@ -43,6 +43,7 @@ let package = Package(
             dependencies: [
                 "MemSnap",
                 "MemSnapCheckpoint",
+                "MemSnapArena",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CMemSnap
 import MemSnap
 
 /// A persistent memory arena: a heap kept in a file, with an allocator, 32 roots and a
@@ -137,7 +138,7 @@ public final class Arena: @unchecked Sendable {
             try commitDirty(epoch: 0, event: 0, during: operation)
         }
         guard allocator.isFormatted else { throw MemSnapError(operation, .corrupt("the heap's allocator header is missing")) }
-        allocator.releasePending()
+        try allocator.releasePending()
     }
 
     deinit {
@@ -212,6 +213,62 @@ public final class Arena: @unchecked Sendable {
         declared.insert(first >> Page.shift..<end >> Page.shift)
     }
 
+    /// What the arena holds now.
+    public struct Statistics: Sendable, Equatable {
+        public var capacity: Int
+        /// Bytes from the heap's start to the highest page ever allocated (the allocator's top).
+        public var usedBytes: Int
+        public var allocations: Int
+        public var allocatedBytes: Int
+        /// Bytes of write-ahead log not yet checkpointed.
+        public var logBytes: Int
+    }
+
+    public var statistics: Statistics {
+        Statistics(capacity: capacity, usedBytes: allocator.top * Page.size, allocations: allocator.allocationCount,
+                   allocatedBytes: allocator.allocatedBytes, logBytes: logEnd)
+    }
+
+    /// The committed roots (as of the last sync).
+    public var committedRoots: [UInt64] { committed.roots }
+
+    /// Gives the file space of free pages back to the file system (hole punching), keeping every
+    /// byte that matters; the arena's contents and capacity are unchanged. Opens, checkpoints and
+    /// closes the arena at `path`.
+    /// - Returns: the heap file's allocated bytes before and after.
+    public static func compact(path: String) throws(MemSnapError) -> (before: Int, after: Int) {
+        let operation = "compact arena \(path)"
+        let arena = try Arena.open(path: path, capacity: 0, configuration: Configuration(tracking: .explicit))
+        defer { try? arena.close() }
+        // Opening released the frees of the last sync in memory only: make that durable (a
+        // maintenance commit, same epoch and event) and checkpoint it, so holes are punched only
+        // in space the durable state calls free.
+        arena.markAllocatorAndHeapDirty()
+        try arena.commitDirty(epoch: arena.committed.epoch, event: arena.committed.event, during: operation)
+        try arena.checkpoint(during: operation)
+        let before = allocatedFileBytes(arena.dataDescriptor)
+        for range in arena.allocator.disposablePages() {
+            let result = memsnap_punch_hole(arena.dataDescriptor, Int64(ArenaFormat.heapFileOffset + range.lowerBound * Page.size),
+                                            Int64(range.count * Page.size))
+            guard result == 0 else { throw MemSnapError.systemCall("fallocate (punch hole)", during: operation) }
+        }
+        guard fsync(arena.dataDescriptor) == 0 else { throw MemSnapError.systemCall("fsync", during: operation) }
+        return (before, allocatedFileBytes(arena.dataDescriptor))
+    }
+
+    private static func allocatedFileBytes(_ descriptor: Int32) -> Int {
+        var status = stat()
+        return fstat(descriptor, &status) == 0 ? Int(status.st_blocks) * 512 : 0
+    }
+
+    /// Whether the file at `path` starts like an arena (a valid metapage in either slot).
+    public static func isArena(path: String) -> Bool {
+        let descriptor = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { return false }
+        defer { Glibc.close(descriptor) }
+        return (try? readMeta(descriptor, during: "probe")) != nil
+    }
+
     /// Live allocations and their bytes, after checking every allocator structure.
     public func check() throws(MemSnapError) -> (allocations: Int, bytes: Int) {
         try ensureOpen()
@@ -233,11 +290,16 @@ public final class Arena: @unchecked Sendable {
         }
         try commitDirty(epoch: epoch, event: event, during: operation)
         if logEnd > configuration.checkpointLogBytes { try checkpoint(during: operation) }
-        allocator.releasePending()
+        try allocator.releasePending()
     }
 
     private func markAllocatorMetadataDirty() {
         declared.insert(0..<1 + allocator.mapPages)
+    }
+
+    /// Every used page (explicit tracking cannot know what releasing pending frees touched).
+    private func markAllocatorAndHeapDirty() {
+        declared.insert(0..<allocator.top)
     }
 
     /// Appends one log record with every dirty page and makes it durable.

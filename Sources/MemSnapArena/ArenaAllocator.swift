@@ -297,29 +297,60 @@ struct ArenaAllocator {
     }
 
     /// Makes everything freed before the last durable sync reusable.
-    mutating func releasePending() {
+    /// - Throws: `.corrupt` if a pending entry does not match the allocator's state (a damaged
+    ///   heap file); the entries before it have been released.
+    mutating func releasePending() throws(MemSnapError) {
         var link = u64(Self.pendingOffset)
         setU64(Self.pendingOffset, 0)
+        var visited = 0
         while link != 0 {
+            func fail(_ why: String) -> MemSnapError {
+                MemSnapError("release freed arena space", .corrupt("pending free at offset \(link - 1): \(why)"))
+            }
+            visited += 1
+            guard link - 1 < UInt64(top * pageSize), visited <= pageCount * (pageSize / 16) else { throw fail("outside the heap, or the list loops") }
             let offset = Int(link - 1)
             link = u64(offset)
             let page = offset / pageSize
             let state = entry(page)
             if state.kind == .pendingRun {
+                guard state.value >= 1, page + state.value <= top, offset % pageSize == 0 else { throw fail("a bad pending run") }
                 releasePages(page, state.value)
-            } else if state.kind == .slab {
+            } else if state.kind == .slab, state.value < Self.classes.count {
                 let header = page * pageSize
+                let size = Self.classes[state.value]
+                let used = u16(header + 4)
+                let relative = offset - slotBase(page)
+                guard used > 0, relative >= 0, relative % size == 0, relative / size < slotCount(state.value),
+                      !bit(page, relative / size) else { throw fail("a slot its slab does not hold as freed") }
                 let wasFull = u16(header + 6) == 0
                 setU16(offset, u16(header + 6))
-                setU16(header + 6, UInt16((offset - slotBase(page)) / Self.classes[state.value] + 1))
-                setU16(header + 4, u16(header + 4) - 1)
+                setU16(header + 6, UInt16(relative / size + 1))
+                setU16(header + 4, used - 1)
                 if wasFull { linkPartial(page, state.value) }
-                if u16(header + 4) == 0 {
+                if used - 1 == 0 {
                     unlinkPartial(page, state.value)
                     releasePages(page, 1)
                 }
+            } else {
+                throw fail("its page is neither a pending run nor a slab")
             }
         }
+    }
+
+    /// Page ranges whose contents do not matter: the interiors of free runs (their first page
+    /// holds the run's list links) and everything from `top` to the end.
+    func disposablePages() -> [Range<Int>] {
+        var ranges: [Range<Int>] = []
+        var page = 1 + mapPages
+        while page < top {
+            let state = entry(page)
+            let length = max(1, state.value)
+            if state.kind == .freeHead && length > 1 { ranges.append(page + 1..<page + length) }
+            page += state.kind == .slab ? 1 : length
+        }
+        if top < pageCount { ranges.append(top..<pageCount) }
+        return ranges
     }
 
     // MARK: Checking

@@ -46,6 +46,10 @@ int memsnap_thread_set_name(pthread_t thread, const char *name);
 /// replacing an existing `to`. Returns 0 or -1 with errno.
 int memsnap_rename_noreplace(const char *from, const char *to);
 
+/// fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) (hidden behind
+/// _GNU_SOURCE): frees the file's blocks in the range, which then reads as zeros. 0 or -1/errno.
+int memsnap_punch_hole(int fd, int64_t offset, int64_t length);
+
 // ---- pipes ---------------------------------------------------------------------------------
 /// pipe2(fds, O_CLOEXEC | O_NONBLOCK) (pipe2 is hidden behind _GNU_SOURCE). Returns 0 or -1/errno.
 int memsnap_pipe_cloexec_nonblocking(int fds[2]);

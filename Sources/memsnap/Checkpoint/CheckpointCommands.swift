@@ -3,6 +3,7 @@ import Glibc
 #endif
 import ArgumentParser
 import MemSnap
+import MemSnapArena
 import MemSnapCheckpoint
 
 extension CheckpointStyle: ExpressibleByArgument {
@@ -31,10 +32,11 @@ extension CheckpointCodec: ExpressibleByArgument {
 struct CheckpointCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "checkpoint",
-        abstract: "Write a checkpoint of a raw image (a file, or - for stdin) to OUT (a file, or - for stdout)."
+        abstract: "Write a checkpoint of a raw image or an arena (a file, or - for stdin) to OUT (a file, or - for stdout).",
+        discussion: "An arena SOURCE is recovered if needed, and its heap (up to the allocator's top) is checkpointed as one extent."
     )
 
-    @Argument(help: "A raw image file, or - to read the image from stdin.")
+    @Argument(help: "A raw image file, an arena, or - to read an image from stdin.")
     var source: String
 
     @Argument(help: "The checkpoint file to write, or - for stdout.")
@@ -70,14 +72,24 @@ struct CheckpointCommand: ParsableCommand {
             if source == "-" {
                 return try Checkpoint.write(readingFrom: STDIN_FILENO, to: destination, options: options, progress: progress.handler)
             }
-            let image = try ReadOnlyFileMapping(path: source, sequential: true)
-            let extents = image.bytes.isEmpty ? [] : [CheckpointExtent(offset: 0, bytes: image.bytes)]
-            switch destination {
-            case let .file(path, force):
-                return try Checkpoint.write(extents, to: path, options: options, force: force, progress: progress.handler)
-            case let .descriptor(descriptor):
-                return try Checkpoint.write(extents, toDescriptor: descriptor, options: options, progress: progress.handler)
+            func write(_ extents: [CheckpointExtent]) throws -> CheckpointSummary {
+                switch destination {
+                case let .file(path, force):
+                    return try Checkpoint.write(extents, to: path, options: options, force: force, progress: progress.handler)
+                case let .descriptor(descriptor):
+                    return try Checkpoint.write(extents, toDescriptor: descriptor, options: options, progress: progress.handler)
+                }
             }
+            if Arena.isArena(path: source) {
+                let arena = try Arena.open(path: source, capacity: 0, configuration: .init(tracking: .explicit))
+                defer { try? arena.close() }
+                let used = arena.statistics.usedBytes
+                return try arena.region.withUnsafeBytes { heap in
+                    try write([CheckpointExtent(offset: 0, bytes: UnsafeRawBufferPointer(rebasing: heap[0..<used]))])
+                }
+            }
+            let image = try ReadOnlyFileMapping(path: source, sequential: true)
+            return try write(image.bytes.isEmpty ? [] : [CheckpointExtent(offset: 0, bytes: image.bytes)])
         }
         progress.finish()
         FileHandleOutput.standardError(
