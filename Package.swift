@@ -34,6 +34,8 @@ let package = Package(
             name: "MemSnapCheckpoint",
             dependencies: ["MemSnap", "CMemSnap", "CMemSnapCodecs", .product(name: "SystemPackage", package: "swift-system")]
         ),
+        // LMDB, only for the arena benchmark's comparison (scripts/install-deps.sh installs it).
+        .target(name: "CLMDB", linkerSettings: [.linkedLibrary("lmdb")]),
         .target(
             name: "MemSnapArena",
             dependencies: ["MemSnap", "CMemSnap"]
@@ -44,6 +46,7 @@ let package = Package(
                 "MemSnap",
                 "MemSnapCheckpoint",
                 "MemSnapArena",
+                "CLMDB",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -13,6 +13,7 @@ REQUIREMENTS=(
   "liblz4             lz4.h                  liblz4-dev"
   "libzstd            zstd.h                 libzstd-dev"
   "libxxhash          xxhash.h               libxxhash-dev"
+  "lmdb               lmdb.h                 liblmdb-dev"
 )
 
 have_pkg_config() { command -v pkg-config >/dev/null 2>&1; }

