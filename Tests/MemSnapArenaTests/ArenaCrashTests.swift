@@ -9,7 +9,7 @@ import Testing
 @Suite("Arena crash consistency: SIGKILL at random moments, reopen, exactly one completed sync")
 struct ArenaCrashTests {
     static let childVariable = "MEMSNAP_ARENA_CRASH_CHILD"
-    static let cycles = 120
+    static let cycles = 200
 
     @Test func killingTheWriterAtRandomMomentsAlwaysLeavesTheLastCompletedSync() throws {
         let directory = ArenaDirectory()
