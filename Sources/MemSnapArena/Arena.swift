@@ -134,6 +134,9 @@ public final class Arena: @unchecked Sendable {
         // From here on deinit releases the descriptors.
         try checkpoint(during: operation)  // recovery: replay whatever the log holds
         try region.map(fileDescriptor: data, fileOffset: ArenaFormat.heapFileOffset, at: 0, length: capacity, sharing: .copyOnWrite)
+        // A heap is touched at random: without this, each first touch of a page read-ahead
+        // zero-fills a whole window of the sparse file (measured: 3.8 ms per store, not 30 µs).
+        try region.advise(.random, range: 0..<capacity)
         if configuration.tracking == .automatic {
             tracker = try DirtyTracker(tracking: region)
         }

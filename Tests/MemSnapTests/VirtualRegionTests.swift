@@ -70,6 +70,19 @@ struct VirtualRegionTests {
         #expect(vmFlags(containing: plain.baseAddress)?.contains("nh") == false)
     }
 
+    @Test func accessAdviceReachesTheKernelAndBadRangesAreErrors() throws {
+        let region = try VirtualRegion(maxSize: 16 * pageSize, committing: 8 * pageSize)
+        region.store(42, at: pageSize)
+        try region.advise(.random, range: 0..<8 * pageSize)
+        #expect(vmFlags(containing: region.baseAddress)?.contains("rr") == true, "VM_RAND_READ shows as rr in smaps")
+        #expect(region.load(at: pageSize) == 42, "advice changes no contents")
+        try region.advise(.normal, range: 0..<8 * pageSize)
+        #expect(vmFlags(containing: region.baseAddress)?.contains("rr") == false)
+        let outside = "the range must be page-aligned and inside the committed \(ByteCount(8 * pageSize))"
+        expectReason(.invalidArgument(outside)) { try region.advise(.random, range: 0..<9 * pageSize) }
+        expectReason(.invalidArgument(outside)) { try region.advise(.random, range: 1..<pageSize) }
+    }
+
     @Test func badSizesAreErrorsNotTraps() {
         expectReason(.invalidRange(offset: 0, length: -1)) { _ = try VirtualRegion(maxSize: -1) }
         expectReason(.invalidRange(offset: 0, length: Int.max)) { _ = try VirtualRegion(maxSize: Int.max) }

@@ -28,6 +28,9 @@ int memsnap_memfd_create(const char *name, unsigned int flags);
 
 // ---- mmap / madvise (include/uapi/asm-generic/mman-common.h) ------------------------------
 static const int MEMSNAP_MAP_FIXED_NOREPLACE = 0x100000;
+static const int MEMSNAP_MADV_NORMAL = 0;
+static const int MEMSNAP_MADV_RANDOM = 1;
+static const int MEMSNAP_MADV_SEQUENTIAL = 2;
 static const int MEMSNAP_MADV_HUGEPAGE = 14;
 static const int MEMSNAP_MADV_NOHUGEPAGE = 15;
 
