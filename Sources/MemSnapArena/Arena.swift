@@ -27,7 +27,8 @@ public final class Arena: @unchecked Sendable {
         public enum Tracking: Sendable {
             /// A `DirtyTracker` finds written pages (MEMSNAP_DIRTY_TRACKING, or auto).
             case automatic
-            /// Only pages declared with `markDirty` are synced.
+            /// Pages declared with `markDirty` are synced, plus the pages the arena's allocator
+            /// wrote (it records them itself).
             case explicit
         }
         public var tracking: Tracking
@@ -125,7 +126,8 @@ public final class Arena: @unchecked Sendable {
             self.meta = current
             self.committed = (current.checkpointCommit, current.epoch, current.event, current.roots)
             self.workingRoots = current.roots
-            self.allocator = ArenaAllocator(base: UnsafeMutableRawPointer(bitPattern: region.baseAddress)!, capacity: current.capacity)
+            self.allocator = ArenaAllocator(base: UnsafeMutableRawPointer(bitPattern: region.baseAddress)!, capacity: current.capacity,
+                                            recordingWrites: configuration.tracking == .explicit)
         } catch {
             Glibc.close(data)
             Glibc.close(log)
@@ -214,7 +216,8 @@ public final class Arena: @unchecked Sendable {
         contains(pointer) ? ArenaOffset(rawValue: UInt64(UInt(bitPattern: pointer) - region.baseAddress)) : nil
     }
 
-    /// Declares bytes written (needed with `.explicit` tracking; harmless otherwise).
+    /// Declares bytes the caller wrote: needed with `.explicit` tracking (the allocator's own
+    /// writes are recorded without it), harmless otherwise. Ranges are clipped to the heap.
     public func markDirty(_ range: Range<Int>) {
         guard let first = Page.roundDown(max(0, range.lowerBound)), let end = Page.roundUp(min(capacity, range.upperBound)),
               end > first else { return }
@@ -248,10 +251,9 @@ public final class Arena: @unchecked Sendable {
         let operation = "compact arena \(path)"
         let arena = try Arena.open(path: path, capacity: 0, configuration: Configuration(tracking: .explicit))
         defer { try? arena.close() }
-        // Opening released the frees of the last sync in memory only: make that durable (a
-        // maintenance commit, same epoch and event) and checkpoint it, so holes are punched only
-        // in space the durable state calls free.
-        arena.markAllocatorAndHeapDirty()
+        // Opening released the frees of the last sync in memory only (the allocator recorded
+        // the pages it wrote): make that durable with a maintenance commit (same epoch and
+        // event) and checkpoint it, so holes are punched only in space the durable state calls free.
         try arena.commitDirty(epoch: arena.committed.epoch, event: arena.committed.event, during: operation)
         try arena.checkpoint(during: operation)
         let before = allocatedFileBytes(arena.dataDescriptor)
@@ -305,16 +307,13 @@ public final class Arena: @unchecked Sendable {
         declared.insert(0..<1 + allocator.mapPages)
     }
 
-    /// Every used page (explicit tracking cannot know what releasing pending frees touched).
-    private func markAllocatorAndHeapDirty() {
-        declared.insert(0..<allocator.top)
-    }
-
     /// Appends one log record with every dirty page and makes it durable.
     private func commitDirty(epoch: UInt64, event: UInt64, during operation: String) throws(MemSnapError) {
         var pages = declared
         declared = ByteRangeSetProxy()
         if let tracker { pages.formUnion(try tracker.collectAndReset().runs) }
+        // Explicit tracking: the allocator's own writes, which the caller cannot declare.
+        if let written = allocator.written { pages.formUnion(written.take()) }
         let pageList = pages.ranges.flatMap { Array($0) }
         let header = ArenaRecordHeader(commit: committed.commit + 1, pageCount: pageList.count, epoch: epoch, event: event,
                                        roots: workingRoots)

@@ -29,8 +29,21 @@ struct ArenaAllocator {
         case untouched = 0, freeHead = 1, freeTail = 2, runHead = 3, runInterior = 4, slab = 5, metadata = 6, pendingRun = 7, freeInterior = 8
     }
 
+    /// Pages the allocator wrote, kept only when nothing else finds its writes (explicit
+    /// tracking): the arena takes them at each sync.
+    final class WrittenPages {
+        private(set) var pages = Set<Int>()
+        func insert(_ range: ClosedRange<Int>) { for page in range { pages.insert(page) } }
+        func take() -> [Range<Int>] {
+            defer { pages.removeAll(keepingCapacity: true) }
+            return pages.map { $0..<$0 + 1 }
+        }
+    }
+
     let base: UnsafeMutableRawPointer
     let pageCount: Int
+    /// Nil when a dirty-page tracker sees every write anyway.
+    let written: WrittenPages?
     private var pageSize: Int { Page.size }
 
     // Header fields (page 0).
@@ -39,17 +52,31 @@ struct ArenaAllocator {
     private static let bucketsOffset = 64  // 32 x u32 heads
     private static let partialOffset = 64 + 4 * 32  // classes x u32 heads
 
-    init(base: UnsafeMutableRawPointer, capacity: Int) {
+    init(base: UnsafeMutableRawPointer, capacity: Int, recordingWrites: Bool) {
         self.base = base
         self.pageCount = capacity / Page.size
+        self.written = recordingWrites ? WrittenPages() : nil
+    }
+
+    private func noteWrite(_ offset: Int, _ count: Int) {
+        written?.insert(offset >> Page.shift...(offset + count - 1) >> Page.shift)
     }
 
     private func u64(_ offset: Int) -> UInt64 { base.load(fromByteOffset: offset, as: UInt64.self) }
-    private func setU64(_ offset: Int, _ value: UInt64) { base.storeBytes(of: value, toByteOffset: offset, as: UInt64.self) }
+    private func setU64(_ offset: Int, _ value: UInt64) {
+        noteWrite(offset, 8)
+        base.storeBytes(of: value, toByteOffset: offset, as: UInt64.self)
+    }
     private func u32(_ offset: Int) -> UInt32 { base.load(fromByteOffset: offset, as: UInt32.self) }
-    private func setU32(_ offset: Int, _ value: UInt32) { base.storeBytes(of: value, toByteOffset: offset, as: UInt32.self) }
+    private func setU32(_ offset: Int, _ value: UInt32) {
+        noteWrite(offset, 4)
+        base.storeBytes(of: value, toByteOffset: offset, as: UInt32.self)
+    }
     private func u16(_ offset: Int) -> UInt16 { base.load(fromByteOffset: offset, as: UInt16.self) }
-    private func setU16(_ offset: Int, _ value: UInt16) { base.storeBytes(of: value, toByteOffset: offset, as: UInt16.self) }
+    private func setU16(_ offset: Int, _ value: UInt16) {
+        noteWrite(offset, 2)
+        base.storeBytes(of: value, toByteOffset: offset, as: UInt16.self)
+    }
 
     var isFormatted: Bool { u64(Self.magicOffset) == Self.headerMagic }
     var mapPages: Int { Int(u64(Self.mapPagesOffset)) }
@@ -199,6 +226,7 @@ struct ArenaAllocator {
             page = try allocatePages(1, during: operation)
             setEntry(page, .slab, classIndex)
             let header = page * pageSize
+            noteWrite(header, Self.slabHeaderSize)
             base.advanced(by: header).initializeMemory(as: UInt8.self, repeating: 0, count: Self.slabHeaderSize)
             let slots = slotCount(classIndex)
             setU16(header, UInt16(classIndex)); setU16(header + 2, UInt16(slots)); setU16(header + 4, 0); setU16(header + 6, 1)
@@ -215,6 +243,7 @@ struct ArenaAllocator {
         setU16(header + 4, u16(header + 4) + 1)
         setBit(page, slot, true)
         if u16(header + 6) == 0 { unlinkPartial(page, classIndex) }
+        noteWrite(offset, Self.classes[classIndex])
         base.advanced(by: offset).initializeMemory(as: UInt8.self, repeating: 0, count: Self.classes[classIndex])
         return offset
     }
@@ -244,6 +273,7 @@ struct ArenaAllocator {
         let offset = page * pageSize + 16 + slot / 8
         var byte = base.load(fromByteOffset: offset, as: UInt8.self)
         if value { byte |= 1 << UInt8(slot % 8) } else { byte &= ~(1 << UInt8(slot % 8)) }
+        noteWrite(offset, 1)
         base.storeBytes(of: byte, toByteOffset: offset, as: UInt8.self)
     }
 

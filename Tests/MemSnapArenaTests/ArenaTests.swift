@@ -96,9 +96,13 @@ struct ArenaTests {
         #expect(third == first, "reused after it")
     }
 
-    @Test func aRandomizedWorkloadKeepsEveryAllocationIntactAcrossSyncsAndReopens() throws {
+    /// With `.explicit` tracking the test declares only its own writes: the allocator's must
+    /// reach the log without being declared.
+    @Test(arguments: [Arena.Configuration.Tracking.automatic, .explicit])
+    func aRandomizedWorkloadKeepsEveryAllocationIntactAcrossSyncsAndReopens(tracking: Arena.Configuration.Tracking) throws {
         let directory = ArenaDirectory()
-        var arena = try Arena.open(path: directory.arena, capacity: 64 << 20)
+        let configuration = Arena.Configuration(tracking: tracking)
+        var arena = try Arena.open(path: directory.arena, capacity: 64 << 20, configuration: configuration)
         var live: [ArenaOffset: (size: Int, byte: UInt8)] = [:]
         var random = SplitMix64(seed: 2026)
         var event: UInt64 = 0
@@ -111,6 +115,7 @@ struct ArenaTests {
                 #expect(offset.rawValue % UInt64(alignment) == 0)
                 let byte = UInt8(truncatingIfNeeded: random.next() | 1)
                 arena.fill(offset, count: size, with: byte)
+                arena.markDirty(Int(offset.rawValue)..<Int(offset.rawValue) + size)
                 live[offset] = (size, byte)
             } else {
                 let victim = live.keys.sorted()[Int(random.next() % UInt64(live.count))]
@@ -125,7 +130,8 @@ struct ArenaTests {
             }
             if step % 4000 == 3999 {
                 try arena.close()
-                arena = try Arena.open(path: directory.arena, capacity: 0)
+                arena = try Arena.open(path: directory.arena, capacity: 0, configuration: configuration)
+                #expect(try arena.check().allocations == live.count, "after reopening")
                 for (offset, value) in live {
                     #expect(arena.bytes(offset, count: value.size).allSatisfy { $0 == value.byte }, "after reopening")
                 }
@@ -275,7 +281,15 @@ struct ArenaTests {
         let arena = try Arena.open(path: directory.arena, capacity: 0, configuration: .init(tracking: .explicit))
         #expect(arena.bytes(blob, count: 1) == [9])
         #expect(arena.bytes(ArenaOffset(rawValue: blob.rawValue + UInt64(pageSize)), count: 1) == [0], "undeclared writes are not synced")
+        #expect(arena.statistics.allocations == 1, "the allocator's own writes are synced without being declared")
+        #expect(try arena.check().allocations == 1)
+        try arena.free(blob)
+        try arena.sync(epoch: 0, event: 2)
         try arena.close()
+        let reopened = try Arena.open(path: directory.arena, capacity: 0, configuration: .init(tracking: .explicit))
+        #expect(reopened.statistics.allocations == 0, "a free is synced without being declared")
+        #expect(try reopened.check().allocations == 0)
+        try reopened.close()
     }
 }
 
