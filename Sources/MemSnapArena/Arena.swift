@@ -55,6 +55,9 @@ public final class Arena: @unchecked Sendable {
     private var committed: (commit: UInt64, epoch: UInt64, event: UInt64, roots: [UInt64])
     private var workingRoots: [UInt64]
     private var tracker: DirtyTracker?
+    /// Set when an fdatasync of the log failed: the kernel may have dropped the dirty pages and
+    /// a retry could report success for data that never reached the disk, so no more syncs.
+    private var failedLogSync: MemSnapError?
     private var declared = ByteRangeSetProxy()
     private var logEnd = 0
     /// Bytes allocated to the log file. The log is preallocated in 64 MiB steps so that an
@@ -290,13 +293,21 @@ public final class Arena: @unchecked Sendable {
     /// Makes everything written since the last sync durable, atomically, as commit
     /// `commitCounter + 1` with this epoch and event.
     /// - Throws: `.invalidArgument` unless (epoch, event) is greater than the last sync's;
-    ///   system call failures (the arena then still holds the last completed sync on disk).
+    ///   system call failures. After a failed sync the file holds the last completed sync, or
+    ///   (like a commit whose acknowledgement was lost) this one if its record did reach the
+    ///   disk; the dirty pages are kept, so a retry writes them again. A failed fdatasync is
+    ///   final: later syncs throw `.unavailable` and the arena must be reopened, because after
+    ///   such a failure the kernel may already have dropped the pages it could not write.
     public func sync(epoch: UInt64, event: UInt64) throws(MemSnapError) {
         try ensureOpen()
         let operation = "sync arena \(path) (epoch \(epoch), event \(event))"
         guard (epoch, event) > (committed.epoch, committed.event) else {
             throw MemSnapError(operation, .invalidArgument(
                 "epoch/event (\(epoch), \(event)) does not increase past (\(committed.epoch), \(committed.event))"))
+        }
+        if let failedLogSync {
+            throw MemSnapError(operation, .unavailable(
+                "an earlier fdatasync of the log failed (\(failedLogSync)); reopen the arena to recover its last completed sync"))
         }
         try commitDirty(epoch: epoch, event: event, during: operation)
         if logEnd > configuration.checkpointLogBytes { try checkpoint(during: operation) }
@@ -314,6 +325,16 @@ public final class Arena: @unchecked Sendable {
         if let tracker { pages.formUnion(try tracker.collectAndReset().runs) }
         // Explicit tracking: the allocator's own writes, which the caller cannot declare.
         if let written = allocator.written { pages.formUnion(written.take()) }
+        do {
+            try appendRecord(of: pages, epoch: epoch, event: event, during: operation)
+        } catch {
+            declared.formUnion(pages.ranges)  // a retry must still write them
+            throw error
+        }
+    }
+
+    private func appendRecord(of pages: ByteRangeSetProxy, epoch: UInt64, event: UInt64,
+                              during operation: String) throws(MemSnapError) {
         let pageList = pages.ranges.flatMap { Array($0) }
         let header = ArenaRecordHeader(commit: committed.commit + 1, pageCount: pageList.count, epoch: epoch, event: event,
                                        roots: workingRoots)
@@ -347,7 +368,11 @@ public final class Arena: @unchecked Sendable {
                 }
             }
         }
-        guard fdatasync(logDescriptor) == 0 else { throw MemSnapError.systemCall("fdatasync log", during: operation) }
+        guard fdatasync(logDescriptor) == 0 else {
+            let error = MemSnapError.systemCall("fdatasync log", during: operation)
+            failedLogSync = error
+            throw error
+        }
         logEnd += header.recordBytes
         committed = (header.commit, epoch, event, workingRoots)
     }
@@ -395,7 +420,11 @@ public final class Arena: @unchecked Sendable {
         let empty = [UInt8](repeating: 0, count: ArenaFormat.recordHeaderSize)
         if logSize > 0 {
             try withBytes(empty) { (zeros) throws(MemSnapError) in try writeAll(logDescriptor, [zeros], at: 0, during: operation) }
-            guard fdatasync(logDescriptor) == 0 else { throw MemSnapError.systemCall("fdatasync log", during: operation) }
+            guard fdatasync(logDescriptor) == 0 else {
+            let error = MemSnapError.systemCall("fdatasync log", during: operation)
+            failedLogSync = error
+            throw error
+        }
         }
         logEnd = 0
         logAllocated = logSize
