@@ -539,33 +539,6 @@ struct ByteRangeSetProxy {
     }
 }
 
-/// pwritev of every byte of `buffers` starting at `offset`, retrying short writes and EINTR.
-func writeAll(_ descriptor: Int32, _ buffers: [UnsafeRawBufferPointer], at offset: Int, during operation: @autoclosure () -> String) throws(MemSnapError) {
-    var vectors = buffers.filter { !$0.isEmpty }.map { iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress), iov_len: $0.count) }
-    var position = offset
-    var first = 0
-    while first < vectors.count {
-        let batch = min(vectors.count - first, 1024)
-        let written = vectors.withUnsafeMutableBufferPointer { pwritev(descriptor, $0.baseAddress! + first, Int32(batch), off_t(position)) }
-        if written < 0 {
-            if errno == EINTR { continue }
-            throw MemSnapError.systemCall("pwritev", during: operation())
-        }
-        position += written
-        var remaining = written
-        while remaining > 0 && first < vectors.count {
-            if remaining >= vectors[first].iov_len {
-                remaining -= vectors[first].iov_len
-                first += 1
-            } else {
-                vectors[first].iov_base += remaining
-                vectors[first].iov_len -= remaining
-                remaining = 0
-            }
-        }
-    }
-}
-
 /// pread of exactly `bytes.count` bytes; false on error or end of file.
 func preadAll(_ descriptor: Int32, _ bytes: inout [UInt8], at offset: Int) -> Bool {
     let count = bytes.count
@@ -581,9 +554,4 @@ func preadAll(_ descriptor: Int32, _ buffer: UnsafeMutableRawPointer, _ count: I
         done += got
     }
     return true
-}
-
-/// `Array.withUnsafeBytes` for typed throws (the standard one rethrows untyped errors).
-func withBytes<Result>(_ array: [UInt8], _ body: (UnsafeRawBufferPointer) throws(MemSnapError) -> Result) throws(MemSnapError) -> Result {
-    try array.withUnsafeBytes { bytes in Swift.Result { () throws(MemSnapError) -> Result in try body(bytes) } }.get()
 }

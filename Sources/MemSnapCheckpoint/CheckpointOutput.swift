@@ -59,29 +59,12 @@ final class CheckpointOutput {
 
     /// Writes every byte of `buffers` in order (retrying short writes and EINTR).
     func write(_ buffers: [UnsafeRawBufferPointer], during operation: @autoclosure () -> String) throws(MemSnapError) {
-        var vectors = buffers.filter { !$0.isEmpty }.map {
-            iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress), iov_len: $0.count)
-        }
-        var first = 0
-        while first < vectors.count {
-            let batch = min(vectors.count - first, 1024)
-            let written = vectors.withUnsafeMutableBufferPointer { writev(descriptor, $0.baseAddress! + first, Int32(batch)) }
-            if written < 0 {
-                if errno == EINTR { continue }
-                throw MemSnapError.systemCall("write", during: "\(operation()) at \(at(position))")
-            }
-            position += written
-            var remaining = written
-            while remaining > 0 && first < vectors.count {
-                if remaining >= vectors[first].iov_len {
-                    remaining -= vectors[first].iov_len
-                    first += 1
-                } else {
-                    vectors[first].iov_base += remaining
-                    vectors[first].iov_len -= remaining
-                    remaining = 0
-                }
-            }
+        do throws(PartialWriteFailure) {
+            try writeAll(descriptor, buffers, at: nil)
+            position += buffers.reduce(0) { $0 + $1.count }
+        } catch {
+            position += error.bytesWritten
+            throw MemSnapError("\(operation()) at \(at(position))", .systemCall("write", error.errno))
         }
     }
 

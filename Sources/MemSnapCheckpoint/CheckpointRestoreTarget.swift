@@ -128,13 +128,9 @@ private func writeImage(
     guard tag == 0 else {
         throw MemSnapError(operation(), .invalidArgument("an extent with tag \(tag) cannot be restored into a raw image"))
     }
-    var done = 0
-    while done < bytes.count {
-        let written = pwrite(descriptor, bytes.baseAddress! + done, bytes.count - done, off_t(offset + done))
-        if written < 0 {
-            if errno == EINTR { continue }
-            throw MemSnapError.systemCall("pwrite", during: operation())
-        }
-        done += written
+    do throws(PartialWriteFailure) {
+        try writeAll(descriptor, [bytes], at: offset)
+    } catch {
+        throw MemSnapError(operation(), .systemCall("pwrite", error.errno))
     }
 }

@@ -236,11 +236,3 @@ private struct BorrowedFrames: @unchecked Sendable {
     let frames: [[Piece]]
     init(_ frames: [[Piece]]) { self.frames = frames }
 }
-
-
-/// `Array.withUnsafeBytes` for typed throws (the standard one rethrows untyped errors).
-func withBytes<Result>(
-    _ array: [UInt8], _ body: (UnsafeRawBufferPointer) throws(MemSnapError) -> Result
-) throws(MemSnapError) -> Result {
-    try array.withUnsafeBytes { bytes in Swift.Result { () throws(MemSnapError) -> Result in try body(bytes) } }.get()
-}

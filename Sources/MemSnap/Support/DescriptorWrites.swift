@@ -1,0 +1,69 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import SystemPackage
+
+/// A write that stopped on an error: which errno, after how many bytes had been written.
+package struct PartialWriteFailure: Error {
+    package let errno: Errno
+    package let bytesWritten: Int
+}
+
+/// Writes every byte of `buffers`, in order, to `descriptor`: at `offset` with pwritev, or at
+/// the descriptor's position with writev when `offset` is nil (pipes, sockets). Retries short
+/// writes and EINTR; empty buffers are skipped. The buffers are only read, and only during the
+/// call. Not atomic: on failure the first `bytesWritten` bytes are in place.
+///
+/// - Throws: `PartialWriteFailure` with the errno of the failing call.
+package func writeAll(
+    _ descriptor: Int32, _ buffers: [UnsafeRawBufferPointer], at offset: Int?
+) throws(PartialWriteFailure) {
+    var vectors = buffers.filter { !$0.isEmpty }.map {
+        iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress), iov_len: $0.count)
+    }
+    var done = 0
+    var first = 0
+    while first < vectors.count {
+        let batch = min(vectors.count - first, 1024)  // IOV_MAX on Linux
+        let written = vectors.withUnsafeMutableBufferPointer { vector in
+            let start = vector.baseAddress.map { $0 + first }
+            return if let offset { pwritev(descriptor, start, Int32(batch), off_t(offset + done)) }
+                   else { writev(descriptor, start, Int32(batch)) }
+        }
+        if written < 0 {
+            if Glibc.errno == EINTR { continue }
+            throw PartialWriteFailure(errno: Errno(rawValue: Glibc.errno), bytesWritten: done)
+        }
+        done += written
+        var remaining = written
+        while remaining > 0 && first < vectors.count {
+            if remaining >= vectors[first].iov_len {
+                remaining -= vectors[first].iov_len
+                first += 1
+            } else {
+                vectors[first].iov_base += remaining
+                vectors[first].iov_len -= remaining
+                remaining = 0
+            }
+        }
+    }
+}
+
+/// `writeAll(_:_:at:)` at a file offset, its failure reported as `pwritev` failing during
+/// `operation`.
+package func writeAll(
+    _ descriptor: Int32, _ buffers: [UnsafeRawBufferPointer], at offset: Int, during operation: @autoclosure () -> String
+) throws(MemSnapError) {
+    do throws(PartialWriteFailure) {
+        try writeAll(descriptor, buffers, at: offset)
+    } catch {
+        throw MemSnapError(operation(), .systemCall("pwritev", error.errno))
+    }
+}
+
+/// `Array.withUnsafeBytes` for typed throws (the standard one rethrows untyped errors).
+package func withBytes<Result>(
+    _ array: [UInt8], _ body: (UnsafeRawBufferPointer) throws(MemSnapError) -> Result
+) throws(MemSnapError) -> Result {
+    try array.withUnsafeBytes { bytes in Swift.Result { () throws(MemSnapError) -> Result in try body(bytes) } }.get()
+}
