@@ -37,36 +37,24 @@ struct ArenaMeta: Equatable {
     var roots: [UInt64]
 
     func encoded() -> [UInt8] {
-        var bytes = [UInt8](repeating: 0, count: ArenaFormat.slotSize)
-        bytes.withUnsafeMutableBytes { slot in
-            var offset = 0
-            func put<T: FixedWidthInteger>(_ value: T) {
-                slot.storeBytes(of: value.littleEndian, toByteOffset: offset, as: T.self)
-                offset += MemoryLayout<T>.size
-            }
-            put(ArenaFormat.metaMagic); put(ArenaFormat.version); put(UInt32(Page.size))
-            put(UInt64(capacity)); put(recordedBase); put(counter); put(checkpointCommit); put(epoch); put(event)
-            for root in roots { put(root) }
-            let crc = ArenaFormat.crc(UnsafeRawBufferPointer(rebasing: slot[0..<offset]))
-            put(crc)
-        }
-        return bytes
+        var writer = ByteWriter()
+        writer.u64(ArenaFormat.metaMagic); writer.u32(ArenaFormat.version); writer.u32(UInt32(Page.size))
+        for field in [UInt64(capacity), recordedBase, counter, checkpointCommit, epoch, event] + roots { writer.u64(field) }
+        writer.u32(writer.bytes.withUnsafeBytes { ArenaFormat.crc($0) })
+        writer.pad(to: ArenaFormat.slotSize)
+        return writer.bytes
     }
 
     /// nil when the slot is torn, damaged, or not an arena metapage.
     static func decode(_ slot: UnsafeRawBufferPointer) -> ArenaMeta? {
         guard slot.count >= ArenaFormat.metaBytes + 4 else { return nil }
-        var offset = 0
-        func get<T: FixedWidthInteger>(_: T.Type) -> T {
-            defer { offset += MemoryLayout<T>.size }
-            return T(littleEndian: slot.loadUnaligned(fromByteOffset: offset, as: T.self))
-        }
-        guard get(UInt64.self) == ArenaFormat.metaMagic, get(UInt32.self) == ArenaFormat.version,
-              get(UInt32.self) == UInt32(Page.size) else { return nil }
-        let capacity = get(UInt64.self), base = get(UInt64.self), counter = get(UInt64.self)
-        let checkpoint = get(UInt64.self), epoch = get(UInt64.self), event = get(UInt64.self)
-        let roots = (0..<ArenaFormat.rootCount).map { _ in get(UInt64.self) }
-        let stored = get(UInt32.self)
+        var reader = ByteReader(slot)
+        guard reader.u64() == ArenaFormat.metaMagic, reader.u32() == ArenaFormat.version,
+              reader.u32() == UInt32(Page.size) else { return nil }
+        let capacity = reader.u64(), base = reader.u64(), counter = reader.u64()
+        let checkpoint = reader.u64(), epoch = reader.u64(), event = reader.u64()
+        let roots = (0..<ArenaFormat.rootCount).map { _ in reader.u64() }
+        let stored = reader.u32()
         guard stored == ArenaFormat.crc(UnsafeRawBufferPointer(rebasing: slot[0..<ArenaFormat.metaBytes])),
               capacity <= UInt64(Int.max) else { return nil }
         return ArenaMeta(counter: counter, capacity: Int(capacity), recordedBase: base, checkpointCommit: checkpoint,
@@ -86,32 +74,21 @@ struct ArenaRecordHeader: Equatable {
     var recordBytes: Int { ArenaFormat.recordHeaderSize + pageCount * 8 + pageCount * Page.size + 4 }
 
     func encoded() -> [UInt8] {
-        var bytes = [UInt8](repeating: 0, count: ArenaFormat.recordHeaderSize)
-        bytes.withUnsafeMutableBytes { header in
-            var offset = 0
-            func put<T: FixedWidthInteger>(_ value: T) {
-                header.storeBytes(of: value.littleEndian, toByteOffset: offset, as: T.self)
-                offset += MemoryLayout<T>.size
-            }
-            put(ArenaFormat.recordMagic); put(commit); put(UInt64(pageCount)); put(epoch); put(event)
-            put(UInt64(recordBytes)); put(UInt64(0)); put(UInt64(0))
-            for root in roots { put(root) }
+        var writer = ByteWriter()
+        for field in [ArenaFormat.recordMagic, commit, UInt64(pageCount), epoch, event, UInt64(recordBytes), 0, 0] + roots {
+            writer.u64(field)
         }
-        return bytes
+        return writer.bytes
     }
 
     /// nil unless the magic is right and the sizes are sane for an arena of `pageLimit` pages.
     static func decode(_ bytes: UnsafeRawBufferPointer, pageLimit: Int) -> ArenaRecordHeader? {
         guard bytes.count >= ArenaFormat.recordHeaderSize else { return nil }
-        var offset = 0
-        func get() -> UInt64 {
-            defer { offset += 8 }
-            return UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self))
-        }
-        guard get() == ArenaFormat.recordMagic else { return nil }
-        let commit = get(), pageCount = get(), epoch = get(), event = get(), total = get()
-        guard get() == 0, get() == 0, pageCount <= UInt64(pageLimit) else { return nil }
-        let roots = (0..<ArenaFormat.rootCount).map { _ in get() }
+        var reader = ByteReader(bytes)
+        guard reader.u64() == ArenaFormat.recordMagic else { return nil }
+        let commit = reader.u64(), pageCount = reader.u64(), epoch = reader.u64(), event = reader.u64(), total = reader.u64()
+        guard reader.u64() == 0, reader.u64() == 0, pageCount <= UInt64(pageLimit) else { return nil }
+        let roots = (0..<ArenaFormat.rootCount).map { _ in reader.u64() }
         let header = ArenaRecordHeader(commit: commit, pageCount: Int(pageCount), epoch: epoch, event: event, roots: roots)
         return UInt64(header.recordBytes) == total ? header : nil
     }

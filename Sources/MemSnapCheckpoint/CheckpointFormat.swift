@@ -32,39 +32,9 @@ func corrupt(_ operation: String, _ text: String) -> MemSnapError {
 /// Byte sizes in messages: "8.0 MiB" for large offsets, exact bytes below 1 KiB.
 func at(_ offset: Int) -> String { offset < 1024 ? "offset \(offset)" : "offset \(ByteCount(offset)) (\(offset))" }
 
-struct ByteWriter {
-    var bytes: [UInt8] = []
-    mutating func u8(_ value: UInt8) { bytes.append(value) }
-    mutating func u16(_ value: UInt16) { append(value) }
-    mutating func u32(_ value: UInt32) { append(value) }
-    mutating func u64(_ value: UInt64) { append(value) }
-    mutating func i32(_ value: Int32) { append(UInt32(bitPattern: value)) }
-    mutating func raw(_ data: some Sequence<UInt8>) { bytes.append(contentsOf: data) }
-    private mutating func append<T: FixedWidthInteger>(_ value: T) {
-        withUnsafeBytes(of: value.littleEndian) { bytes.append(contentsOf: $0) }
-    }
+extension ByteWriter {
     /// Appends XXH3 of everything written so far.
     mutating func checksum() { u64(CheckpointFormat.xxh3(bytes)) }
-}
-
-/// Little-endian reads from a buffer the caller has bounds-checked.
-struct ByteReader {
-    let bytes: UnsafeRawBufferPointer
-    var position = 0
-    init(_ bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
-    mutating func u8() -> UInt8 { defer { position += 1 }; return bytes[position] }
-    mutating func u16() -> UInt16 { read() }
-    mutating func u32() -> UInt32 { read() }
-    mutating func u64() -> UInt64 { read() }
-    mutating func i32() -> Int32 { Int32(bitPattern: read()) }
-    private mutating func read<T: FixedWidthInteger>() -> T {
-        defer { position += MemoryLayout<T>.size }
-        return T(littleEndian: bytes.loadUnaligned(fromByteOffset: position, as: T.self))
-    }
-    mutating func slice(_ count: Int) -> UnsafeRawBufferPointer {
-        defer { position += count }
-        return UnsafeRawBufferPointer(rebasing: bytes[position..<position + count])
-    }
 }
 
 /// The fixed 64-byte header at offset 0.
