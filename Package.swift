@@ -56,17 +56,23 @@ let package = Package(
             dependencies: ["MemSnap", "MemSnapCheckpoint", "CMemSnap"],
             path: "Sources/CheckpointFuzzer"
         ),
+        // Helpers shared by the test targets (temporary directories, error expectations).
+        .target(
+            name: "MemSnapTestSupport",
+            dependencies: ["MemSnap"],
+            path: "Tests/MemSnapTestSupport"
+        ),
         .testTarget(
             name: "MemSnapTests",
-            dependencies: ["MemSnap", "CMemSnap"]
+            dependencies: ["MemSnap", "CMemSnap", "MemSnapTestSupport"]
         ),
         .testTarget(
             name: "MemSnapCheckpointTests",
-            dependencies: ["MemSnapCheckpoint", "MemSnap"]
+            dependencies: ["MemSnapCheckpoint", "MemSnap", "MemSnapTestSupport"]
         ),
         .testTarget(
             name: "MemSnapArenaTests",
-            dependencies: ["MemSnapArena", "MemSnap"]
+            dependencies: ["MemSnapArena", "MemSnap", "MemSnapTestSupport"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -4,16 +4,14 @@ import Glibc
 import Foundation
 import MemSnap
 @testable import MemSnapArena
+import MemSnapTestSupport
 import Testing
 
+/// A temporary directory holding one arena.
 final class ArenaDirectory {
-    let path: String
-    init() {
-        var template = Array("/tmp/memsnap-arena-test-XXXXXX".utf8CString)
-        path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
-    }
-    deinit { _ = try? FileManager.default.removeItem(atPath: path) }
-    var arena: String { "\(path)/heap.arena" }
+    private let directory = TemporaryDirectory(prefix: "memsnap-arena-test")
+    var path: String { directory.path }
+    var arena: String { directory.file("heap.arena") }
 }
 
 extension Arena {
@@ -55,11 +53,11 @@ struct ArenaTests {
         let directory = ArenaDirectory()
         let arena = try Arena.open(path: directory.arena, capacity: 1 << 20)
         try arena.sync(epoch: 2, event: 5)
-        expectArenaReason(.invalidArgument("epoch/event (2, 5) does not increase past (2, 5)")) { try arena.sync(epoch: 2, event: 5) }
-        expectArenaReason(.invalidArgument("epoch/event (1, 9) does not increase past (2, 5)")) { try arena.sync(epoch: 1, event: 9) }
+        expectReason(.invalidArgument("epoch/event (2, 5) does not increase past (2, 5)")) { try arena.sync(epoch: 2, event: 5) }
+        expectReason(.invalidArgument("epoch/event (1, 9) does not increase past (2, 5)")) { try arena.sync(epoch: 1, event: 9) }
         try arena.sync(epoch: 3, event: 0)
         #expect(arena.epoch == 3 && arena.event == 0)
-        expectArenaReason(.outOfBounds(offset: 32, length: 1, size: 32)) { try arena.setRoot(32, to: 1) }
+        expectReason(.outOfBounds(offset: 32, length: 1, size: 32)) { try arena.setRoot(32, to: 1) }
     }
 
     @Test func doubleFreesAndForeignPointersAreErrorsNotCorruption() throws {
@@ -68,15 +66,15 @@ struct ArenaTests {
         let small = try arena.allocate(byteCount: 40)
         let large = try arena.allocate(byteCount: 3 * pageSize)
         try arena.free(small)
-        expectArenaReason(.invalidArgument("it is not the start of an allocated slot (double free or an interior pointer)")) { try arena.free(small) }
+        expectReason(.invalidArgument("it is not the start of an allocated slot (double free or an interior pointer)")) { try arena.free(small) }
         try arena.free(large)
-        expectArenaReason(.invalidArgument("it is not allocated (double free?)")) { try arena.free(large) }
+        expectReason(.invalidArgument("it is not allocated (double free?)")) { try arena.free(large) }
         let other = try arena.allocate(byteCount: 2 * pageSize)
-        expectArenaReason(.invalidArgument("it points inside an allocation, not at its start")) {
+        expectReason(.invalidArgument("it points inside an allocation, not at its start")) {
             try arena.free(ArenaOffset(rawValue: other.rawValue + UInt64(pageSize)))
         }
-        expectArenaReason(.invalidArgument("it points into the allocator's own metadata")) { try arena.free(ArenaOffset(rawValue: 8)) }
-        expectArenaReason(.invalidArgument("it lies outside the arena")) { try arena.free(ArenaOffset(rawValue: 1 << 40)) }
+        expectReason(.invalidArgument("it points into the allocator's own metadata")) { try arena.free(ArenaOffset(rawValue: 8)) }
+        expectReason(.invalidArgument("it lies outside the arena")) { try arena.free(ArenaOffset(rawValue: 1 << 40)) }
         var outside = 0
         #expect(!arena.contains(&outside))
         #expect(arena.contains(arena.address(of: other)))
@@ -165,7 +163,7 @@ struct ArenaTests {
         pwrite(fd, &zeros, 64, 0)
         pwrite(fd, &zeros, 64, 4096)
         close(fd)
-        expectArenaReason(.corrupt("both metapages are damaged or missing; not an arena, or destroyed")) {
+        expectReason(.corrupt("both metapages are damaged or missing; not an arena, or destroyed")) {
             _ = try Arena.open(path: directory.arena, capacity: 0)
         }
     }
@@ -294,14 +292,3 @@ struct ArenaTests {
 }
 
 let pageSize = Page.size
-
-func expectArenaReason(_ reason: MemSnapError.Reason, sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> Void) {
-    do {
-        try body()
-        Issue.record("expected \(reason)", sourceLocation: sourceLocation)
-    } catch let error as MemSnapError {
-        #expect(error.reason == reason, sourceLocation: sourceLocation)
-    } catch {
-        Issue.record("unexpected \(error)", sourceLocation: sourceLocation)
-    }
-}

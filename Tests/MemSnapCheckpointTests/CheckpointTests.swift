@@ -4,19 +4,8 @@ import Glibc
 import Foundation
 import MemSnap
 @testable import MemSnapCheckpoint
+import MemSnapTestSupport
 import Testing
-
-/// A temporary directory, removed when the value goes away.
-final class TemporaryDirectory {
-    let path: String
-    init() {
-        var template = Array("/tmp/memsnap-checkpoint-test-XXXXXX".utf8CString)
-        path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
-    }
-    deinit { _ = try? FileManager.default.removeItem(atPath: path) }
-    func file(_ name: String) -> String { "\(path)/\(name)" }
-    var entries: [String] { (try? FileManager.default.contentsOfDirectory(atPath: path))?.sorted() ?? [] }
-}
 
 /// A heap-like image with zero pages, and a partial last page.
 func heapImage(size: Int, seed: UInt64 = 7) -> [UInt8] {
@@ -289,7 +278,7 @@ struct CheckpointIntegrityTests {
         let frame = file.frames[2]
         bytes[frame.offset + CheckpointFormat.frameHeaderSize + 5] ^= 0xFF
         _ = FileManager.default.createFile(atPath: path, contents: Data(bytes))
-        let error = expectCheckpointError { try CheckpointFile(path: path).verify() }
+        let error = expectMemSnapError { try CheckpointFile(path: path).verify() }
         #expect(error?.reason == .corrupt("checkpoint frame 2 at offset \(ByteCount(frame.offset)) (\(frame.offset)): checksum mismatch"))
     }
 
@@ -299,7 +288,7 @@ struct CheckpointIntegrityTests {
         var bytes = fileBytes(path)
         bytes[0] = 0x58
         _ = FileManager.default.createFile(atPath: path, contents: Data(bytes))
-        let error = expectCheckpointError { _ = try CheckpointFile(path: path) }
+        let error = expectMemSnapError { _ = try CheckpointFile(path: path) }
         #expect(error?.reason == .corrupt("header at offset 0: wrong magic, not a memsnap checkpoint"))
     }
 
@@ -308,7 +297,7 @@ struct CheckpointIntegrityTests {
         let path = directory.file("out.ckpt")
         _ = FileManager.default.createFile(atPath: path, contents: Data("keep".utf8))
         let bytes = [UInt8](repeating: 1, count: 8192)
-        let error = expectCheckpointError {
+        let error = expectMemSnapError {
             try bytes.withUnsafeBytes { _ = try Checkpoint.write([CheckpointExtent(offset: 0, bytes: $0)], to: path, options: options(.v2)) }
         }
         #expect(error?.reason == .invalidArgument("\(path) exists; pass --force (force: true) to replace it"))
@@ -317,7 +306,7 @@ struct CheckpointIntegrityTests {
         #expect(try restoredImage(path, threads: 1) == bytes)
         // A failure midway (an extent past Int.max) leaves no file behind.
         let failing = directory.file("failing.ckpt")
-        _ = expectCheckpointError {
+        _ = expectMemSnapError {
             try bytes.withUnsafeBytes {
                 _ = try Checkpoint.write([CheckpointExtent(offset: 0, bytes: $0), CheckpointExtent(offset: UInt64.max - 10, bytes: $0)],
                                          to: failing, options: options(.v2))
@@ -325,18 +314,6 @@ struct CheckpointIntegrityTests {
         }
         #expect(directory.entries == ["out.ckpt"])
     }
-}
-
-func expectCheckpointError(_ body: () throws -> Void, sourceLocation: SourceLocation = #_sourceLocation) -> MemSnapError? {
-    do {
-        try body()
-        Issue.record("expected a MemSnapError", sourceLocation: sourceLocation)
-    } catch let error as MemSnapError {
-        return error
-    } catch {
-        Issue.record("expected a MemSnapError, got \(error)", sourceLocation: sourceLocation)
-    }
-    return nil
 }
 
 /// Crafted files a review used to crash, hang or fool the reader, kept as specifications.
@@ -365,7 +342,7 @@ struct CheckpointCraftedFileTests {
         for entry in 0..<2 { store(1 << 62, at: indexStart + 16 + entry * 40 + 16, in: &bytes) }
         reseal(index: &bytes, from: indexStart, to: indexEnd)
         _ = FileManager.default.createFile(atPath: path, contents: Data(bytes))
-        let error = expectCheckpointError { try CheckpointFile(path: path).verify() }
+        let error = expectMemSnapError { try CheckpointFile(path: path).verify() }
         guard case let .corrupt(text)? = error?.reason else { Issue.record("expected corrupt, got \(String(describing: error))"); return }
         #expect(text.contains("entry 0: raw size 4611686018427387904"))
     }
@@ -403,7 +380,7 @@ struct CheckpointCraftedFileTests {
         let directory = TemporaryDirectory()
         let big = String(repeating: "x", count: 70_000)
         let info = CheckpointInfo((0..<20).map { ("key\($0)", big) })
-        let error = expectCheckpointError {
+        let error = expectMemSnapError {
             _ = try Checkpoint.write([], to: directory.file("info.ckpt"), options: CheckpointOptions(style: .v2, info: info))
         }
         guard case let .invalidArgument(text)? = error?.reason else { Issue.record("expected invalidArgument"); return }

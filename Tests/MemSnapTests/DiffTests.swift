@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import MemSnap
+import MemSnapTestSupport
 import Testing
 
 /// Little-endian bytes of `values` as `type` (values chosen exactly representable in all types).

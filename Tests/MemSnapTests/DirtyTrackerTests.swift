@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Foundation
 import MemSnap
+import MemSnapTestSupport
 import Testing
 
 @Suite("DirtyTracker: exact page sets for every mode that works here")

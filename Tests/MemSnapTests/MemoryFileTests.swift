@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import MemSnap
+import MemSnapTestSupport
 import Testing
 
 @Suite("MemoryFile: memfd mapped shared or copy-on-write inside memsnap's reservations")

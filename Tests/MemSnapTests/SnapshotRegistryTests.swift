@@ -1,5 +1,6 @@
 import Dispatch
 import MemSnap
+import MemSnapTestSupport
 import Testing
 
 @Suite("SnapshotRegistry: a thread-safe map from key to snapshot")

@@ -1,5 +1,6 @@
 import Dispatch
 import MemSnap
+import MemSnapTestSupport
 import Testing
 
 @Suite("Snapshot: memfd data, copy-on-write workers, restore, growth, changed ranges")

@@ -1,4 +1,5 @@
 import MemSnap
+import MemSnapTestSupport
 import Testing
 
 @Suite("SnapshotWorkers: fork/join from one snapshot")

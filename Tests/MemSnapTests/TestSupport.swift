@@ -2,31 +2,8 @@
 import Glibc
 #endif
 import MemSnap
+import MemSnapTestSupport
 import Testing
-
-/// Runs `body`, expects it to throw a MemSnapError, and returns that error for exact checks.
-@discardableResult
-func expectMemSnapError(
-    _ body: () throws -> Void, sourceLocation: SourceLocation = #_sourceLocation
-) -> MemSnapError? {
-    do {
-        try body()
-        Issue.record("expected a MemSnapError, nothing was thrown", sourceLocation: sourceLocation)
-    } catch let error as MemSnapError {
-        return error
-    } catch {
-        Issue.record("expected a MemSnapError, got \(error)", sourceLocation: sourceLocation)
-    }
-    return nil
-}
-
-/// Expects `body` to throw a MemSnapError whose reason is exactly `reason`.
-func expectReason(
-    _ reason: MemSnapError.Reason, sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> Void
-) {
-    let error = expectMemSnapError(body, sourceLocation: sourceLocation)
-    #expect(error?.reason == reason, sourceLocation: sourceLocation)
-}
 
 let pageSize = Page.size
 

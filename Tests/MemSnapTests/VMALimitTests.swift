@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Foundation
 import MemSnap
+import MemSnapTestSupport
 import Testing
 
 /// Exhausting vm.max_map_count is process-wide: other tests running in parallel would see their

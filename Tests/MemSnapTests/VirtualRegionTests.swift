@@ -1,4 +1,5 @@
 import MemSnap
+import MemSnapTestSupport
 import Testing
 
 @Suite("VirtualRegion: reserve, commit, grow in place, release")
