@@ -53,24 +53,23 @@ extension SnapshotDiff {
     /// u64, length u64, data type u8, operation u8, reserved u16 = 0) and its bytes, then the
     /// CRC32C of everything before it. All integers little-endian.
     public static func encode(_ diffs: [SnapshotDiff]) -> [UInt8] {
-        var output: [UInt8] = []
-        output.reserveCapacity(batchHeaderSize + trailerSize + diffs.reduce(0) { $0 + diffHeaderSize + $1.bytes.count })
-        output.append(littleEndian: encodingMagic)
-        output.append(littleEndian: encodingVersion)
-        output.append(littleEndian: UInt16(0))
-        output.append(littleEndian: UInt32(diffs.count))
-        output.append(littleEndian: UInt32(0))
+        var writer = ByteWriter()
+        writer.bytes.reserveCapacity(batchHeaderSize + trailerSize + diffs.reduce(0) { $0 + diffHeaderSize + $1.bytes.count })
+        writer.u32(encodingMagic)
+        writer.u16(encodingVersion)
+        writer.u16(0)
+        writer.u32(UInt32(diffs.count))
+        writer.u32(0)
         for diff in diffs {
-            output.append(littleEndian: UInt64(diff.offset))
-            output.append(littleEndian: UInt64(diff.bytes.count))
-            output.append(diff.dataType.rawValue)
-            output.append(diff.operation.rawValue)
-            output.append(littleEndian: UInt16(0))
-            output.append(contentsOf: diff.bytes)
+            writer.u64(UInt64(diff.offset))
+            writer.u64(UInt64(diff.bytes.count))
+            writer.u8(diff.dataType.rawValue)
+            writer.u8(diff.operation.rawValue)
+            writer.u16(0)
+            writer.raw(diff.bytes)
         }
-        let checksum = output.withUnsafeBytes { memsnap_crc32c(0, $0.baseAddress, $0.count) }
-        output.append(littleEndian: checksum)
-        return output
+        writer.u32(writer.bytes.withUnsafeBytes { memsnap_crc32c(0, $0.baseAddress, $0.count) })
+        return writer.bytes
     }
 
     /// Decodes a batch made by `encode`.
@@ -84,98 +83,64 @@ extension SnapshotDiff {
         guard encoded.count >= batchHeaderSize + trailerSize else {
             throw corrupt(0, "\(encoded.count) bytes is shorter than an empty batch (\(batchHeaderSize + trailerSize))")
         }
-        var reader = LittleEndianReader(encoded)
-        let magic: UInt32 = reader.read()
-        guard magic == encodingMagic else { throw corrupt(0, "not a diff batch (magic \(hex(magic)))") }
-        let version: UInt16 = reader.read()
-        guard version == encodingVersion else { throw corrupt(4, "unsupported version \(version) (this build reads 1)") }
-        let flags: UInt16 = reader.read()
-        guard flags == 0 else { throw corrupt(6, "unknown flags \(hex(UInt32(flags)))") }
-        let bodyEnd = encoded.count - trailerSize
-        let stored = LittleEndianReader(encoded, at: bodyEnd).peek(UInt32.self)
-        let computed = encoded.withUnsafeBytes { memsnap_crc32c(0, $0.baseAddress, bodyEnd) }
-        guard stored == computed else {
-            throw corrupt(bodyEnd, "checksum mismatch (stored \(hex(stored)), computed \(hex(computed)))")
+        return try withBytes(encoded) { (buffer) throws(MemSnapError) -> [SnapshotDiff] in
+            var reader = ByteReader(buffer)
+            let magic = reader.u32()
+            guard magic == encodingMagic else { throw corrupt(0, "not a diff batch (magic \(hex(magic)))") }
+            let version = reader.u16()
+            guard version == encodingVersion else { throw corrupt(4, "unsupported version \(version) (this build reads 1)") }
+            let flags = reader.u16()
+            guard flags == 0 else { throw corrupt(6, "unknown flags \(hex(UInt32(flags)))") }
+            let bodyEnd = encoded.count - trailerSize
+            var trailer = ByteReader(buffer)
+            trailer.position = bodyEnd
+            let stored = trailer.u32()
+            let computed = memsnap_crc32c(0, buffer.baseAddress, bodyEnd)
+            guard stored == computed else {
+                throw corrupt(bodyEnd, "checksum mismatch (stored \(hex(stored)), computed \(hex(computed)))")
+            }
+            let count = Int(reader.u32())
+            let reserved = reader.u32()
+            guard reserved == 0 else { throw corrupt(12, "reserved header bytes are not zero") }
+            var diffs: [SnapshotDiff] = []
+            diffs.reserveCapacity(Swift.min(count, bodyEnd / diffHeaderSize))
+            for index in 0..<count {
+                let start = reader.position
+                guard bodyEnd - start >= diffHeaderSize else {
+                    throw corrupt(start, "diff \(index) of \(count): header runs past the end")
+                }
+                let offset = reader.u64()
+                let length = reader.u64()
+                let rawType = reader.u8()
+                let rawOperation = reader.u8()
+                let diffReserved = reader.u16()
+                guard let dataType = MergeDataType(rawValue: rawType) else {
+                    throw corrupt(start + 16, "diff \(index): unknown data type \(rawType)")
+                }
+                guard let operation = MergeOperation(rawValue: rawOperation) else {
+                    throw corrupt(start + 17, "diff \(index): unknown operation \(rawOperation)")
+                }
+                guard diffReserved == 0 else { throw corrupt(start + 18, "diff \(index): reserved bytes are not zero") }
+                guard offset <= UInt64(Int.max), length <= UInt64(bodyEnd - reader.position),
+                      !Int(offset).addingReportingOverflow(Int(length)).overflow else {
+                    throw corrupt(start, "diff \(index): offset \(offset) with length \(length) runs past the batch")
+                }
+                if operation.isArithmetic && (!dataType.isNumeric || Int(length) % dataType.width != 0) {
+                    throw corrupt(start, "diff \(index): \(operation) of \(length) bytes of \(dataType) is not valid")
+                }
+                let bytes = encoded[reader.position..<reader.position + Int(length)]  // a slice: no copy
+                reader.position += Int(length)
+                diffs.append(SnapshotDiff(offset: Int(offset), dataType: dataType, operation: operation, bytes: bytes))
+            }
+            guard reader.position == bodyEnd else {
+                throw corrupt(reader.position, "\(bodyEnd - reader.position) bytes after the last of \(count) diffs")
+            }
+            return diffs
         }
-        let count = Int(reader.read(UInt32.self))
-        let reserved: UInt32 = reader.read()
-        guard reserved == 0 else { throw corrupt(12, "reserved header bytes are not zero") }
-        var diffs: [SnapshotDiff] = []
-        diffs.reserveCapacity(Swift.min(count, bodyEnd / diffHeaderSize))
-        for index in 0..<count {
-            let start = reader.position
-            guard bodyEnd - start >= diffHeaderSize else {
-                throw corrupt(start, "diff \(index) of \(count): header runs past the end")
-            }
-            let offset: UInt64 = reader.read()
-            let length: UInt64 = reader.read()
-            let rawType: UInt8 = reader.read()
-            let rawOperation: UInt8 = reader.read()
-            let diffReserved: UInt16 = reader.read()
-            guard let dataType = MergeDataType(rawValue: rawType) else {
-                throw corrupt(start + 16, "diff \(index): unknown data type \(rawType)")
-            }
-            guard let operation = MergeOperation(rawValue: rawOperation) else {
-                throw corrupt(start + 17, "diff \(index): unknown operation \(rawOperation)")
-            }
-            guard diffReserved == 0 else { throw corrupt(start + 18, "diff \(index): reserved bytes are not zero") }
-            guard offset <= UInt64(Int.max), length <= UInt64(bodyEnd - reader.position),
-                  !Int(offset).addingReportingOverflow(Int(length)).overflow else {
-                throw corrupt(start, "diff \(index): offset \(offset) with length \(length) runs past the batch")
-            }
-            if operation.isArithmetic && (!dataType.isNumeric || Int(length) % dataType.width != 0) {
-                throw corrupt(start, "diff \(index): \(operation) of \(length) bytes of \(dataType) is not valid")
-            }
-            let bytes = reader.readBytes(Int(length))
-            diffs.append(SnapshotDiff(offset: Int(offset), dataType: dataType, operation: operation, bytes: bytes))
-        }
-        guard reader.position == bodyEnd else {
-            throw corrupt(reader.position, "\(bodyEnd - reader.position) bytes after the last of \(count) diffs")
-        }
-        return diffs
     }
 }
 
 func hex<T: FixedWidthInteger>(_ value: T) -> String {
     let digits = String(value, radix: 16)
     return "0x" + String(repeating: "0", count: Swift.max(0, T.bitWidth / 4 - digits.count)) + digits
-}
-
-extension Array where Element == UInt8 {
-    mutating func append<T: FixedWidthInteger>(littleEndian value: T) {
-        Swift.withUnsafeBytes(of: value.littleEndian) { append(contentsOf: $0) }
-    }
-}
-
-/// Reads little-endian integers from a byte array; the caller checks lengths first.
-struct LittleEndianReader {
-    let bytes: [UInt8]
-    private(set) var position: Int
-
-    init(_ bytes: [UInt8], at position: Int = 0) {
-        self.bytes = bytes
-        self.position = position
-    }
-
-    func peek<T: FixedWidthInteger>(_: T.Type = T.self) -> T {
-        var value: T = 0
-        withUnsafeMutableBytes(of: &value) { target in
-            bytes.withUnsafeBytes { source in
-                target.copyMemory(from: UnsafeRawBufferPointer(rebasing: source[position..<position + MemoryLayout<T>.size]))
-            }
-        }
-        return T(littleEndian: value)
-    }
-
-    mutating func read<T: FixedWidthInteger>(_: T.Type = T.self) -> T {
-        let value: T = peek()
-        position += MemoryLayout<T>.size
-        return value
-    }
-
-    /// A slice of the input (no copy).
-    mutating func readBytes(_ count: Int) -> ArraySlice<UInt8> {
-        defer { position += count }
-        return bytes[position..<position + count]
-    }
 }
