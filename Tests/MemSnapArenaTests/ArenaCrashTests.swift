@@ -10,6 +10,8 @@ import Testing
 struct ArenaCrashTests {
     static let childVariable = "MEMSNAP_ARENA_CRASH_CHILD"
     static let cycles = 200
+    /// The child creates PATH + this just before it opens the arena.
+    static let readySuffix = ".child-ready"
 
     @Test func killingTheWriterAtRandomMomentsAlwaysLeavesTheLastCompletedSync() throws {
         let directory = ArenaDirectory()
@@ -25,7 +27,13 @@ struct ArenaCrashTests {
             child.standardOutput = FileHandle.nullDevice
             child.standardError = FileHandle.nullDevice
             try child.run()
-            usleep(UInt32(20_000 + random.next() % 60_000))  // 20 to 80 ms: start-up, writes, syncs
+            // Time from the child's start-up, which varies tenfold (sanitizers, a busy machine),
+            // would leave most kills landing before the first write: wait until it is ready.
+            let ready = directory.arena + Self.readySuffix
+            let deadline = Date().addingTimeInterval(60)
+            while access(ready, F_OK) != 0 && child.isRunning && Date() < deadline { usleep(1_000) }
+            unlink(ready)
+            usleep(UInt32(5_000 + random.next() % 60_000))  // 5 to 65 ms of opening, writes and syncs
             kill(child.processIdentifier, SIGKILL)
             child.waitUntilExit()
             let arena = try Arena.open(path: directory.arena, capacity: 0)
@@ -44,6 +52,7 @@ struct ArenaCrashTests {
     /// Runs only inside the child: steps and syncs until killed.
     @Test func arenaCrashChild() throws {
         guard let path = ProcessInfo.processInfo.environment[Self.childVariable] else { return }
+        close(open(path + Self.readySuffix, O_WRONLY | O_CREAT | O_CLOEXEC, 0o644))
         try ArenaSoak.runUntilKilled(path)
     }
 }
