@@ -1,7 +1,7 @@
 # memsnap: the two quick-start commands are `make demo` and `make test`.
 SWIFT ?= swift
 
-.PHONY: demo test build release test-tsan test-asan sanitize benchmarks fuzz fuzz-smoke deps clean
+.PHONY: demo test build release test-tsan test-asan sanitize benchmarks fuzz fuzz-build fuzz-run fuzz-smoke deps clean
 
 demo: deps
 	$(SWIFT) build -c release --product memsnap
@@ -26,21 +26,30 @@ test-asan: deps
 
 sanitize: test-tsan test-asan
 
-# libFuzzer on the checkpoint reader: `make fuzz FUZZ_SECONDS=600` for a longer run.
+# libFuzzer on one target: `make fuzz FUZZ_TARGET=arena FUZZ_SECONDS=600` for a longer run.
+# Targets (Sources/MemSnapFuzzTargets): $(FUZZ_TARGETS).
+FUZZ_TARGETS := checkpoint-file
+FUZZ_TARGET ?= checkpoint-file
 FUZZ_SECONDS ?= 30
 FUZZ_BUILD := .build-fuzz
-fuzz: deps
-	$(SWIFT) build --scratch-path $(FUZZ_BUILD) --product checkpoint-fuzzer-replay \
-		-Xswiftc -sanitize=fuzzer,address -Xswiftc -DFUZZING -Xswiftc -parse-as-library
-	mkdir -p $(FUZZ_BUILD)/corpus
-	cp Tests/Fuzz/corpus/* $(FUZZ_BUILD)/corpus/
-	LSAN_OPTIONS=suppressions=$(CURDIR)/scripts/lsan.supp \
-		$$($(SWIFT) build --scratch-path $(FUZZ_BUILD) --show-bin-path)/checkpoint-fuzzer-replay \
-		-max_total_time=$(FUZZ_SECONDS) -max_len=65536 -rss_limit_mb=4096 $(FUZZ_BUILD)/corpus
+fuzz: fuzz-build
+	$(MAKE) fuzz-run FUZZ_TARGET=$(FUZZ_TARGET) FUZZ_SECONDS=$(FUZZ_SECONDS)
 
-# The short run CI does.
-fuzz-smoke:
-	$(MAKE) fuzz FUZZ_SECONDS=30
+fuzz-build: deps
+	$(SWIFT) build --scratch-path $(FUZZ_BUILD) --product memsnap-fuzz \
+		-Xswiftc -sanitize=fuzzer,address -Xswiftc -DFUZZING -Xswiftc -parse-as-library
+
+fuzz-run:
+	mkdir -p $(FUZZ_BUILD)/corpus/$(FUZZ_TARGET)
+	cp Tests/Fuzz/corpus/$(FUZZ_TARGET)/* $(FUZZ_BUILD)/corpus/$(FUZZ_TARGET)/
+	MEMSNAP_FUZZ_TARGET=$(FUZZ_TARGET) LSAN_OPTIONS=suppressions=$(CURDIR)/scripts/lsan.supp \
+		$$($(SWIFT) build --scratch-path $(FUZZ_BUILD) --show-bin-path)/memsnap-fuzz \
+		-max_total_time=$(FUZZ_SECONDS) -max_len=65536 -rss_limit_mb=4096 -timeout=20 $(FUZZ_BUILD)/corpus/$(FUZZ_TARGET)
+
+# The short run CI does: every target for FUZZ_SMOKE_SECONDS.
+FUZZ_SMOKE_SECONDS ?= 30
+fuzz-smoke: fuzz-build
+	for target in $(FUZZ_TARGETS); do $(MAKE) fuzz-run FUZZ_TARGET=$$target FUZZ_SECONDS=$(FUZZ_SMOKE_SECONDS) || exit 1; done
 
 # The package-benchmark suite (its own package, so `make test` never builds the harness).
 benchmarks: deps

@@ -50,11 +50,16 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        // The checkpoint reader's fuzz target; `make fuzz` builds it with -sanitize=fuzzer.
+        // The fuzz targets (a library, so the test suite replays their corpora) and the
+        // executable `make fuzz` builds with -sanitize=fuzzer.
+        .target(
+            name: "MemSnapFuzzTargets",
+            dependencies: ["MemSnap", "MemSnapCheckpoint", "MemSnapArena", "CMemSnap"]
+        ),
         .executableTarget(
-            name: "checkpoint-fuzzer-replay",
-            dependencies: ["MemSnap", "MemSnapCheckpoint", "CMemSnap"],
-            path: "Sources/CheckpointFuzzer"
+            name: "memsnap-fuzz",
+            dependencies: ["MemSnapFuzzTargets"],
+            path: "Sources/MemSnapFuzz"
         ),
         // Helpers shared by the test targets (temporary directories, error expectations).
         .target(
@@ -73,6 +78,10 @@ let package = Package(
         .testTarget(
             name: "MemSnapArenaTests",
             dependencies: ["MemSnapArena", "MemSnap", "MemSnapTestSupport"]
+        ),
+        .testTarget(
+            name: "MemSnapFuzzTests",
+            dependencies: ["MemSnapFuzzTargets", "MemSnapTestSupport"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -1,0 +1,24 @@
+/// The fuzz targets: each takes arbitrary bytes and must either accept them or reject them with
+/// a `MemSnapError`; never crash, hang, leak or trip a sanitizer.
+///
+/// `make fuzz FUZZ_TARGET=NAME` runs libFuzzer on one of them (the `memsnap-fuzz` executable
+/// built with -sanitize=fuzzer,address); `make fuzz-smoke` runs each for a bounded time, as CI
+/// does. The test suite replays every corpus file (Tests/Fuzz/corpus/NAME/) through its target,
+/// so a crash found once stays a regression test.
+///
+/// Thread safety: `exercise` may be called from any thread; each call is independent.
+public enum FuzzTarget: String, CaseIterable, Sendable {
+    /// `CheckpointFile`: open, verify and restore a checkpoint file.
+    case checkpointFile = "checkpoint-file"
+
+    /// Runs the target's property on `bytes`. Returns whether the input was accepted (the
+    /// answer matters only for reporting; rejecting with an error is a pass).
+    public func exercise(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        switch self {
+        case .checkpointFile: CheckpointFileFuzzing.exercise(bytes)
+        }
+    }
+
+    /// The corpus folder of this target, relative to the package root.
+    public var corpusDirectory: String { "Tests/Fuzz/corpus/\(rawValue)" }
+}
