@@ -38,7 +38,7 @@ let package = Package(
         .target(name: "CLMDB", linkerSettings: [.linkedLibrary("lmdb")]),
         .target(
             name: "MemSnapArena",
-            dependencies: ["MemSnap", "CMemSnap"]
+            dependencies: ["MemSnap", "CMemSnap", .product(name: "SystemPackage", package: "swift-system")]
         ),
         .executableTarget(
             name: "memsnap",

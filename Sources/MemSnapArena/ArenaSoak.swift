@@ -15,7 +15,7 @@ public enum ArenaSoak {
 
     /// Throws unless `arena` was made by `create`.
     static func requireSoakArena(_ arena: Arena) throws {
-        guard try arena.root(2) == marker, try arena.root(1) != 0 else {
+        guard try arena.root(2) == marker, try arena.root(1) != 0, arena.epoch <= 1, arena.event < 1 << 31 else {
             throw MemSnapError("run the arena soak workload", .invalidArgument(
                 "\(arena.path) was not created for soaking (memsnap arena soak creates its own arena)"))
         }
@@ -25,29 +25,29 @@ public enum ArenaSoak {
 
     /// Creates a fresh arena at `path` for the workload.
     public static func create(_ path: String) throws {
-        let arena = try Arena.open(path: path, capacity: 8 << 20, configuration: Arena.Configuration(tracking: .automatic))
+        let arena = try Arena.create(path: path, capacity: 8 << 20, configuration: Arena.Configuration(tracking: .automatic))
         let blob = try arena.allocate(byteCount: blobPages * Page.size, alignment: Page.size)
-        arena.address(of: blob).initializeMemory(as: UInt8.self, repeating: 0, count: blobPages * Page.size)
+        try arena.address(of: blob, byteCount: blobPages * Page.size).initializeMemory(as: UInt8.self, repeating: 0, count: blobPages * Page.size)
         try arena.setRoot(1, to: blob.rawValue)
         try arena.setRoot(2, to: marker)
         try arena.sync(epoch: 0, event: 1)
         try arena.close()
     }
 
-    /// The last completed step: 0 after setup.
-    public static func completedStep(_ arena: Arena) -> Int { arena.epoch == 1 ? Int(arena.event) : 0 }
+    /// The last completed step: 0 after setup (and for an arena `requireSoakArena` refuses).
+    public static func completedStep(_ arena: Arena) -> Int { arena.epoch == 1 && arena.event < 1 << 31 ? Int(arena.event) : 0 }
 
     public static func step(_ arena: Arena, _ k: Int) throws {
         let blob = ArenaOffset(rawValue: try arena.root(1))
         for page in pages(k) {
-            arena.address(of: blob).advanced(by: page * Page.size)
+            try arena.address(of: ArenaOffset(rawValue: blob.rawValue + UInt64(page * Page.size)), byteCount: Page.size)
                 .initializeMemory(as: UInt8.self, repeating: UInt8(k & 0xFF), count: Page.size)
         }
         let slot = 8 + k % 8
         let old = try arena.root(slot)
         if old != 0 { try arena.free(ArenaOffset(rawValue: old - 1)) }
         let object = try arena.allocate(byteCount: size(k))
-        arena.address(of: object).initializeMemory(as: UInt8.self, repeating: UInt8(k & 0xFF), count: size(k))
+        try arena.address(of: object, byteCount: size(k)).initializeMemory(as: UInt8.self, repeating: UInt8(k & 0xFF), count: size(k))
         try arena.setRoot(slot, to: object.rawValue + 1)
         try arena.setRoot(0, to: UInt64(k))
         try arena.sync(epoch: 1, event: UInt64(k))
@@ -61,7 +61,7 @@ public enum ArenaSoak {
         if try arena.root(0) != UInt64(k) { problems.append("root 0 is \(try arena.root(0)), the last step is \(k)") }
         var expected = [UInt8](repeating: 0, count: blobPages)
         if k > 0 { for step in 1...k { for page in pages(step) { expected[page] = UInt8(step & 0xFF) } } }
-        let blob = arena.address(of: ArenaOffset(rawValue: try arena.root(1)))
+        let blob = try arena.address(of: ArenaOffset(rawValue: try arena.root(1)), byteCount: blobPages * Page.size)
         for page in 0..<blobPages where !UnsafeRawBufferPointer(start: blob + page * Page.size, count: Page.size).allSatisfy({ $0 == expected[page] }) {
             problems.append("blob page \(page) is not all \(expected[page])")
         }
@@ -73,7 +73,8 @@ public enum ArenaSoak {
                 continue
             }
             live += 1
-            let object = UnsafeRawBufferPointer(start: arena.address(of: ArenaOffset(rawValue: root - 1)), count: size(latest))
+            let object = UnsafeRawBufferPointer(start: try arena.address(of: ArenaOffset(rawValue: root &- 1), byteCount: size(latest)),
+                                                count: size(latest))
             if !object.allSatisfy({ $0 == UInt8(latest & 0xFF) }) { problems.append("ring slot \(slot) (step \(latest)) is damaged") }
         }
         let counted = try arena.check()
@@ -83,7 +84,7 @@ public enum ArenaSoak {
 
     /// Opens `path` and runs steps until the process is killed (the writer side of a soak).
     public static func runUntilKilled(_ path: String) throws -> Never {
-        let arena = try Arena.open(path: path, capacity: 0, configuration: Arena.Configuration(checkpointLogBytes: 256 << 10))
+        let arena = try Arena.open(path: path, configuration: Arena.Configuration(checkpointLogBytes: 256 << 10))
         try requireSoakArena(arena)
         var k = completedStep(arena)
         while true {

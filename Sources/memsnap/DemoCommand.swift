@@ -50,35 +50,36 @@ struct DemoCommand: ParsableCommand {
         var table = Table(columns: ["step", "time", "note"])
         let nodes = 10_000
         do {
-            let (arena, openSeconds) = try Stopwatch.time { try Arena.open(path: path, capacity: 256 << 20) }
+            let (arena, openSeconds) = try Stopwatch.time { try Arena.create(path: path, capacity: 256 << 20) }
             table.append(["create a 256 MiB arena", formatDuration(openSeconds), "a sparse file and its write-ahead log"])
             // A singly linked list of 64-byte nodes: (next offset, value, padding); root 0 = head.
             var head: UInt64 = 0
             let (_, buildSeconds) = try Stopwatch.time {
                 for value in 0..<nodes {
                     let node = try arena.allocate(byteCount: 64)
-                    arena.address(of: node).storeBytes(of: head, as: UInt64.self)
-                    arena.address(of: node).storeBytes(of: UInt64(value), toByteOffset: 8, as: UInt64.self)
+                    let memory = try arena.address(of: node, byteCount: 16)
+                    memory.storeBytes(of: head, as: UInt64.self)
+                    memory.storeBytes(of: UInt64(value), toByteOffset: 8, as: UInt64.self)
                     head = node.rawValue
                 }
                 try arena.setRoot(0, to: head)
             }
             table.append(["allocate and link \(nodes) nodes", formatDuration(buildSeconds), "64 bytes each"])
             let (_, syncSeconds) = try Stopwatch.time { try arena.sync(epoch: 1, event: 1) }
-            table.append(["sync (event 1)", formatDuration(syncSeconds), "\(ByteCount(arena.statistics.logBytes)) logged"])
+            table.append(["sync (event 1)", formatDuration(syncSeconds), "\(ByteCount(try arena.statistics.logBytes)) logged"])
             let first = ArenaOffset(rawValue: head)
             let (_, smallSyncSeconds) = try Stopwatch.time {
-                arena.address(of: first).storeBytes(of: UInt64(424_242), toByteOffset: 8, as: UInt64.self)
+                try arena.address(of: first, byteCount: 16).storeBytes(of: UInt64(424_242), toByteOffset: 8, as: UInt64.self)
                 try arena.sync(epoch: 1, event: 2)
             }
             table.append(["update one node, sync (event 2)", formatDuration(smallSyncSeconds), "one dirty page"])
-            arena.address(of: first).storeBytes(of: UInt64(999), toByteOffset: 8, as: UInt64.self)  // never synced
+            try arena.address(of: first, byteCount: 16).storeBytes(of: UInt64(999), toByteOffset: 8, as: UInt64.self)  // never synced
             try arena.close()
         }
-        let (reopened, reopenSeconds) = try Stopwatch.time { try Arena.open(path: path, capacity: 0) }
+        let (reopened, reopenSeconds) = try Stopwatch.time { try Arena.open(path: path) }
         var count = 0, sum: UInt64 = 0, cursor = try reopened.root(0)
         while cursor != 0 {
-            let node = reopened.address(of: ArenaOffset(rawValue: cursor))
+            let node = try reopened.address(of: ArenaOffset(rawValue: cursor), byteCount: 16)
             sum &+= node.load(fromByteOffset: 8, as: UInt64.self)
             cursor = node.load(as: UInt64.self)
             count += 1

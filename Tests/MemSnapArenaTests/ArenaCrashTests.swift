@@ -36,7 +36,7 @@ struct ArenaCrashTests {
             usleep(UInt32(5_000 + random.next() % 60_000))  // 5 to 65 ms of opening, writes and syncs
             kill(child.processIdentifier, SIGKILL)
             child.waitUntilExit()
-            let arena = try Arena.open(path: directory.arena, capacity: 0)
+            let arena = try Arena.open(path: directory.arena)
             let step = ArenaSoak.completedStep(arena)
             let problems = try ArenaSoak.problems(arena)
             #expect(problems.isEmpty, "cycle \(cycle), after step \(step): \(problems)")

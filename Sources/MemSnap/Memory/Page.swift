@@ -62,7 +62,7 @@ public enum Page {
 
 /// `offset..<offset+length` after checking that it is non-negative, does not overflow and lies
 /// inside `0..<limit`; otherwise the matching error for `operation`.
-func checkedRange(
+package func checkedRange(
     offset: Int, length: Int, within limit: Int, during operation: String
 ) throws(MemSnapError) -> Range<Int> {
     guard offset >= 0, length >= 0 else {

@@ -32,7 +32,7 @@ public final class VirtualRegion: @unchecked Sendable {
     }
 
     /// Start of the reservation. Stable for the region's whole life.
-    let base: UnsafeMutableRawPointer
+    package let base: UnsafeMutableRawPointer
     /// Bytes reserved, a page multiple: the most the region can ever commit.
     public let maxSize: Int
     public let hugePages: HugePages

@@ -5,12 +5,14 @@
 /// made merging 40 000 diffs quadratic).
 ///
 /// Thread safety: a value type.
-struct ByteRangeSet: Sendable, Equatable {
-    private(set) var ranges: [Range<Int>] = []
+package struct ByteRangeSet: Sendable, Equatable {
+    package private(set) var ranges: [Range<Int>] = []
 
-    var isEmpty: Bool { ranges.isEmpty }
+    package init() {}
 
-    mutating func insert(_ range: Range<Int>) {
+    package var isEmpty: Bool { ranges.isEmpty }
+
+    package mutating func insert(_ range: Range<Int>) {
         guard !range.isEmpty else { return }
         // First range whose end reaches the new one (touching counts: ranges coalesce).
         var low = 0
@@ -30,7 +32,7 @@ struct ByteRangeSet: Sendable, Equatable {
 
     /// Adds every range of `batch` (in any order): O(n + m log k) for a batch made of k
     /// ascending runs (diffs from k workers, each in offset order), O(n + m log m) at worst.
-    mutating func formUnion(_ batch: [Range<Int>]) {
+    package mutating func formUnion(_ batch: [Range<Int>]) {
         guard !batch.isEmpty else { return }
         let incoming = ByteRangeSet.sortedByLowerBound(batch.filter { !$0.isEmpty })
         var result: [Range<Int>] = []
@@ -92,7 +94,7 @@ struct ByteRangeSet: Sendable, Equatable {
     }
 
     /// The coalesced union of `batch`.
-    static func coalescing(_ batch: [Range<Int>]) -> [Range<Int>] {
+    package static func coalescing(_ batch: [Range<Int>]) -> [Range<Int>] {
         var set = ByteRangeSet()
         set.formUnion(batch)
         return set.ranges

@@ -25,24 +25,24 @@ struct ArenaCreateCommand: ParsableCommand {
     var capacity: Int = 1 << 30
 
     func run() throws {
-        guard access(path, F_OK) != 0 else { throw ValidationError("\(path) exists") }
-        let arena = try Arena.open(path: path, capacity: capacity)
-        let statistics = arena.statistics
+        let arena = try Arena.create(path: path, capacity: capacity)
+        let statistics = try arena.statistics
         try arena.close()
         print("created \(path): capacity \(ByteCount(statistics.capacity)), allocator metadata \(ByteCount(statistics.usedBytes))")
     }
 }
 
 struct ArenaInfoCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "info", abstract: "Describe an arena (recovering it first if needed).")
+    static let configuration = CommandConfiguration(
+        commandName: "info", abstract: "Describe an arena, as recovered from its last completed sync (read-only: nothing is written).")
 
     @Argument(help: "The arena file.")
     var path: String
 
     func run() throws {
-        let arena = try Arena.open(path: path, capacity: 0, configuration: .init(tracking: .explicit))
+        let arena = try Arena.open(path: path, access: .readOnly, configuration: .init(tracking: .explicit))
         defer { try? arena.close() }
-        let statistics = arena.statistics
+        let statistics = try arena.statistics
         print("\(path): memsnap arena")
         print("capacity \(ByteCount(statistics.capacity)), used \(ByteCount(statistics.usedBytes)), "
               + "\(statistics.allocations) allocations of \(ByteCount(statistics.allocatedBytes))")
@@ -53,13 +53,14 @@ struct ArenaInfoCommand: ParsableCommand {
 }
 
 struct ArenaCheckCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "check", abstract: "Check every allocator structure of an arena.")
+    static let configuration = CommandConfiguration(
+        commandName: "check", abstract: "Check every allocator structure of an arena (read-only: nothing is written).")
 
     @Argument(help: "The arena file.")
     var path: String
 
     func run() throws {
-        let arena = try Arena.open(path: path, capacity: 0, configuration: .init(tracking: .explicit))
+        let arena = try Arena.open(path: path, access: .readOnly, configuration: .init(tracking: .explicit))
         defer { try? arena.close() }
         let counted = try arena.check()
         print("\(path): ok, \(counted.allocations) allocations of \(ByteCount(counted.bytes)), commit \(arena.commitCounter)")
@@ -67,7 +68,8 @@ struct ArenaCheckCommand: ParsableCommand {
 }
 
 struct ArenaCompactCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "compact", abstract: "Give the disk space of free pages back (hole punching).")
+    static let configuration = CommandConfiguration(
+        commandName: "compact", abstract: "Give the disk space of free pages back (hole punching); refused unless the arena passes its check.")
 
     @Argument(help: "The arena file.")
     var path: String
@@ -87,31 +89,39 @@ struct ArenaSoakCommand: ParsableCommand {
     @Argument(help: "The arena file to create (or reuse).")
     var path: String
 
-    @Option(help: "Kill-and-check cycles.")
+    @Option(help: "Kill-and-check cycles (1 to 1000000).")
     var cycles: Int = 1000
 
-    @Option(help: "Longest time a writer runs before it is killed, in milliseconds.")
+    @Option(help: "Longest time a writer runs before it is killed, in milliseconds (6 to 600000).")
     var maxMilliseconds: Int = 100
 
+    func validate() throws {
+        guard (1...1_000_000).contains(cycles) else { throw ValidationError("--cycles must be 1 to 1000000, not \(cycles)") }
+        guard (6...600_000).contains(maxMilliseconds) else {
+            throw ValidationError("--max-milliseconds must be 6 to 600000, not \(maxMilliseconds)")
+        }
+    }
+
     func run() throws {
-        if access(path, F_OK) != 0 { try ArenaSoak.create(path) }
+        var status = stat()
+        if lstat(path, &status) != 0 && errno == ENOENT { try ArenaSoak.create(path) }
         do {  // refuse an arena soak did not create before starting any writer on it
-            let arena = try Arena.open(path: path, capacity: 0, configuration: .init(tracking: .explicit))
+            let arena = try Arena.open(path: path, access: .readOnly, configuration: .init(tracking: .explicit))
             defer { try? arena.close() }
             _ = try ArenaSoak.problems(arena)
         }
         var random = SystemRandomNumberGenerator()
         var lastStep = 0
         let start = Stopwatch.now()
-        for cycle in 1...max(1, cycles) {
+        for cycle in 1...cycles {
             let writer = Process()
             writer.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
             writer.arguments = ["arena", "soak-writer", path]
             try writer.run()
-            usleep(UInt32(1000 * (5 + Int(random.next() % UInt64(max(1, maxMilliseconds - 5))))))
+            usleep(useconds_t(1000 * (5 + Int(random.next() % UInt64(maxMilliseconds - 5)))))
             kill(writer.processIdentifier, SIGKILL)
             writer.waitUntilExit()
-            let arena = try Arena.open(path: path, capacity: 0, configuration: .init(tracking: .explicit))
+            let arena = try Arena.open(path: path, access: .readOnly, configuration: .init(tracking: .explicit))
             let step = ArenaSoak.completedStep(arena)
             let problems = try ArenaSoak.problems(arena)
             try arena.close()

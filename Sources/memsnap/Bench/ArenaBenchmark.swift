@@ -97,11 +97,11 @@ struct ArenaBenchmark {
         for batch in batches {
             let syncs = max(10, min(500, 200_000 / batch))
             let arenaPath = "\(workspace)/arena-\(batch)"
-            let arena = try Arena.open(path: arenaPath, capacity: size + (8 << 20))
+            let arena = try Arena.create(path: arenaPath, capacity: size + (8 << 20))
             let blob = try arena.allocate(byteCount: pages * Page.size, alignment: Page.size)
             try arena.sync(epoch: 0, event: 1)
-            let explicit = try Arena.open(path: arenaPath + "-explicit", capacity: size + (8 << 20),
-                                          configuration: .init(tracking: .explicit))
+            let explicit = try Arena.create(path: arenaPath + "-explicit", capacity: size + (8 << 20),
+                                            configuration: .init(tracking: .explicit))
             let explicitBlob = try explicit.allocate(byteCount: pages * Page.size, alignment: Page.size)
             try explicit.sync(epoch: 0, event: 1)
             var explicitSyncs: [Double] = []
@@ -116,14 +116,14 @@ struct ArenaBenchmark {
                 dirtyPages += touched.count
                 // Arena: store, then one sync.
                 let arenaStart = Stopwatch.now()
-                let base = arena.address(of: blob)
+                let base = try arena.address(of: blob, byteCount: pages * Page.size)
                 for update in updates { base.storeBytes(of: update.value, toByteOffset: update.slot * 8, as: UInt64.self) }
                 arenaStoreTotal += Double(Stopwatch.now() - arenaStart) / 1e9
                 let (_, syncSeconds) = try Stopwatch.time { try arena.sync(epoch: 0, event: UInt64(round + 2)) }
                 arenaTotal += Double(Stopwatch.now() - arenaStart) / 1e9
                 arenaSyncs.append(syncSeconds)
                 // Arena with markDirty: the application declares what it wrote.
-                let explicitBase = explicit.address(of: explicitBlob)
+                let explicitBase = try explicit.address(of: explicitBlob, byteCount: pages * Page.size)
                 for update in updates {
                     explicitBase.storeBytes(of: update.value, toByteOffset: update.slot * 8, as: UInt64.self)
                     let offset = Int(explicitBlob.rawValue) + update.slot * 8

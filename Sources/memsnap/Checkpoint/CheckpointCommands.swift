@@ -81,10 +81,10 @@ struct CheckpointCommand: ParsableCommand {
                 }
             }
             if Arena.isArena(path: source) {
-                let arena = try Arena.open(path: source, capacity: 0, configuration: .init(tracking: .explicit))
+                let arena = try Arena.open(path: source, access: .readOnly, configuration: .init(tracking: .explicit))
                 defer { try? arena.close() }
-                let used = arena.statistics.usedBytes
-                return try arena.region.withUnsafeBytes { heap in
+                let used = try arena.statistics.usedBytes
+                return try arena.withUnsafeHeapBytes { heap in
                     try write([CheckpointExtent(offset: 0, bytes: UnsafeRawBufferPointer(rebasing: heap[0..<used]))])
                 }
             }
