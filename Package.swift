@@ -77,7 +77,8 @@ let package = Package(
         ),
         .testTarget(
             name: "MemSnapArenaTests",
-            dependencies: ["MemSnapArena", "MemSnap", "MemSnapTestSupport"]
+            dependencies: ["MemSnapArena", "MemSnap", "CMemSnap", "MemSnapTestSupport",
+                           .product(name: "SystemPackage", package: "swift-system")]
         ),
         .testTarget(
             name: "MemSnapFuzzTests",

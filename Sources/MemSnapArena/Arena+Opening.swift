@@ -52,8 +52,8 @@ extension Arena {
             syncDirectory(of: path)
             return opened
         } catch {
-            arena?.abandon()
             for (path, file) in created.reversed() { removeIfStillOurs(path, file) }
+            arena?.abandon()
             throw error
         }
     }
@@ -73,15 +73,15 @@ extension Arena {
         let operation = "open arena \(path)\(writable ? "" : " read-only")"
         let heap = try openFile(path, writable: writable, creating: false, during: operation)
         try lock(heap, exclusive: writable, during: operation)
-        let log = try openFile(path + "-wal", writable: writable, creating: false, during: operation)
         let heapFile = configuration.fileLayer.wrap(heap, .heap)
-        let logFile = configuration.fileLayer.wrap(log, .log)
         var (meta, bothIntact) = try readMeta(heapFile, during: operation)
         let size = try heapFile.size(during: operation)
         guard size == ArenaFormat.heapFileOffset + meta.capacity else {
             throw MemSnapError(operation, .corrupt(
                 "the heap file holds \(size) bytes, its metapage says \(ArenaFormat.heapFileOffset) + capacity \(meta.capacity)"))
         }
+        let log = try openFile(path + "-wal", writable: writable, creating: false, during: operation)
+        let logFile = configuration.fileLayer.wrap(log, .log)
         if writable && !bothIntact {
             // One copy is torn or damaged: rewrite both from the good one, so the next damage
             // still has a copy to fall back on.
@@ -163,13 +163,13 @@ extension Arena {
         }
     }
 
-    /// Unlinks `path` if it is still the file `file` created (not one put there since).
+    /// Unlinks `path` if it is still the file `file` created (not one put there since). Call
+    /// while `file` is open.
     private static func removeIfStillOurs(_ path: String, _ file: PosixArenaFile) {
         var ours = stat(), there = stat()
         if fstat(file.descriptor, &ours) == 0, lstat(path, &there) == 0, ours.st_dev == there.st_dev, ours.st_ino == there.st_ino {
             unlink(path)
         }
-        file.close()
     }
 
     /// Makes new directory entries durable.

@@ -7,22 +7,6 @@ import MemSnap
 import MemSnapTestSupport
 import Testing
 
-/// A temporary directory holding one arena.
-final class ArenaDirectory {
-    private let directory = TemporaryDirectory(prefix: "memsnap-arena-test")
-    var path: String { directory.path }
-    var arena: String { directory.file("heap.arena") }
-}
-
-extension Arena {
-    func fill(_ offset: ArenaOffset, count: Int, with byte: UInt8) throws {
-        try address(of: offset, byteCount: count).initializeMemory(as: UInt8.self, repeating: byte, count: count)
-    }
-    func bytes(_ offset: ArenaOffset, count: Int) throws -> [UInt8] {
-        [UInt8](UnsafeRawBufferPointer(start: try address(of: offset, byteCount: count), count: count))
-    }
-}
-
 @Suite("Arena: a persistent heap with an allocator, roots and crash-consistent sync")
 struct ArenaTests {
     @Test func syncedStateSurvivesCloseAndReopenAndUnsyncedWritesDoNot() throws {
@@ -292,4 +276,3 @@ struct ArenaTests {
     }
 }
 
-let pageSize = Page.size

@@ -1,0 +1,259 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CMemSnap
+import Foundation
+import MemSnap
+@testable import MemSnapArena
+import MemSnapTestSupport
+import SystemPackage
+import Testing
+
+/// A temporary directory holding one arena.
+final class ArenaDirectory {
+    private let directory = TemporaryDirectory(prefix: "memsnap-arena-test")
+    var path: String { directory.path }
+    var arena: String { directory.file("heap.arena") }
+    var log: String { arena + "-wal" }
+    var entries: [String] { directory.entries }
+    func file(_ name: String) -> String { directory.file(name) }
+}
+
+let pageSize = Page.size
+
+extension Arena {
+    func fill(_ offset: ArenaOffset, count: Int, with byte: UInt8) throws {
+        try address(of: offset, byteCount: count).initializeMemory(as: UInt8.self, repeating: byte, count: count)
+    }
+    func bytes(_ offset: ArenaOffset, count: Int) throws -> [UInt8] {
+        [UInt8](UnsafeRawBufferPointer(start: try address(of: offset, byteCount: count), count: count))
+    }
+}
+
+// MARK: Raw files
+
+/// The bytes of a whole file (empty if it is missing).
+func fileBytes(_ path: String) -> [UInt8] {
+    (try? [UInt8](Data(contentsOf: URL(fileURLWithPath: path)))) ?? []
+}
+
+/// Overwrites `bytes` at `offset` of the file at `path`.
+func patchFile(_ path: String, at offset: Int, _ bytes: [UInt8]) {
+    let descriptor = open(path, O_RDWR)
+    #expect(descriptor >= 0, "open \(path)")
+    defer { close(descriptor) }
+    let written = bytes.withUnsafeBytes { pwrite(descriptor, $0.baseAddress, $0.count, off_t(offset)) }
+    #expect(written == bytes.count)
+}
+
+func littleEndian<T: FixedWidthInteger>(_ value: T) -> [UInt8] { withUnsafeBytes(of: value.littleEndian) { Array($0) } }
+
+func readU64(_ path: String, at offset: Int) -> UInt64 {
+    let bytes = fileBytes(path)
+    return bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: UInt64.self) }
+}
+
+/// Metapage field offsets (docs/FORMAT.md).
+enum MetaField: Int {
+    case capacity = 16, recordedBase = 24, counter = 32, checkpointCommit = 40, epoch = 48, event = 56
+}
+
+/// Sets `field` in both metapage slots and recomputes each slot's CRC32C, so the damage reaches
+/// the structural checks instead of stopping at the checksum.
+func resealMetapages(_ path: String, _ field: MetaField, to value: UInt64, slots: [Int] = [0, 1]) {
+    for slot in slots {
+        let base = slot * ArenaFormat.slotSize
+        patchFile(path, at: base + field.rawValue, littleEndian(value))
+        let bytes = fileBytes(path)
+        let crc = bytes.withUnsafeBytes { ArenaFormat.crc(UnsafeRawBufferPointer(rebasing: $0[base..<base + ArenaFormat.metaBytes])) }
+        patchFile(path, at: base + ArenaFormat.metaBytes, littleEndian(crc))
+    }
+}
+
+/// The log records of the file at `path`, from offset 0 on: (position, header).
+func logRecords(_ path: String, pageLimit: Int) -> [(position: Int, header: ArenaRecordHeader)] {
+    let bytes = fileBytes(path)
+    var records: [(Int, ArenaRecordHeader)] = []
+    var position = 0
+    while bytes.count - position >= ArenaFormat.recordHeaderSize,
+          let header = bytes.withUnsafeBytes({ ArenaRecordHeader.decode(UnsafeRawBufferPointer(rebasing: $0[position...]), pageLimit: pageLimit) }),
+          header.recordBytes <= bytes.count - position {
+        records.append((position, header))
+        position += header.recordBytes
+    }
+    return records
+}
+
+/// Recomputes the CRC32C trailer of the log record at `position` (after a test changed it).
+func resealLogRecord(_ path: String, at position: Int, recordBytes: Int) {
+    let bytes = fileBytes(path)
+    let crc = bytes.withUnsafeBytes { ArenaFormat.crc(UnsafeRawBufferPointer(rebasing: $0[position..<position + recordBytes - 4])) }
+    patchFile(path, at: position + recordBytes - 4, littleEndian(crc))
+}
+
+/// Heap offsets of the allocator's header fields (heap page 0; docs/FORMAT.md).
+enum AllocatorField: Int {
+    case top = 24, pendingHead = 32, allocatedBytes = 40, allocationCount = 48
+}
+
+/// Writes `value` into the allocator header field of a closed arena's heap file.
+func patchAllocator(_ path: String, _ field: AllocatorField, to value: UInt64) {
+    patchFile(path, at: ArenaFormat.heapFileOffset + field.rawValue, littleEndian(value))
+}
+
+/// Writes the page-map entry of heap page `page` of a closed arena's heap file.
+func patchPageMap(_ path: String, page: Int, kind: UInt32, value: UInt32) {
+    patchFile(path, at: ArenaFormat.heapFileOffset + pageSize + page * 4, littleEndian(kind << 28 | value))
+}
+
+// MARK: Fault injection
+
+/// What a `FaultyFile` operation is.
+enum FileOperation: String, Sendable, CaseIterable {
+    case write, synchronize, reserve, resize, punchHole
+}
+
+/// Failures to inject: the `failAt`-th matching operation (counting from 1) of `role` throws
+/// `errno` (and every later one too when `sticky`).
+final class FaultPlan: @unchecked Sendable {
+    struct Rule {
+        var role: ArenaFileRole?
+        /// nil: any operation.
+        var operation: FileOperation?
+        /// Only writes that touch these file offsets count.
+        var offsets: Range<Int>?
+        var failAt: Int
+        var errno: Errno
+        var sticky: Bool
+        var seen = 0
+    }
+    private let lock = NSLock()
+    private var rules: [Rule] = []
+    private(set) var injected = 0
+    /// Every operation seen, in order, for tests that fail each one in turn.
+    private(set) var operationCount = 0
+
+    /// Fails the `count`-th `operation` (any operation if nil) of the file `role` (either if
+    /// nil), only counting writes that touch `offsets` when given.
+    func fail(_ operation: FileOperation?, of role: ArenaFileRole? = nil, offsets: Range<Int>? = nil, at count: Int = 1,
+              with errno: Errno, sticky: Bool = false) {
+        lock.withLock { rules.append(Rule(role: role, operation: operation, offsets: offsets, failAt: count, errno: errno, sticky: sticky)) }
+    }
+
+    func clear() { lock.withLock { rules.removeAll() } }
+
+    /// The errno to fail this operation with, if any.
+    func check(_ operation: FileOperation, _ role: ArenaFileRole, touching range: Range<Int>? = nil) -> Errno? {
+        lock.withLock {
+            operationCount += 1
+            for index in rules.indices where (rules[index].operation ?? operation) == operation && (rules[index].role ?? role) == role {
+                if let offsets = rules[index].offsets, !(range.map { $0.overlaps(offsets) } ?? false) { continue }
+                rules[index].seen += 1
+                if rules[index].seen == rules[index].failAt || (rules[index].sticky && rules[index].seen > rules[index].failAt) {
+                    injected += 1
+                    return rules[index].errno
+                }
+            }
+            return nil
+        }
+    }
+
+    var layer: ArenaFileLayer {
+        ArenaFileLayer { file, role in FaultyFile(file, role: role, plan: self) }
+    }
+}
+
+/// An arena file that fails where its plan says, and otherwise does the real thing. A failed
+/// write writes nothing; a failed flush happens after the data reached the page cache (as a
+/// real EIO from fdatasync does).
+final class FaultyFile: ArenaFile {
+    let inner: PosixArenaFile
+    let role: ArenaFileRole
+    let plan: FaultPlan
+
+    init(_ inner: PosixArenaFile, role: ArenaFileRole, plan: FaultPlan) {
+        self.inner = inner
+        self.role = role
+        self.plan = plan
+    }
+
+    var path: String { inner.path }
+    var descriptor: Int32 { inner.descriptor }
+    var allocatedBytes: Int { inner.allocatedBytes }
+
+    private func inject(_ operation: FileOperation, touching range: Range<Int>? = nil, _ text: @autoclosure () -> String) throws(MemSnapError) {
+        if let errno = plan.check(operation, role, touching: range) {
+            throw MemSnapError(text(), .systemCall("\(operation.rawValue) \(path) (injected)", errno))
+        }
+    }
+
+    func size(during operation: @autoclosure () -> String) throws(MemSnapError) -> Int { try inner.size(during: operation()) }
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int, during operation: @autoclosure () -> String) throws(MemSnapError) -> Int {
+        try inner.read(into: buffer, at: offset, during: operation())
+    }
+    func write(_ buffers: [UnsafeRawBufferPointer], at offset: Int, during operation: @autoclosure () -> String) throws(MemSnapError) {
+        try inject(.write, touching: offset..<offset + max(1, buffers.reduce(0) { $0 + $1.count }), operation())
+        try inner.write(buffers, at: offset, during: operation())
+    }
+    func synchronize(during operation: @autoclosure () -> String) throws(MemSnapError) {
+        try inject(.synchronize, operation())
+        try inner.synchronize(during: operation())
+    }
+    func reserve(_ range: Range<Int>, during operation: @autoclosure () -> String) throws(MemSnapError) {
+        try inject(.reserve, operation())
+        try inner.reserve(range, during: operation())
+    }
+    func resize(to size: Int, during operation: @autoclosure () -> String) throws(MemSnapError) {
+        try inject(.resize, operation())
+        try inner.resize(to: size, during: operation())
+    }
+    func punchHole(_ range: Range<Int>, during operation: @autoclosure () -> String) throws(MemSnapError) {
+        try inject(.punchHole, operation())
+        try inner.punchHole(range, during: operation())
+    }
+}
+
+// MARK: A small file system of its own
+
+/// A tmpfs of `bytes` mounted on a fresh directory, unmounted when the value goes away; nil
+/// (with the reason in `TmpfsMount.unavailableReason`) where mounting is not permitted.
+final class TmpfsMount {
+    let directory = TemporaryDirectory(prefix: "memsnap-tmpfs")
+    var path: String { directory.path }
+
+    init?(bytes: Int) {
+        guard Self.run("/bin/mount", ["-t", "tmpfs", "-o", "size=\(bytes)", "memsnap-test", directory.path]) else { return nil }
+    }
+
+    deinit { _ = Self.run("/bin/umount", ["-l", directory.path]) }
+
+    /// Fills the file system until a write fails with ENOSPC; returns the filler's path.
+    @discardableResult
+    func fill() -> String {
+        let filler = "\(path)/filler"
+        let descriptor = open(filler, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        defer { close(descriptor) }
+        let chunk = [UInt8](repeating: 0xA5, count: 64 << 10)
+        while chunk.withUnsafeBytes({ write(descriptor, $0.baseAddress, $0.count) }) > 0 {}
+        var page = [UInt8](repeating: 0xA5, count: 512)
+        while write(descriptor, &page, 512) > 0 {}
+        return filler
+    }
+
+    static let unavailableReason: String? = {
+        guard let probe = TmpfsMount(bytes: 1 << 20) else { return "mounting a tmpfs is not permitted here (needs root or CAP_SYS_ADMIN)" }
+        _ = probe
+        return nil
+    }()
+
+    private static func run(_ tool: String, _ arguments: [String]) -> Bool {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: tool)
+        process.arguments = arguments
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        guard (try? process.run()) != nil else { return false }
+        process.waitUntilExit()
+        return process.terminationStatus == 0
+    }
+}
