@@ -16,7 +16,8 @@ struct ArenaCrashTests {
     @Test func killingTheWriterAtRandomMomentsAlwaysLeavesTheLastCompletedSync() throws {
         let directory = ArenaDirectory()
         try ArenaSoak.create(directory.arena)
-        var random = SplitMix64(seed: UInt64(time(nil)))
+        let seed = arenaTestSeed("arena crash test")
+        var random = SplitMix64(seed: seed)
         var lastStep = 0
         var progressed = 0
         for cycle in 0..<Self.cycles {
@@ -39,8 +40,8 @@ struct ArenaCrashTests {
             let arena = try Arena.open(path: directory.arena)
             let step = ArenaSoak.completedStep(arena)
             let problems = try ArenaSoak.problems(arena)
-            #expect(problems.isEmpty, "cycle \(cycle), after step \(step): \(problems)")
-            #expect(step >= lastStep, "cycle \(cycle): a completed sync was lost (\(step) < \(lastStep))")
+            #expect(problems.isEmpty, "seed \(seed), cycle \(cycle), after step \(step): \(problems)")
+            #expect(step >= lastStep, "seed \(seed), cycle \(cycle): a completed sync was lost (\(step) < \(lastStep))")
             if step > lastStep { progressed += 1 }
             lastStep = step
             try arena.close()
