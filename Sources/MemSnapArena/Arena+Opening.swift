@@ -27,7 +27,7 @@ extension Arena {
         do {
             let heap = try openFile(path, writable: true, creating: true, during: operation)
             created.append((path, heap))
-            try lock(heap, exclusive: true, during: operation)
+            try lock(heap, exclusive: true, timeout: .zero, during: operation)
             let logPath = path + "-wal"
             let log = try openFile(logPath, writable: true, creating: true, during: operation)
             created.append((logPath, log))
@@ -64,15 +64,15 @@ extension Arena {
     ///
     /// - Throws: `.systemCall("open ...", ENOENT)` if `PATH` or `PATH-wal` is missing (nothing is
     ///   created); ELOOP for a symbolic link; `.invalidArgument` for a file that is not a regular
-    ///   file; `.systemCall("flock ...", EWOULDBLOCK)` when another open holds a conflicting
-    ///   lock; `.corrupt` naming the structure when the metapages, the heap file's size, a
-    ///   sealed log record or the allocator's header are wrong; `.unavailable` when automatic
-    ///   tracking cannot start; other system call failures.
+    ///   file; `.systemCall("flock ...", EWOULDBLOCK)` when another open holds a conflicting lock
+    ///   for longer than `configuration.lockTimeout`; `.corrupt` naming the structure when the
+    ///   metapages, the heap file's size, a sealed log record or the allocator's header are
+    ///   wrong; `.unavailable` when automatic tracking cannot start; other system call failures.
     public static func open(path: String, access: Access = .readWrite, configuration: Configuration = Configuration()) throws(MemSnapError) -> Arena {
         let writable = access == .readWrite
         let operation = "open arena \(path)\(writable ? "" : " read-only")"
         let heap = try openFile(path, writable: writable, creating: false, during: operation)
-        try lock(heap, exclusive: writable, during: operation)
+        try lock(heap, exclusive: writable, timeout: configuration.lockTimeout, during: operation)
         let heapFile = configuration.fileLayer.wrap(heap, .heap)
         var (meta, bothIntact) = try readMeta(heapFile, during: operation)
         let size = try heapFile.size(during: operation)
@@ -153,13 +153,22 @@ extension Arena {
         return file
     }
 
-    /// flock, without waiting: exclusive for a writer, shared for readers.
-    static func lock(_ file: PosixArenaFile, exclusive: Bool, during operation: String) throws(MemSnapError) {
-        var result: Int32
-        repeat { result = flock(file.descriptor, (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB) } while result != 0 && errno == EINTR
-        guard result == 0 else {
-            let why = exclusive ? "another open of the arena holds it (a writer or readers)" : "a writer holds the arena"
-            throw .systemCall("flock \(file.path) (\(why))", during: operation)
+    /// flock: exclusive for a writer, shared for readers, retried until `timeout` has passed.
+    static func lock(_ file: PosixArenaFile, exclusive: Bool, timeout: Duration, during operation: String) throws(MemSnapError) {
+        let clock = ContinuousClock()
+        let deadline = clock.now.advanced(by: timeout)
+        var pause = Duration.milliseconds(1)
+        while flock(file.descriptor, (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB) != 0 {
+            guard errno == EINTR || (errno == EWOULDBLOCK && clock.now < deadline) else {
+                let why = exclusive ? "another open of the arena holds it (a writer or readers)" : "a writer holds the arena"
+                throw .systemCall("flock \(file.path) (\(why))", during: operation)
+            }
+            if errno == EWOULDBLOCK {
+                let (seconds, attoseconds) = pause.components
+                var wait = timespec(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000))
+                nanosleep(&wait, nil)
+                pause = min(pause * 2, .milliseconds(20))
+            }
         }
     }
 

@@ -22,11 +22,13 @@ import MemSnap
 ///
 /// Locking: a read-write open takes an exclusive `flock` on `PATH`, a read-only open a shared
 /// one; either fails at once (EWOULDBLOCK) when the other kind is held, also by another open of
-/// the same process. Caveats, as LMDB's: the lock is advisory (a process that ignores it, or
-/// truncates the files, can still damage the arena or make the mapped heap fault); a child of
-/// `fork` inherits the descriptors and the lock but must not use the arena (its mapping is a
-/// copy and its syncs would interleave with the parent's); `flock` over NFS is emulated or
-/// absent, and the durability of `fdatasync` there is the server's: keep arenas on local disks.
+/// the same process (after `Configuration.lockTimeout`). Caveats, as LMDB's: the lock is
+/// advisory (a process that ignores it, or truncates the files, can still damage the arena or
+/// make the mapped heap fault); a child of `fork` inherits the descriptors and the lock but
+/// must not use the arena (its mapping is a copy and its syncs would interleave with the
+/// parent's), and until it execs or exits it keeps the lock even after the parent closes the
+/// arena; `flock` over NFS is emulated or absent, and the durability of `fdatasync` there is the
+/// server's: keep arenas on local disks.
 ///
 /// Addresses: the heap is mapped at the address recorded when the arena was created if that
 /// range is free, else elsewhere (`isAtRecordedBase` tells). Store offsets (`ArenaOffset`) in the
@@ -60,6 +62,11 @@ public final class Arena: @unchecked Sendable {
         public var tracking: Tracking
         /// The log is checkpointed into the heap file when it grows past this many bytes.
         public var checkpointLogBytes: Int
+        /// How long an open waits for a conflicting lock to go away before it fails with
+        /// EWOULDBLOCK. The default rides out a child process that this process forks while an
+        /// arena is open: the child holds inherited descriptors, and with them the lock, until it
+        /// execs or exits. `.zero` fails at once.
+        public var lockTimeout: Duration = .seconds(1)
         /// How the arena reaches its files (tests inject faults and record writes here).
         package var fileLayer = ArenaFileLayer.posix
         /// The largest step by which the log's reserved space grows.

@@ -57,20 +57,34 @@ struct ArenaFileSafetyTests {
 
     @Test func aWriterExcludesEveryOtherOpenAndReadersShare() throws {
         let sample = try SampleArena.make()
+        var failFast = Arena.Configuration()
+        failFast.lockTimeout = .zero
         let writer = try Arena.open(path: sample.path)
         for access in [Arena.Access.readWrite, .readOnly] {
-            let error = expectMemSnapError { _ = try Arena.open(path: sample.path, access: access) }
+            let error = expectMemSnapError { _ = try Arena.open(path: sample.path, access: access, configuration: failFast) }
             #expect(error?.errno == .wouldBlock)
         }
         try writer.close()
         let first = try Arena.open(path: sample.path, access: .readOnly)
         let second = try Arena.open(path: sample.path, access: .readOnly)
-        let error = expectMemSnapError { _ = try Arena.open(path: sample.path) }
+        let error = expectMemSnapError { _ = try Arena.open(path: sample.path, configuration: failFast) }
         #expect(error?.errno == .wouldBlock)
         #expect(error?.description.contains("another open of the arena holds it") == true)
         try first.close()
         try second.close()
         try Arena.open(path: sample.path).close()
+    }
+
+    @Test func anOpenWaitsUpToItsLockTimeoutForAHolderToLetGo() throws {
+        let sample = try SampleArena.make()
+        let writer = try Arena.open(path: sample.path)
+        let closer = Thread { usleep(100_000); try? writer.close() }
+        closer.start()
+        var patient = Arena.Configuration()
+        patient.lockTimeout = .seconds(30)
+        let reader = try Arena.open(path: sample.path, access: .readOnly, configuration: patient)
+        #expect(reader.event == 2)
+        try reader.close()
     }
 
     // MARK: Links and existing files
