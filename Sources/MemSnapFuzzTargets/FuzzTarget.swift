@@ -10,12 +10,16 @@
 public enum FuzzTarget: String, CaseIterable, Sendable {
     /// `CheckpointFile`: open, verify and restore a checkpoint file.
     case checkpointFile = "checkpoint-file"
+    /// `SnapshotDiff.decode` and `Snapshot.apply`: decode a diff batch (first byte: bit 0 set
+    /// re-seals its CRC32C) and apply it to a small snapshot.
+    case diffBatch = "diff-batch"
 
     /// Runs the target's property on `bytes`. Returns whether the input was accepted (the
     /// answer matters only for reporting; rejecting with an error is a pass).
     public func exercise(_ bytes: UnsafeRawBufferPointer) -> Bool {
         switch self {
         case .checkpointFile: CheckpointFileFuzzing.exercise(bytes)
+        case .diffBatch: DiffBatchFuzzing.exercise(bytes)
         }
     }
 

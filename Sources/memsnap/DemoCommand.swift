@@ -20,8 +20,9 @@ struct DemoCommand: ParsableCommand {
     var workers: Int = 4
 
     func validate() throws {
-        guard size >= Page.size else { throw ValidationError("--size must be at least one page") }
         guard (1...64).contains(workers) else { throw ValidationError("--workers must be between 1 and 64") }
+        // The snapshot, a memcpy target, checkpoints in /dev/shm and a restored copy at a time.
+        try validateSize(size, memoryCopies: 4)
     }
 
     func run() throws {
@@ -144,8 +145,9 @@ struct DemoCommand: ParsableCommand {
                         let sum = memory.load(fromByteOffset: counterOffset, as: Int64.self)
                         memory.storeBytes(of: sum + Int64(worker.index + 1) * 1000, toByteOffset: counterOffset, as: Int64.self)
                         var random = SplitMix64(seed: UInt64(round * 100 + worker.index))
-                        for _ in 0..<max(1, pageCount / 100) {
-                            let page = 1 + Int(random.next() % UInt64(max(1, pageCount - 1)))
+                        // Pages 1..<pageCount (page 0 holds the sum); validate() asks for 16 pages.
+                        for _ in 0..<max(1, pageCount / 100) where pageCount > 1 {
+                            let page = 1 + Int(random.next() % UInt64(pageCount - 1))
                             memory.storeBytes(of: random.next(), toByteOffset: page * Page.size + 64, as: UInt64.self)
                         }
                     }

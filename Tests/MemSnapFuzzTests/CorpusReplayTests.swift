@@ -22,4 +22,18 @@ struct CorpusReplayTests {
             _ = bytes.withUnsafeBytes { target.exercise($0) }
         }
     }
+
+    /// The diff-batch seeds are real encoded batches of every operation and type: each is
+    /// accepted (decoded, applied, and reproduced by the differ), except the ones built to be
+    /// refused, so the fuzzer starts from inputs that reach every path.
+    @Test func theDiffBatchSeedsDecodeAndApply() throws {
+        let directory = "\(Self.packageRoot)/\(FuzzTarget.diffBatch.corpusDirectory)"
+        let seeds = try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.hasPrefix("seed-") }.sorted()
+        #expect(seeds.count >= 8)
+        for name in seeds {
+            let bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: "\(directory)/\(name)")))
+            let refused = name.contains("refused") || name == "seed-checksum-mismatch"
+            #expect(bytes.withUnsafeBytes { FuzzTarget.diffBatch.exercise($0) } == !refused, "\(name)")
+        }
+    }
 }

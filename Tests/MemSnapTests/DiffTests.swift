@@ -362,9 +362,13 @@ struct DiffingTests {
         let outside = SnapshotDiff(offset: 62, dataType: .int32, operation: .sum, bytes: [1, 0, 0, 0])
         snapshot.queueDiffs([good])
         snapshot.queueDiffs([outside])
-        expectReason(.outOfBounds(offset: 62, length: 4, size: 64)) { try snapshot.applyQueuedDiffs() }
+        let error = expectMemSnapError { try snapshot.applyQueuedDiffs() }
+        #expect(error?.reason == .outOfBounds(offset: 62, length: 4, size: 64))
+        #expect(error?.operation == "apply queued batch 1, diff 0 (int32 sum at 62, 4 bytes) to snapshot \"memsnap-snapshot\"",
+                "the error names the batch to inspect or discard")
         #expect(try snapshot.read(at: 0, count: 1) == [0], "nothing applied")
         #expect(snapshot.queuedDiffCount == 2, "nothing lost")
+        #expect(snapshot.queuedDiffBatches == [[good], [outside]])
         expectReason(.invalidArgument("sum diff of 4 bytes of raw at 0 is not valid")) {
             try snapshot.apply([SnapshotDiff(offset: 0, dataType: .raw, operation: .sum, bytes: [1, 0, 0, 0])])
         }
@@ -391,22 +395,23 @@ struct DiffEncodingTests {
     ]
 
     @Test func roundTripsExactly() throws {
-        let encoded = SnapshotDiff.encode(Self.sample)
+        let encoded = try SnapshotDiff.encode(Self.sample)
         #expect(encoded.count == 16 + 4 * 20 + 3 + 8 + 8 + 0 + 4)
         #expect(Array(encoded.prefix(4)) == Array("MSDF".utf8))
         #expect(try SnapshotDiff.decode(encoded) == Self.sample)
         #expect(try SnapshotDiff.decode(SnapshotDiff.encode([])) == [])
+        #expect(try SnapshotDiff.encode([]).count == 20)
     }
 
-    @Test func everyTruncationIsAnError() {
-        let encoded = SnapshotDiff.encode(Self.sample)
+    @Test func everyTruncationIsAnError() throws {
+        let encoded = try SnapshotDiff.encode(Self.sample)
         for length in 0..<encoded.count {
             #expect(throws: MemSnapError.self, "truncated to \(length)") { try SnapshotDiff.decode(Array(encoded.prefix(length))) }
         }
     }
 
-    @Test func everySingleByteFlipIsAnError() {
-        let encoded = SnapshotDiff.encode(Self.sample)
+    @Test func everySingleByteFlipIsAnError() throws {
+        let encoded = try SnapshotDiff.encode(Self.sample)
         for index in encoded.indices {
             var damaged = encoded
             damaged[index] ^= 0x40
@@ -415,21 +420,61 @@ struct DiffEncodingTests {
     }
 
     @Test func garbageIsAnError() {
-        var random = SplitMix64(seed: 99)
+        var random = TestSeed.generator()
         for length in [0, 1, 19, 20, 64, 1000] {
             let garbage = (0..<length).map { _ in UInt8(truncatingIfNeeded: random.next()) }
             #expect(throws: MemSnapError.self) { try SnapshotDiff.decode(garbage) }
         }
     }
 
-    @Test func errorsSayWhereAndWhy() {
-        var encoded = SnapshotDiff.encode(Self.sample)
+    @Test func errorsSayWhereAndWhy() throws {
+        var encoded = try SnapshotDiff.encode(Self.sample)
         encoded[20] ^= 1
         let checksum = expectMemSnapError { _ = try SnapshotDiff.decode(encoded) }
         #expect(checksum?.description.hasPrefix("decode diff batch of \(encoded.count) bytes: at byte \(encoded.count - 4): checksum mismatch") == true)
-        var versioned = SnapshotDiff.encode([])
+        var versioned = try SnapshotDiff.encode([])
         versioned[4] = 9
         let version = expectMemSnapError { _ = try SnapshotDiff.decode(versioned) }
         #expect(version?.reason == .corrupt("at byte 4: unsupported version 9 (this build reads 1)"))
+    }
+}
+
+@Suite("The diff queue belongs to its caller: inspect, discard, requeue")
+struct DiffQueueTests {
+    @Test func aBatchThatCanNeverApplyIsDiscardedAndTheRestRequeued() throws {
+        let snapshot = try Snapshot(size: 64, maxSize: pageSize)
+        let first = [SnapshotDiff(offset: 0, dataType: .raw, operation: .bytewise, bytes: [1])]
+        let tooFar = [SnapshotDiff(offset: pageSize - 1, dataType: .raw, operation: .bytewise, bytes: [2, 2])]
+        let last = [SnapshotDiff(offset: 10, dataType: .raw, operation: .xor, bytes: [3])]
+        snapshot.queueDiffs(first)
+        snapshot.queueDiffs([])  // not a batch
+        snapshot.queueDiffs(tooFar)
+        snapshot.queueDiffs(last)
+        #expect(snapshot.queuedDiffBatches == [first, tooFar, last])
+        for _ in 0..<2 {
+            let error = expectMemSnapError { try snapshot.applyQueuedDiffs() }
+            #expect(error?.reason == .exceedsMaximum(what: "bytewise diff end", requested: pageSize + 1, maximum: pageSize))
+            #expect(error?.operation.hasPrefix("apply queued batch 1, diff 0 (raw bytewise at 4095, 2 bytes)") == true)
+            #expect(snapshot.queuedDiffBatches == [first, tooFar, last], "a failed sync keeps the queue as it was")
+        }
+        let discarded = snapshot.discardQueuedDiffs()
+        #expect(discarded == [first, tooFar, last])
+        #expect(snapshot.queuedDiffBatches.isEmpty)
+        #expect(snapshot.queuedDiffCount == 0)
+        for (index, batch) in discarded.enumerated() where index != 1 { snapshot.queueDiffs(batch) }
+        #expect(try snapshot.applyQueuedDiffs() == [0..<1, 10..<11])
+        #expect(try snapshot.read(at: 0, count: 11) == [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3])
+        #expect(snapshot.queuedDiffBatches.isEmpty)
+        #expect(snapshot.discardQueuedDiffs().isEmpty, "discarding an empty queue returns nothing")
+    }
+
+    @Test func inspectingTheQueueChangesNothing() throws {
+        let snapshot = try Snapshot(size: 64)
+        let batch = [SnapshotDiff(offset: 1, dataType: .raw, operation: .bytewise, bytes: [5])]
+        snapshot.queueDiffs(batch)
+        #expect(snapshot.queuedDiffBatches == [batch])
+        #expect(snapshot.queuedDiffBatches == [batch])
+        #expect(try snapshot.applyQueuedDiffs() == [1..<2])
+        #expect(snapshot.queuedDiffBatches.isEmpty)
     }
 }

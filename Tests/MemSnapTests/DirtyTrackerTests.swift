@@ -16,7 +16,7 @@ struct DirtyTrackerTests {
     @Test("write pages 1 and 3 of 6, collect exactly {1, 3}", arguments: workingModes, MemoryKind.allCases)
     func writesToPagesOneAndThreeAreCollectedExactly(mode: DirtyTrackingMode, kind: MemoryKind) throws {
         let region = try kind.makeRegion(pages: 6)
-        let tracker = try DirtyTracker(tracking: region, mode: mode)
+        let tracker = try startTracking(region, mode: mode)
         defer { tracker.stop() }
         #expect(tracker.mode == mode)
         region.store(11, at: 1 * pageSize + 8)
@@ -31,7 +31,7 @@ struct DirtyTrackerTests {
     @Test("reset, then track again", arguments: workingModes, MemoryKind.allCases)
     func resetStartsANewInterval(mode: DirtyTrackingMode, kind: MemoryKind) throws {
         let region = try kind.makeRegion(pages: 6)
-        let tracker = try DirtyTracker(tracking: region, mode: mode)
+        let tracker = try startTracking(region, mode: mode)
         defer { tracker.stop() }
         region.store(1, at: 1 * pageSize)
         region.store(3, at: 3 * pageSize)
@@ -69,7 +69,7 @@ struct DirtyTrackerTests {
         let threads = 8
         let pagesPerThread = 4
         let region = try MemoryKind.anonymous.makeRegion(pages: threads * pagesPerThread * 2)
-        let tracker = try DirtyTracker(tracking: region, mode: mode)
+        let tracker = try startTracking(region, mode: mode)
         defer { tracker.stop() }
         let results = Locked<[Int: Result<DirtyPages, MemSnapError>]>([:])
         runOnThreads(threads) { index in
@@ -99,7 +99,7 @@ struct DirtyTrackerTests {
     @Test("modes that cannot attribute writes say so", arguments: workingModes.filter { !$0.attributesWritesToThreads })
     func threadLocalTrackingIsRefusedWhereWritesCannotBeAttributed(mode: DirtyTrackingMode) throws {
         let region = try MemoryKind.anonymous.makeRegion(pages: 2)
-        let tracker = try DirtyTracker(tracking: region, mode: mode)
+        let tracker = try startTracking(region, mode: mode)
         defer { tracker.stop() }
         let error = expectMemSnapError { try tracker.startThreadLocalTracking() }
         guard case .unavailable = error?.reason else {
@@ -112,7 +112,7 @@ struct DirtyTrackerTests {
     func kernelWritesIntoTrackedMemory(mode: DirtyTrackingMode) throws {
         let region = try MemoryKind.anonymous.makeRegion(pages: 4)
         region.withUnsafeMutableBytes { _ = memset($0.baseAddress!, 0, $0.count) }  // populate every page
-        let tracker = try DirtyTracker(tracking: region, mode: mode)
+        let tracker = try startTracking(region, mode: mode)
         defer { tracker.stop() }
         let outcome = region.withUnsafeMutableBytes { kernelWrite(into: $0.baseAddress! + 2 * pageSize + 16, count: 100) }
         let written = try tracker.collect()
@@ -134,23 +134,36 @@ struct DirtyTrackerTests {
         }
     }
 
-    @Test func softDirtyReportsItselfUnavailableHereWithItsReason() throws {
-        guard case let .unavailable(reason) = DirtyTrackingMode.softDirty.availability else {
-            Issue.record("soft-dirty works on this kernel; this test documents the machine it was written for")
-            return
+    /// Soft-dirty needs CONFIG_MEM_SOFT_DIRTY (x86_64, not arm64): where the probe saw it work,
+    /// a tracker must work too; where not, the mode must say why and refuse to start.
+    @Test func softDirtyWorksWhereTheProbeSaysSoAndOtherwiseSaysWhyNot() throws {
+        switch DirtyTrackingMode.softDirty.availability {
+        case .available:
+            #expect(workingModes.contains(.softDirty))
+            #expect(try DirtyTrackingMode.softDirty.resolved() == .softDirty)
+            let region = try MemoryKind.anonymous.makeRegion(pages: 4)
+            let tracker = try startTracking(region, mode: .softDirty)
+            defer { tracker.stop() }
+            region.store(1, at: 2 * pageSize)
+            #expect(try tracker.collect().contains(2))
+        case let .unavailable(reason):
+            #expect(!workingModes.contains(.softDirty))
+            #expect(reason.contains("CONFIG_MEM_SOFT_DIRTY") || reason.contains("clear_refs") || reason.contains("pagemap"),
+                    "the reason names what is missing: \(reason)")
+            let region = try MemoryKind.anonymous.makeRegion(pages: 2)
+            expectReason(.unavailable(reason)) { _ = try DirtyTracker(tracking: region, mode: .softDirty) }
+            expectReason(.unavailable(reason)) { _ = try DirtyTrackingMode.softDirty.resolved() }
         }
-        #expect(reason.contains("CONFIG_MEM_SOFT_DIRTY"))
-        let region = try MemoryKind.anonymous.makeRegion(pages: 2)
-        expectReason(.unavailable(reason)) { _ = try DirtyTracker(tracking: region, mode: .softDirty) }
-        #expect(!workingModes.contains(.softDirty))
     }
 
-    @Test func autoPicksUffdAsyncHere() throws {
-        #expect(try DirtyTrackingMode.auto.resolved() == .uffdAsync)
+    @Test func autoPicksTheFirstModeThatWorksHere() throws {
+        let expected = try #require(DirtyTrackingMode.preferenceOrder.first { workingModes.contains($0) },
+                                    "compare works everywhere")
+        #expect(try DirtyTrackingMode.auto.resolved() == expected)
         let region = try MemoryKind.anonymous.makeRegion(pages: 2)
         let tracker = try DirtyTracker(tracking: region, configuration: .init(mode: .auto))
         defer { tracker.stop() }
-        #expect(tracker.mode == .uffdAsync)
+        #expect(tracker.mode == expected)
     }
 
     @Test func modesAreNamedAsInTheEnvironmentVariable() throws {
@@ -169,7 +182,7 @@ struct DirtyTrackerTests {
         let snapshot = try Snapshot(size: 4 * pageSize)
         let region = try VirtualRegion(maxSize: 8 * pageSize)
         try snapshot.mapCopyOnWrite(into: region)
-        let tracker = try DirtyTracker(tracking: region, mode: mode)
+        let tracker = try startTracking(region, mode: mode)
         defer { tracker.stop() }
         region.store(1, at: pageSize)
         try snapshot.mapCopyOnWrite(into: region)  // restore: a new mapping
@@ -183,7 +196,7 @@ struct DirtyTrackerTests {
     @Test("growth while tracked", arguments: workingModes)
     func pagesCommittedWhileTrackedAreReported(mode: DirtyTrackingMode) throws {
         let region = try VirtualRegion(maxSize: 16 * pageSize, committing: 4 * pageSize)
-        let tracker = try DirtyTracker(tracking: region, mode: mode)
+        let tracker = try startTracking(region, mode: mode)
         defer { tracker.stop() }
         try region.grow(to: 8 * pageSize)
         region.store(5, at: 6 * pageSize)
@@ -199,10 +212,11 @@ struct DirtyTrackerTests {
     func collectAndResetLosesNothingUnderConcurrentWrites(mode: DirtyTrackingMode) throws {
         let pages = 256
         let region = try MemoryKind.anonymous.makeRegion(pages: pages)
-        let tracker = try DirtyTracker(tracking: region, mode: mode)
+        let tracker = try startTracking(region, mode: mode)
         defer { tracker.stop() }
         let writesPerThread = mode == .uffd ? 300 : 3000
         let writers = 2
+        let seed = TestSeed.current()
         // Each writer records, per page, the last value it wrote; the collector keeps a shadow copy
         // of the region refreshed only from the pages it is told about. If a write were lost, the
         // shadow would miss it.
@@ -229,7 +243,7 @@ struct DirtyTrackerTests {
                 }
                 return
             }
-            var random = SplitMix64(seed: UInt64(index + 1))
+            var random = SplitMix64(seed: seed &+ UInt64(index))
             for sequence in 1...writesPerThread {
                 let page = Int(random.next() % UInt64(pages))
                 region.store(UInt64(sequence), at: page * pageSize + index * 8)
@@ -258,7 +272,7 @@ struct DirtyTrackerTests {
     @Test("stop leaves the region writable and the tracker unusable", arguments: workingModes)
     func stopLeavesTheRegionWritable(mode: DirtyTrackingMode) throws {
         let region = try MemoryKind.memfdCopyOnWrite.makeRegion(pages: 4)
-        let tracker = try DirtyTracker(tracking: region, mode: mode)
+        let tracker = try startTracking(region, mode: mode)
         tracker.stop()
         tracker.stop()
         #expect(tracker.isStopped)

@@ -1,4 +1,5 @@
 import MemSnap
+import MemSnapTestSupport
 import Testing
 
 @Suite("PageBitmap and DirtyPages")
@@ -21,7 +22,7 @@ struct PageBitmapTests {
 
     @Test(arguments: [1, 63, 64, 65, 127, 128, 1000])
     func runsMatchTheObviousComputation(pageCount: Int) {
-        var random = SplitMix64(seed: UInt64(pageCount))
+        var random = TestSeed.generator()
         for density in [0, 1, 10, 50, 90, 100] {
             var bitmap = PageBitmap(pageCount: pageCount)
             var pages = Set<Int>()

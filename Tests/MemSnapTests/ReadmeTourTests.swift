@@ -41,9 +41,9 @@ struct ReadmeTourTests {
 
         // Or by hand: diff any tracked memory against the snapshot, queue from any thread, apply once.
         let diffs = try snapshot.diff(worker, dirtyPages: try tracker.collectAndReset())
-        let wire = SnapshotDiff.encode(diffs)                      // versioned, checksummed (docs/FORMAT.md)
+        let wire = try SnapshotDiff.encode(diffs)                  // versioned, checksummed (docs/FORMAT.md)
         snapshot.queueDiffs(try SnapshotDiff.decode(wire))
-        try snapshot.applyQueuedDiffs()
+        try snapshot.applyQueuedDiffs()   // on failure: names the batch; queuedDiffBatches, discardQueuedDiffs()
 
         // Share snapshots between threads by key.
         let registry = SnapshotRegistry()

@@ -142,6 +142,68 @@ struct SnapshotWorkersTests {
         #expect(workers.workerMemories[0].committedSize == 3 * pageSize, "every worker sees the grown snapshot")
     }
 
+    @Test func aWorkerThatGrowsPastTheSnapshotsMaximumFailsItsJoinAndTheNextRoundIsExact() throws {
+        let snapshot = try Snapshot(size: pageSize, maxSize: 2 * pageSize, name: "bounded")
+        try snapshot.addMergeRegion(MergeRegion(offset: 0, length: 8, dataType: .int64, operation: .sum))
+        // Worker memories may be larger than the snapshot can ever be.
+        let workers = try SnapshotWorkers(snapshot: snapshot, count: 3, memoryMaxSize: 8 * pageSize)
+        @Sendable func addOne(_ worker: SnapshotWorkers.Worker) {
+            worker.memory.withUnsafeMutableBytes { memory in
+                memory.storeBytes(of: memory.load(as: Int64.self) + 1, as: Int64.self)
+            }
+        }
+        workers.mainMemory.withUnsafeMutableBytes { $0[100] = 0x55 }  // the main memory's own write
+        let error = expectMemSnapError {
+            try workers.run { worker in
+                addOne(worker)
+                if worker.index == 1 {
+                    try worker.memory.grow(to: 4 * pageSize)
+                    worker.memory.withUnsafeMutableBytes { $0[3 * pageSize] = 9 }
+                }
+            }
+        }
+        #expect(error?.reason == .exceedsMaximum(what: "bytewise diff end", requested: 4 * pageSize, maximum: 2 * pageSize))
+        #expect(error?.operation == "apply worker 1's diff 1 (raw bytewise at 4096, 12288 bytes) to snapshot \"bounded\"",
+                "the error names the worker and its diff")
+        #expect(snapshot.size == pageSize)
+        #expect(try snapshot.read(at: 0, count: pageSize).allSatisfy { $0 == 0 }, "nothing of the round was merged")
+        for region in [workers.mainMemory] + workers.workerMemories {
+            #expect(region.committedSize == pageSize, "every region is restored to the snapshot")
+            #expect(region.withUnsafeBytes { $0.allSatisfy { $0 == 0 } }, "the main memory's write is discarded with the round")
+        }
+        #expect(snapshot.queuedDiffCount == 0, "the join never uses the public queue")
+
+        for round in 1...3 {
+            let report = try workers.run { addOne($0) }
+            #expect(report.dirtyPageCounts == [0, 1, 1, 1], "round \(round)")
+            #expect(report.writtenRanges == [0..<8], "round \(round)")
+            #expect(try snapshot.read(at: 0, count: 8).withUnsafeBytes { $0.load(as: Int64.self) } == Int64(3 * round),
+                    "round \(round): the next rounds merge exactly")
+        }
+        workers.mainMemory.withUnsafeMutableBytes { $0[100] = 0x66 }
+        try workers.join()
+        #expect(try snapshot.read(at: 100, count: 1) == [0x66], "the main memory merges again after a failed round")
+    }
+
+    @Test func diffsQueuedByAnotherCallerAreNeitherMergedByAJoinNorLost() throws {
+        let snapshot = try Snapshot(size: 2 * pageSize, name: "shared")
+        let workers = try SnapshotWorkers(snapshot: snapshot, count: 2)
+        let foreign = [SnapshotDiff(offset: pageSize, dataType: .raw, operation: .bytewise, bytes: [0xAA, 0xBB])]
+        snapshot.queueDiffs(foreign)
+        try workers.run { worker in worker.memory.withUnsafeMutableBytes { $0[worker.index] = UInt8(worker.index + 1) } }
+        try workers.join()
+        #expect(try snapshot.read(at: 0, count: 2) == [1, 2], "the workers' writes are merged")
+        #expect(try snapshot.read(at: pageSize, count: 2) == [0, 0], "the queued batch is not part of any join")
+        #expect(snapshot.queuedDiffBatches == [foreign], "and is still queued, as it was")
+
+        // A queued batch that can never apply does not wedge the workers either.
+        let impossible = [SnapshotDiff(offset: 2 * pageSize, dataType: .raw, operation: .bytewise, bytes: [1])]
+        snapshot.queueDiffs(impossible)
+        try workers.run { worker in worker.memory.withUnsafeMutableBytes { $0[10 + worker.index] = 7 } }
+        #expect(try snapshot.read(at: 10, count: 2) == [7, 7])
+        #expect(snapshot.discardQueuedDiffs() == [foreign, impossible])
+    }
+
     @Test func badArgumentsAreErrors() throws {
         let snapshot = try Snapshot(size: pageSize)
         expectReason(.invalidArgument("need at least one worker, not 0")) { _ = try SnapshotWorkers(snapshot: snapshot, count: 0) }

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Foundation
 import MemSnap
+import MemSnapTestSupport
 import Testing
 
 /// Interleavings a review found (each once lost a write, crashed, or hung), kept as specifications.
@@ -68,9 +69,10 @@ struct TrackingRaceTests {
         defer { tracker.stop() }
         let stop = Locked(false)
         let resets = mode == .uffd ? 500 : 5000
+        let seed = TestSeed.current()
         runOnThreads(2) { index in
             if index == 0 {
-                var random = SplitMix64(seed: 5)
+                var random = SplitMix64(seed: seed)
                 while !stop.withLock({ $0 }) {
                     for _ in 0..<100 { region.store(random.next(), at: Int(random.next() % UInt64(pages)) * pageSize) }
                 }

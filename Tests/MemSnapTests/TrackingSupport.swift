@@ -9,6 +9,23 @@ let workingModes: [DirtyTrackingMode] = DirtyTrackingMode.allCases.filter {
     $0 != .auto && $0.availability == .available
 }
 
+/// Starts tracking `region` with `mode`. Soft-dirty allows one tracker per process (its reset
+/// is process-wide), so where it works a soft-dirty tracker waits, up to a minute, for another
+/// test's to stop instead of failing because tests run in parallel.
+func startTracking(_ region: VirtualRegion, mode: DirtyTrackingMode) throws -> DirtyTracker {
+    let busy = MemSnapError.Reason.invalidArgument(
+        "soft-dirty resets the whole process; only one soft-dirty tracker can run at a time")
+    let deadline = Date().addingTimeInterval(60)
+    while true {
+        let outcome = Result { () throws(MemSnapError) -> DirtyTracker in try DirtyTracker(tracking: region, mode: mode) }
+        if case let .failure(error) = outcome, mode == .softDirty, error.reason == busy, Date() < deadline {
+            usleep(1000)
+            continue
+        }
+        return try outcome.get()
+    }
+}
+
 /// Modes that can attribute writes to threads and work here.
 let attributingModes = workingModes.filter(\.attributesWritesToThreads)
 

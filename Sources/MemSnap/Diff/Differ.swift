@@ -199,6 +199,7 @@ enum Differ {
         var values = [UInt8](repeating: 0, count: range.count)
         var overwrites: [Range<Int>] = []
         values.withUnsafeMutableBytes { output in
+            guard let outputBase = output.baseAddress else { return }  // an empty range
             for element in stride(from: 0, to: range.count, by: width) {
                 let old = Value(littleEndianAt: original + range.lowerBound + element)
                 let new = Value(littleEndianAt: updated + range.lowerBound + element)
@@ -213,7 +214,7 @@ enum Differ {
                 // NaN for an infinity) or old / old.
                 let carried = same ? Value.identity(segment.operation, original: old)
                     : Value.diffValue(segment.operation, original: old, updated: new)
-                carried.storeLittleEndian(at: output.baseAddress! + element)
+                carried.storeLittleEndian(at: outputBase + element)
             }
         }
         guard changed else { return }
@@ -223,7 +224,8 @@ enum Differ {
         }
     }
 
-    /// Applies one arithmetic diff to `target` (the snapshot's bytes at the diff's offset).
+    /// Applies one arithmetic diff to `target` (the snapshot's bytes at the diff's offset). The
+    /// caller has checked that the diff's bytes are a whole number of values and fit the target.
     static func applyTyped(_ diff: SnapshotDiff, to target: UnsafeMutableRawPointer) {
         switch diff.dataType {
         case .int32: applyTyped(Int32.self, diff, target)
@@ -236,9 +238,11 @@ enum Differ {
 
     private static func applyTyped<Value: MergeArithmetic>(_: Value.Type, _ diff: SnapshotDiff, _ target: UnsafeMutableRawPointer) {
         diff.bytes.withUnsafeBytes { carried in
-            for element in stride(from: 0, to: carried.count, by: Value.byteWidth) {
+            guard let carriedBase = carried.baseAddress else { return }
+            // Whole values only: a ragged tail (which apply refuses) would be ignored, not overread.
+            for element in stride(from: 0, to: carried.count - Value.byteWidth + 1, by: Value.byteWidth) {
                 let original = Value(littleEndianAt: target + element)
-                let value = Value(littleEndianAt: carried.baseAddress! + element)
+                let value = Value(littleEndianAt: carriedBase + element)
                 Value.applied(diff.operation, original: original, diff: value).storeLittleEndian(at: target + element)
             }
         }

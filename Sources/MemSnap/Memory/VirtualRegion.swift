@@ -204,8 +204,9 @@ public final class VirtualRegion: @unchecked Sendable {
     public func advise(_ pattern: AccessPattern, range: Range<Int>) throws(MemSnapError) {
         let operation = "advise \(pattern) access for region offsets \(range)"
         try committed.withLock { (current: inout Int) throws(MemSnapError) in
-            guard Page.isAligned(range.lowerBound), Page.isAligned(range.count), range.lowerBound >= 0,
-                  range.upperBound <= current else {
+            // Bounds first: `range.count` of a range such as Int.min..<Int.max would overflow.
+            guard range.lowerBound >= 0, range.upperBound <= current, Page.isAligned(range.lowerBound),
+                  Page.isAligned(range.upperBound) else {
                 throw MemSnapError(operation, .invalidArgument(
                     "the range must be page-aligned and inside the committed \(ByteCount(current))"))
             }

@@ -10,12 +10,18 @@ extension Snapshot {
 
     /// Adds a merge region. Regions persist until `clearMergeRegions()`.
     /// - Throws: `.invalidArgument` if it overlaps a region already added (overlaps would make
-    ///   the merge rule of a byte ambiguous); `.exceedsMaximum` if it starts or ends past `maxSize`.
+    ///   the merge rule of a byte ambiguous); `.exceedsMaximum` with what "end" if it ends past
+    ///   `maxSize`, or with what "start" (requested: its offset) if a length-0 region starts at or
+    ///   past `maxSize` (an empty snapshot with no room to grow accepts a length-0 region at 0).
     public func addMergeRegion(_ region: MergeRegion) throws(MemSnapError) {
         let operation = "add merge region \(region)"
+        // MergeRegion's initializer guarantees offset + length does not overflow.
         let end = region.length == 0 ? maxSize : region.offset + region.length
-        guard region.offset < maxSize || (region.offset == 0 && maxSize == 0), end <= maxSize else {
-            throw MemSnapError(operation, .exceedsMaximum(what: "end", requested: max(end, region.offset + 1), maximum: maxSize))
+        guard end <= maxSize else {
+            throw MemSnapError(operation, .exceedsMaximum(what: "end", requested: end, maximum: maxSize))
+        }
+        guard region.offset < maxSize || (region.offset == 0 && maxSize == 0) else {
+            throw MemSnapError(operation, .exceedsMaximum(what: "start", requested: region.offset, maximum: maxSize))
         }
         try mergeRegionList.withLock { (regions: inout [MergeRegion]) throws(MemSnapError) in
             for existing in regions {
@@ -75,6 +81,8 @@ extension Snapshot {
 
     /// `diff` of a region's memory: its first `size` bytes (default: the snapshot's size, or
     /// the region's committed size if it grew past the snapshot's last page).
+    /// - Throws: `.outOfBounds` if `size` is negative or more than the region's committed size
+    ///   (also when the region shrinks while the call starts); as `diff(_:dirtyPages:options:)`.
     public func diff(
         _ region: VirtualRegion, size: Int? = nil, dirtyPages: DirtyPages, options: DiffOptions = DiffOptions()
     ) throws(MemSnapError) -> [SnapshotDiff] {
@@ -82,12 +90,13 @@ extension Snapshot {
         let snapshotSize = self.size
         let defaultSize = committed > (Page.roundUp(snapshotSize) ?? snapshotSize) ? committed : min(snapshotSize, committed)
         let memorySize = size ?? defaultSize
-        guard memorySize >= 0, memorySize <= committed else {
-            throw MemSnapError("diff region against snapshot \"\(name)\"",
-                               .outOfBounds(offset: 0, length: memorySize, size: committed))
-        }
         return try region.withUnsafeBytes { (bytes) throws(MemSnapError) -> [SnapshotDiff] in
-            try diff(UnsafeRawBufferPointer(rebasing: bytes[0..<memorySize]), dirtyPages: dirtyPages, options: options)
+            // Checked against the buffer itself: the region may have shrunk since `committed`.
+            guard memorySize >= 0, memorySize <= bytes.count else {
+                throw MemSnapError("diff region against snapshot \"\(name)\"",
+                                   .outOfBounds(offset: 0, length: memorySize, size: bytes.count))
+            }
+            return try diff(UnsafeRawBufferPointer(rebasing: bytes[0..<memorySize]), dirtyPages: dirtyPages, options: options)
         }
     }
 
@@ -95,20 +104,36 @@ extension Snapshot {
 
     /// Applies `diffs` in order, all or nothing, holding the write lock (readers see the snapshot
     /// before or after, never between). Bytewise diffs may grow the snapshot up to `maxSize`.
-    /// The written ranges are recorded as changes.
+    /// Ignore diffs are skipped whatever their offset. The written ranges are recorded as changes.
+    ///
+    /// Every diff is checked before any byte is written, so hand-made or decoded diffs with any
+    /// offset (negative, near `Int.max`) are refused with an error, never a trap.
     /// - Returns: the byte ranges written, coalesced.
-    /// - Throws (nothing applied): `.exceedsMaximum` for a bytewise diff past `maxSize`;
-    ///   `.outOfBounds` for another diff past the size the batch reaches; `.invalidArgument` for an
-    ///   arithmetic diff on raw or bool data or not a whole number of values; `.invalidRange`.
+    /// - Throws (nothing applied; the operation names the diff by index): `.exceedsMaximum` for a
+    ///   bytewise diff ending past `maxSize`; `.outOfBounds` for another diff past the size the
+    ///   batch reaches; `.invalidArgument` for an arithmetic diff on raw or bool data or not a
+    ///   whole number of values; `.invalidRange` for a negative offset or an end past `Int.max`.
     @discardableResult
     public func apply(_ diffs: [SnapshotDiff]) throws(MemSnapError) -> [Range<Int>] {
+        try apply(batches: [diffs]) { _ in "" }
+    }
+
+    /// Applies `batches` in order as one `apply` (all or nothing, atomic for readers).
+    /// `source(i)` names batch `i` in errors ("worker 2's ", "queued batch 1, "): the text goes
+    /// right before "diff N". The fork/join merge uses it directly, never the public queue.
+    func apply(batches: [[SnapshotDiff]], source: (Int) -> String) throws(MemSnapError) -> [Range<Int>] {
         try lock.withWriteLock { () throws(MemSnapError) -> [Range<Int>] in
-            try applyLocked([diffs])
+            try applyLocked(batches, source: source)
         }
     }
 
+    // MARK: The diff queue
+
     /// Queues diffs for the next `applyQueuedDiffs()`. Callable from any thread; diffs queued in
-    /// one call stay together and in order.
+    /// one call stay together and in order, as one batch. Empty arrays are not queued.
+    ///
+    /// The queue belongs to the caller: nothing in memsnap adds to it, applies it or drops it
+    /// except these methods (`SnapshotWorkers` merges its rounds without it).
     public func queueDiffs(_ diffs: [SnapshotDiff]) {
         guard !diffs.isEmpty else { return }
         diffQueue.withLock { $0.append(diffs) }
@@ -117,51 +142,83 @@ extension Snapshot {
     /// Number of diffs waiting in the queue.
     public var queuedDiffCount: Int { diffQueue.withLock { $0.reduce(0) { $0 + $1.count } } }
 
-    /// Applies every queued diff, in queue order, as one `apply` (all or nothing, atomic for
-    /// readers), and empties the queue. Diffs queued while it runs wait for the next call.
-    /// - Returns: the byte ranges written, coalesced.
-    /// - Throws: as `apply`; the queue is then left as it was, nothing lost.
+    /// The queued batches, oldest first, as `queueDiffs` received them: batch `i` is the one a
+    /// failed `applyQueuedDiffs()` names as "queued batch i". A copy; the queue is unchanged.
+    public var queuedDiffBatches: [[SnapshotDiff]] { diffQueue.withLock { $0 } }
+
+    /// Empties the queue and returns what it held, oldest batch first.
+    ///
+    /// The way out of a batch that can never apply (its diffs reach past `maxSize`, or break a
+    /// rule `apply` enforces): after `applyQueuedDiffs()` names it, discard the queue and queue
+    /// again the batches worth keeping. Batches queued by other threads after this call are not
+    /// touched (they wait for the next `applyQueuedDiffs()`).
     @discardableResult
-    public func applyQueuedDiffs() throws(MemSnapError) -> [Range<Int>] {
-        let batches = diffQueue.withLock { queue in
+    public func discardQueuedDiffs() -> [[SnapshotDiff]] {
+        diffQueue.withLock { queue in
             defer { queue = [] }
             return queue
         }
+    }
+
+    /// Applies every queued diff, in queue order, as one `apply` (all or nothing, atomic for
+    /// readers), and empties the queue. Diffs queued while it runs wait for the next call.
+    /// - Returns: the byte ranges written, coalesced.
+    /// - Throws: as `apply`, the operation naming the failing batch ("queued batch 1, diff 0");
+    ///   nothing is applied and the queue is left as it was, batches queued meanwhile after it:
+    ///   a batch that can never apply stays until `discardQueuedDiffs()` removes it.
+    @discardableResult
+    public func applyQueuedDiffs() throws(MemSnapError) -> [Range<Int>] {
+        let batches = discardQueuedDiffs()
         do {
-            return try lock.withWriteLock { () throws(MemSnapError) -> [Range<Int>] in try applyLocked(batches) }
+            return try apply(batches: batches) { "queued batch \($0), " }
         } catch {
             diffQueue.withLock { $0.insert(contentsOf: batches, at: 0) }
             throw error
         }
     }
 
-    /// Call with the write lock held. Applies the batches in order, as one.
-    private func applyLocked(_ batches: [[SnapshotDiff]]) throws(MemSnapError) -> [Range<Int>] {
-        let diffs = batches.joined()
-        let operation = "apply \(diffs.count) diffs to snapshot \"\(name)\""
-        var reachedSize = logicalSize
-        for diff in diffs where diff.operation == .bytewise {
-            guard diff.offset >= 0, !diff.offset.addingReportingOverflow(diff.bytes.count).overflow else {
-                throw MemSnapError(operation, .invalidRange(offset: diff.offset, length: diff.bytes.count))
-            }
-            let end = diff.offset + diff.bytes.count
-            guard end <= maxSize else {
-                throw MemSnapError(operation, .exceedsMaximum(what: "bytewise diff end", requested: end, maximum: maxSize))
-            }
-            reachedSize = max(reachedSize, end)
+    /// Call with the write lock held. Checks every diff of every batch, then applies them in
+    /// order, as one.
+    private func applyLocked(_ batches: [[SnapshotDiff]], source: (Int) -> String) throws(MemSnapError) -> [Range<Int>] {
+        let total = batches.reduce(0) { $0 + $1.count }
+        func failure(_ batch: Int, _ index: Int, _ diff: SnapshotDiff, _ reason: MemSnapError.Reason) -> MemSnapError {
+            MemSnapError("apply \(source(batch))diff \(index) (\(diff)) to snapshot \"\(name)\"", reason)
         }
-        for diff in diffs where diff.operation != .bytewise && diff.operation != .ignore {
-            _ = try checkedRange(offset: diff.offset, length: diff.bytes.count, within: reachedSize, during: operation)
-            if diff.operation.isArithmetic {
-                guard diff.dataType.isNumeric, diff.bytes.count % diff.dataType.width == 0 else {
-                    throw MemSnapError(operation, .invalidArgument(
-                        "\(diff.operation) diff of \(diff.bytes.count) bytes of \(diff.dataType) at \(diff.offset) is not valid"))
+        // Bytewise diffs first: they decide the size the batch reaches, which bounds the others.
+        var reachedSize = logicalSize
+        for (batchIndex, batch) in batches.enumerated() {
+            for (index, diff) in batch.enumerated() where diff.operation == .bytewise {
+                let (end, overflow) = diff.offset.addingReportingOverflow(diff.bytes.count)
+                guard diff.offset >= 0, !overflow else {
+                    throw failure(batchIndex, index, diff, .invalidRange(offset: diff.offset, length: diff.bytes.count))
+                }
+                guard end <= maxSize else {
+                    throw failure(batchIndex, index, diff,
+                                  .exceedsMaximum(what: "bytewise diff end", requested: end, maximum: maxSize))
+                }
+                reachedSize = max(reachedSize, end)
+            }
+        }
+        for (batchIndex, batch) in batches.enumerated() {
+            for (index, diff) in batch.enumerated() where diff.operation != .bytewise && diff.operation != .ignore {
+                do {
+                    _ = try checkedRange(offset: diff.offset, length: diff.bytes.count, within: reachedSize, during: "")
+                } catch {
+                    throw failure(batchIndex, index, diff, error.reason)
+                }
+                if diff.operation.isArithmetic {
+                    guard diff.dataType.isNumeric, diff.bytes.count % diff.dataType.width == 0 else {
+                        throw failure(batchIndex, index, diff, .invalidArgument(
+                            "\(diff.operation) diff of \(diff.bytes.count) bytes of \(diff.dataType) at \(diff.offset) is not valid"))
+                    }
                 }
             }
         }
+        let operation = "apply \(total) diffs to snapshot \"\(name)\""
         if reachedSize > logicalSize { try growLocked(to: reachedSize, during: operation) }
+        // Every diff below that is not ignore lies inside 0..<reachedSize, now mapped.
         var written: [Range<Int>] = []
-        written.reserveCapacity(batches.reduce(0) { $0 + $1.count })
+        written.reserveCapacity(total)
         // Diffs from many workers land all over the snapshot: each is a cache and TLB miss.
         // Prefetching a few diffs ahead overlaps those misses (the order itself must not change:
         // overlapping bytewise diffs are last-writer-wins).
@@ -178,7 +235,9 @@ extension Snapshot {
                     let target = base + diff.offset
                     switch diff.operation {
                     case .bytewise:
-                        diff.bytes.withUnsafeBytes { target.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+                        diff.bytes.withUnsafeBytes { source in
+                            if let start = source.baseAddress { target.copyMemory(from: start, byteCount: source.count) }
+                        }
                     case .xor:
                         diff.bytes.withUnsafeBytes { source in
                             for index in 0..<source.count {
@@ -191,7 +250,7 @@ extension Snapshot {
                     case .ignore:
                         break
                     }
-                    written.append(diff.range)
+                    written.append(diff.offset..<diff.offset + diff.bytes.count)
                 }
             }
         }

@@ -64,8 +64,10 @@ public final class Snapshot: @unchecked Sendable {
     }
 
     /// Takes over `file` as the snapshot's data: its first `size` bytes become the snapshot (no
-    /// copy; the file is mapped). The file is resized to cover `size` if it is shorter. Nothing
-    /// else may write the file afterwards.
+    /// copy; the file is mapped). The file is resized to `size` rounded up to a page: a shorter
+    /// file is extended with zeros, a longer one is cut there (so that growing the snapshot later
+    /// reads zeros, not the file's old bytes). Nothing else may write the file afterwards, nor
+    /// touch a mapping of its pages past that size (they are gone: SIGBUS).
     /// - Throws: as `init(size:maxSize:name:)`.
     public init(adopting file: MemoryFile, size: Int, maxSize: Int? = nil) throws(MemSnapError) {
         let operation = "adopt memory file \"\(file.name)\" as a snapshot of \(ByteCount(size))"

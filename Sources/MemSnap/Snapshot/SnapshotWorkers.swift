@@ -5,9 +5,20 @@
 /// per worker, calls the body with the worker's memory, then (still on the worker's thread, so
 /// diffing runs in parallel) collects the worker's dirty pages and diffs them against the
 /// snapshot. At the join the main thread's diffs are applied first and then each worker's in
-/// index order, in one atomic `apply`: the merge order, and so the result of overlapping
+/// index order, in one atomic apply: the merge order, and so the result of overlapping
 /// bytewise writes, is the same on every run. Every region is then remapped onto the merged
 /// snapshot and its tracker reset, ready for the next round.
+///
+/// The join applies its own round's diffs directly: it never reads, adds to or empties the
+/// snapshot's public diff queue (`queueDiffs`), whose batches stay for the caller's own
+/// `applyQueuedDiffs()`.
+///
+/// A merge that fails (a worker grew its memory past the snapshot's `maxSize`, or any diff
+/// `Snapshot.apply` refuses) discards the whole round, nothing of it merged, and restores every
+/// region, the main memory included, to the snapshot: the next round starts clean. The main
+/// memory's writes since the last join are discarded then too, because its tracker was already
+/// collected and reset for that merge: kept, those writes would stay in the main memory while
+/// no later join could see them, so the main memory and the snapshot would silently disagree.
 ///
 /// Ownership: owns the regions and trackers; the snapshot is shared.
 /// Thread safety: `run` and `join` must not overlap (each waits for its workers); the memory a
@@ -93,7 +104,8 @@ public final class SnapshotWorkers: @unchecked Sendable {
     /// Runs `body` once per worker, each on its own thread, then joins (see the type's doc).
     /// - Throws: `WorkerFailure` for the lowest-numbered worker whose body threw (every worker
     ///   is restored to the snapshot and nothing from the round is merged; the main memory keeps
-    ///   its writes for the next join); `MemSnapError` from tracking, diffing or applying.
+    ///   its writes for the next join); `MemSnapError` from tracking or diffing a worker (workers
+    ///   restored, the main memory keeps its writes), or from the merge, as `join()` throws.
     @discardableResult
     public func run(_ body: @escaping @Sendable (Worker) throws -> Void) throws -> JoinReport {
         let outcomes = Locked<[Int: Result<[SnapshotDiff], any Error>]>([:])
@@ -146,25 +158,41 @@ public final class SnapshotWorkers: @unchecked Sendable {
     }
 
     /// Merges the main memory's writes (with no workers running) and remaps everything.
+    /// - Throws: `MemSnapError` if collecting or diffing the main memory fails, or if the merge
+    ///   does (its operation names the source and the diff: "apply worker 1's diff 0 (...)" or
+    ///   "apply main memory's diff 0 (...)"). Nothing of the round is merged then, and every
+    ///   region, the main memory included, is restored to the snapshot (see the type's doc); if
+    ///   that restore fails too, its error is thrown instead and the pool should be dropped.
     @discardableResult
     public func join() throws(MemSnapError) -> JoinReport {
         try merge(workerDiffs: [], workerDirtyCounts: [])
     }
 
     private func merge(workerDiffs: [[SnapshotDiff]], workerDirtyCounts: [Int]) throws(MemSnapError) -> JoinReport {
-        let mainDirty = try mainTracker.collectAndReset()
-        let mainDiffs = try snapshot.diff(mainMemory, dirtyPages: mainDirty, options: options)
-        snapshot.queueDiffs(mainDiffs)
-        for diffs in workerDiffs { snapshot.queueDiffs(diffs) }
-        let all = [mainDiffs] + workerDiffs
-        let written = try snapshot.applyQueuedDiffs()
-        try remap(mainMemory, mainTracker)
-        try restoreWorkers()
+        let mainDirty: DirtyPages
+        let batches: [[SnapshotDiff]]
+        let written: [Range<Int>]
+        do {
+            mainDirty = try mainTracker.collectAndReset()
+            let mainDiffs = try snapshot.diff(mainMemory, dirtyPages: mainDirty, options: options)
+            batches = [mainDiffs] + workerDiffs
+            written = try snapshot.apply(batches: batches) { $0 == 0 ? "main memory's " : "worker \($0 - 1)'s " }
+        } catch {
+            try restoreAll()
+            throw error
+        }
+        try restoreAll()
         return JoinReport(
             dirtyPageCounts: [mainDirty.count] + workerDirtyCounts,
-            diffCount: all.reduce(0) { $0 + $1.count },
-            diffBytes: all.reduce(0) { $0 + $1.reduce(0) { $0 + $1.bytes.count } },
+            diffCount: batches.reduce(0) { $0 + $1.count },
+            diffBytes: batches.reduce(0) { $0 + $1.reduce(0) { $0 + $1.bytes.count } },
             writtenRanges: written)
+    }
+
+    /// Remaps the main memory and every worker onto the snapshot and re-arms their trackers.
+    private func restoreAll() throws(MemSnapError) {
+        try remap(mainMemory, mainTracker)
+        try restoreWorkers()
     }
 
     private func restoreWorkers() throws(MemSnapError) {

@@ -14,7 +14,8 @@ package struct PartialWriteFailure: Error {
 /// writes and EINTR; empty buffers are skipped. The buffers are only read, and only during the
 /// call. Not atomic: on failure the first `bytesWritten` bytes are in place.
 ///
-/// - Throws: `PartialWriteFailure` with the errno of the failing call.
+/// - Throws: `PartialWriteFailure` with the errno of the failing call; EFBIG (nothing more
+///   written) when a write would reach past file offset `Int.max`.
 package func writeAll(
     _ descriptor: Int32, _ buffers: [UnsafeRawBufferPointer], at offset: Int?
 ) throws(PartialWriteFailure) {
@@ -25,9 +26,15 @@ package func writeAll(
     var first = 0
     while first < vectors.count {
         let batch = min(vectors.count - first, 1024)  // IOV_MAX on Linux
+        var position: Int?
+        if let offset {
+            let (sum, overflow) = offset.addingReportingOverflow(done)
+            guard !overflow else { throw PartialWriteFailure(errno: .fileTooLarge, bytesWritten: done) }
+            position = sum
+        }
         let written = vectors.withUnsafeMutableBufferPointer { vector in
             let start = vector.baseAddress.map { $0 + first }
-            return if let offset { pwritev(descriptor, start, Int32(batch), off_t(offset + done)) }
+            return if let position { pwritev(descriptor, start, Int32(batch), off_t(position)) }
                    else { writev(descriptor, start, Int32(batch)) }
         }
         if written < 0 {

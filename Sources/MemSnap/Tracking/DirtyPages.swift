@@ -8,9 +8,18 @@ public struct DirtyPages: Sendable, Equatable {
     /// Written pages as sorted, non-overlapping, non-adjacent runs of page indices.
     public let runs: [Range<Int>]
 
+    /// The most pages anything can have: `Int.max / Page.size`, so that every page's byte range
+    /// (`byteRanges`) is a valid `Range<Int>`.
+    public static let maxPageCount = Int.max >> Page.shift
+
+    /// Pages `runs` (in any order, overlapping or not) of `pageCount` pages.
+    ///
+    /// Any values are accepted: `pageCount` is clamped to `0...maxPageCount`, and runs are
+    /// clipped to `0..<pageCount` (negative pages and pages past the end are dropped).
     public init(pageCount: Int, runs: [Range<Int>]) {
-        self.pageCount = pageCount
-        self.runs = DirtyPages.coalesce(runs, limit: pageCount)
+        let limit = Swift.min(Swift.max(0, pageCount), DirtyPages.maxPageCount)
+        self.pageCount = limit
+        self.runs = DirtyPages.coalesce(runs, limit: limit)
     }
 
     init(_ bitmap: PageBitmap) {
@@ -23,13 +32,14 @@ public struct DirtyPages: Sendable, Equatable {
 
     public var isEmpty: Bool { runs.isEmpty }
 
-    /// Written page indices, ascending.
+    /// Written page indices, ascending. Holds `count` integers: for huge sets use `runs`.
     public var pages: [Int] { runs.flatMap { Array($0) } }
 
-    /// The same set as a bitmap.
+    /// The same set as a bitmap (`pageCount / 8` bytes, however few pages are set).
     public var bitmap: PageBitmap { PageBitmap(pageCount: pageCount, runs: runs) }
 
-    /// Written pages as byte ranges of the region.
+    /// Written pages as byte ranges of the region. Never overflows: pages are below
+    /// `maxPageCount`.
     public var byteRanges: [Range<Int>] {
         runs.map { ($0.lowerBound << Page.shift)..<($0.upperBound << Page.shift) }
     }

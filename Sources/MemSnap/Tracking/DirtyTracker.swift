@@ -34,11 +34,27 @@ public final class DirtyTracker: @unchecked Sendable {
         /// pages costs more than copying everything (measured here: about 25 %, see
         /// BENCHMARKS.md). `prefersFullCopy(_:)` compares against it.
         public var fullCopyFraction: Double
-        /// How many threads can track thread-locally at once.
+        /// How many threads can track thread-locally at once: 0...`maxThreadSlots` (each slot
+        /// costs a few bytes up front and a page bitmap once a thread attaches).
         public var threadSlots: Int
         /// `uffd` mode only: called on the handler thread with a page's contents just before its
         /// first write in the interval lands. Must not write to the region or block on writers.
         public var copyBeforeWrite: (@Sendable (_ page: Int, _ contents: UnsafeRawBufferPointer) -> Void)?
+
+        /// The most thread slots a tracker accepts.
+        public static let maxThreadSlots = 65_536
+
+        /// Throws `.invalidArgument` for a `fullCopyFraction` outside 0...1 (or NaN) or a
+        /// `threadSlots` outside 0...`maxThreadSlots`.
+        func validate(during operation: String) throws(MemSnapError) {
+            guard fullCopyFraction >= 0, fullCopyFraction <= 1 else {
+                throw MemSnapError(operation, .invalidArgument("full-copy fraction \(fullCopyFraction) is not within 0...1"))
+            }
+            guard threadSlots >= 0, threadSlots <= Configuration.maxThreadSlots else {
+                throw MemSnapError(operation, .invalidArgument(
+                    "\(threadSlots) thread slots is not within 0...\(Configuration.maxThreadSlots)"))
+            }
+        }
 
         public init(
             mode: DirtyTrackingMode? = nil, fullCopyFraction: Double = 0.25, threadSlots: Int = 64,
@@ -70,8 +86,10 @@ public final class DirtyTracker: @unchecked Sendable {
     ///
     /// - Throws: `.unavailable` with the reason if the mode does not work here (e.g. soft-dirty on
     ///   a kernel without CONFIG_MEM_SOFT_DIRTY); `.invalidArgument` for a bad
-    ///   `MEMSNAP_DIRTY_TRACKING` or a region that is already tracked; system call failures.
+    ///   `MEMSNAP_DIRTY_TRACKING`, a configuration value out of range (see `Configuration`) or a
+    ///   region that is already tracked; system call failures.
     public convenience init(tracking region: VirtualRegion, configuration: Configuration = Configuration()) throws(MemSnapError) {
+        try configuration.validate(during: "start dirty tracking")
         let requested: DirtyTrackingMode
         if let mode = configuration.mode { requested = mode } else { requested = try DirtyTrackingMode.fromEnvironment() }
         try self.init(tracking: region, mode: requested.resolved(), configuration: configuration, probing: false)
@@ -83,6 +101,7 @@ public final class DirtyTracker: @unchecked Sendable {
         probing: Bool
     ) throws(MemSnapError) {
         let operation = "start \(mode.rawValue) dirty tracking"
+        try configuration.validate(during: operation)
         self.region = region
         self.configuration = configuration
         self.mode = mode

@@ -1,17 +1,30 @@
 /// One bit per page: bit `i % 64` of word `i / 64` is page `i`.
 ///
 /// The layout is the one the C page records use, so bitmaps move between them without conversion.
+/// Memory: `pageCount / 8` bytes, allocated up front whatever is set. A page count that memory
+/// cannot hold (the bitmap of 2^51 pages is 256 TiB) fails the allocation like any array.
 /// Thread safety: a value type.
 public struct PageBitmap: Sendable, Equatable {
     /// Number of pages the bitmap covers; bits at and past it are always zero.
     public private(set) var pageCount: Int
     public private(set) var words: [UInt64]
 
-    /// An empty bitmap covering `pageCount` pages.
+    /// An empty bitmap covering `pageCount` pages; negative counts give an empty bitmap, counts
+    /// above `DirtyPages.maxPageCount` are clamped to it.
     public init(pageCount: Int) {
-        let count = max(0, pageCount)
+        let count = PageBitmap.clampedPageCount(pageCount)
         self.pageCount = count
-        self.words = [UInt64](repeating: 0, count: (count + 63) / 64)
+        self.words = [UInt64](repeating: 0, count: PageBitmap.wordCount(count))
+    }
+
+    /// `pageCount` in `0...DirtyPages.maxPageCount`.
+    static func clampedPageCount(_ pageCount: Int) -> Int {
+        min(max(0, pageCount), DirtyPages.maxPageCount)
+    }
+
+    /// Words holding `pageCount` bits, without the overflow of `(pageCount + 63) / 64`.
+    static func wordCount(_ pageCount: Int) -> Int {
+        pageCount / 64 + (pageCount % 64 == 0 ? 0 : 1)
     }
 
     /// A bitmap of `pageCount` pages with the pages of `runs` set (runs past the end are clipped).
@@ -22,9 +35,10 @@ public struct PageBitmap: Sendable, Equatable {
 
     /// Adopts raw words; bits at or past `pageCount` are cleared.
     init(pageCount: Int, words: [UInt64]) {
-        self.pageCount = max(0, pageCount)
-        var trimmed = Array(words.prefix((self.pageCount + 63) / 64))
-        trimmed.append(contentsOf: repeatElement(0, count: (self.pageCount + 63) / 64 - trimmed.count))
+        self.pageCount = PageBitmap.clampedPageCount(pageCount)
+        let wordCount = PageBitmap.wordCount(self.pageCount)
+        var trimmed = Array(words.prefix(wordCount))
+        trimmed.append(contentsOf: repeatElement(0, count: wordCount - trimmed.count))
         if self.pageCount % 64 != 0, let last = trimmed.indices.last {
             trimmed[last] &= (1 << UInt64(self.pageCount % 64)) - 1
         }
@@ -103,7 +117,8 @@ public struct PageBitmap: Sendable, Equatable {
                 }
             }
         }
-        if let start = runStart { result.append(start..<min(words.count * 64, pageCount)) }
+        // The last set bit is below pageCount, so the run ends there.
+        if let start = runStart { result.append(start..<pageCount) }
         return result
     }
 }

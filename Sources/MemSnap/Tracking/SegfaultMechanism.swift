@@ -80,7 +80,7 @@ final class SegfaultMechanism: DirtyTrackingMechanism {
         let failure = memsnap_record_failure(record.pointer, &address, &marked)
         guard failure != 0 else { return }
         let limit = SystemReport.readFile("/proc/sys/vm/max_map_count")?.trimmingCharacters(in: "\n") ?? "?"
-        let offset = Int(address &- UInt(bitPattern: region.base))
+        let offset = Int(bitPattern: address &- UInt(bitPattern: region.base))
         throw MemSnapError(
             "\(operation): the SIGSEGV handler gave up after \(marked) pages, at offset \(offset), "
             + "because mprotect could not split the mapping any further (vm.max_map_count = \(limit)); "
@@ -112,7 +112,7 @@ final class SegfaultMechanism: DirtyTrackingMechanism {
     func stop(pageCount: Int) {
         guard !stopped else { return }
         stopped = true
-        let trackedEnd = Int(memsnap_record_tracked_end(record.pointer) &- UInt(bitPattern: region.base))
+        let trackedEnd = Int(bitPattern: memsnap_record_tracked_end(record.pointer) &- UInt(bitPattern: region.base))
         // Everything in the committed prefix is writable by the region's contract. Unprotect
         // before removing the record, so a write racing stop() is still handled.
         let writable = min(trackedEnd, pageCount << Page.shift)

@@ -6,7 +6,12 @@
 ///
 /// Thread safety: a value type; `fill` writes only to the buffer it is given.
 public struct SyntheticHeap: Sendable {
-    /// Fractions of pages of each kind, in percent; they add up to 100.
+    /// Fractions of pages of each kind, in percent; the defaults add up to 100.
+    ///
+    /// Any values are accepted: each page rolls 0..<100 and takes the first kind (in the order
+    /// below) whose running total of shares exceeds the roll, else random bytes. So shares past
+    /// 100 in all leave the later kinds out, negative shares take pages from nothing, and the
+    /// total saturates instead of overflowing.
     public struct Mix: Sendable, Equatable {
         public var zero = 20, objects = 30, text = 15, floats = 15, counters = 10, random = 10
         public init() {}
@@ -15,6 +20,7 @@ public struct SyntheticHeap: Sendable {
     public var seed: UInt64
     public var mix: Mix
     /// The address the heap pretends to live at, so that its pointers look like real ones.
+    /// Pointers are `pretendBase` plus an offset, wrapping past `UInt64.max`.
     public var pretendBase: UInt64 = 0x7f3a_0000_0000
 
     public init(seed: UInt64 = 0x6d65_6d73_6e61_7021, mix: Mix = Mix()) {
@@ -40,16 +46,18 @@ public struct SyntheticHeap: Sendable {
     func fillPage(index: Int, into page: UnsafeMutableRawBufferPointer, heapSize: Int) {
         var random = SplitMix64(seed: seed &+ UInt64(truncatingIfNeeded: index) &* 0x9E37_79B9_7F4A_7C15)
         let roll = Int(random.next() % 100)
-        var threshold = mix.zero
-        if roll < threshold { page.initializeMemory(as: UInt8.self, repeating: 0); return }
-        threshold += mix.objects
-        if roll < threshold { fillObjects(page, &random, heapSize: heapSize); return }
-        threshold += mix.text
-        if roll < threshold { fillText(page, &random); return }
-        threshold += mix.floats
-        if roll < threshold { fillFloats(page, &random); return }
-        threshold += mix.counters
-        if roll < threshold { fillCounters(page, &random, index: index); return }
+        // Shares are the caller's: add them without overflowing.
+        var threshold = 0
+        func reaches(_ share: Int) -> Bool {
+            let (sum, overflow) = threshold.addingReportingOverflow(share)
+            threshold = overflow ? (share > 0 ? Int.max : Int.min) : sum
+            return roll < threshold
+        }
+        if reaches(mix.zero) { page.initializeMemory(as: UInt8.self, repeating: 0); return }
+        if reaches(mix.objects) { fillObjects(page, &random, heapSize: heapSize); return }
+        if reaches(mix.text) { fillText(page, &random); return }
+        if reaches(mix.floats) { fillFloats(page, &random); return }
+        if reaches(mix.counters) { fillCounters(page, &random, index: index); return }
         fillRandom(page, &random)
     }
 
@@ -69,7 +77,7 @@ public struct SyntheticHeap: Sendable {
                 let choice = random.next() % 4
                 let value: UInt64
                 switch choice {
-                case 0, 1: value = pretendBase + (random.next() % UInt64(max(heapSize, 16))) & ~15  // pointer
+                case 0, 1: value = pretendBase &+ (random.next() % UInt64(max(heapSize, 16))) & ~15  // pointer
                 case 2: value = random.next() % 1000  // small integer
                 default: value = 0  // null or unused field
                 }

@@ -25,12 +25,32 @@ struct ArenaBenchmarkCommand: ParsableCommand {
     @Flag(help: "Print JSON instead of a table.")
     var json = false
 
-    func run() throws {
+    /// Updates per sync are held in memory as one array: a million is plenty.
+    static let largestBatch = 1_000_000
+
+    func validate() throws {
+        _ = try batchSizes()
+        // Arena capacity and LMDB map size are multiples of it; keep that arithmetic far from
+        // overflow (and the benchmark's run time finite).
+        guard size <= 1 << 40 else { throw ValidationError("--size must be at most 1 TiB, not \(ByteCount(size))") }
+        try validateSize(size, memoryCopies: 1)
+        // Two arenas, LMDB (whose 4 KiB values take two pages each) and the raw file.
+        try validateFreeSpace(Double(size) * 5, in: directory, for: "--size \(ByteCount(size))")
+    }
+
+    func batchSizes() throws -> [Int] {
         let sizes = try batches.split(separator: ",").map { text -> Int in
-            guard let value = Int(text), value > 0 else { throw ValidationError("'\(text)' is not a batch size") }
+            guard let value = Int(text), (1...Self.largestBatch).contains(value) else {
+                throw ValidationError("'\(text)' is not a batch size from 1 to \(Self.largestBatch)")
+            }
             return value
         }
-        try ArenaBenchmark(size: size, directory: directory).run(batches: sizes).emit(json: json)
+        guard !sizes.isEmpty else { throw ValidationError("--batches names no batch size") }
+        return sizes
+    }
+
+    func run() throws {
+        try ArenaBenchmark(size: size, directory: directory).run(batches: try batchSizes()).emit(json: json)
     }
 }
 

@@ -1,5 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import ArgumentParser
 import Foundation
+import MemSnap
 
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -9,7 +13,7 @@ struct BenchCommand: ParsableCommand {
     )
 }
 
-/// Parses "1%", "0.5%", "25" (percent) into a fraction.
+/// Parses "1%", "0.5%", "25" (percent) into a fraction; anything outside (0, 100] is refused.
 func parsePercentage(_ text: String) throws -> Double {
     let number = text.hasSuffix("%") ? String(text.dropLast()) : text
     guard let value = Double(number), value > 0, value <= 100 else {
@@ -32,5 +36,52 @@ extension BenchmarkReport {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         print(String(decoding: try encoder.encode(self), as: UTF8.self))
+    }
+}
+
+/// This machine's physical memory in bytes, nil if the system does not say.
+func physicalMemory() -> Int? {
+    let pages = sysconf(Int32(_SC_PHYS_PAGES))
+    guard pages > 0 else { return nil }
+    let (bytes, overflow) = pages.multipliedReportingOverflow(by: Page.size)
+    return overflow ? Int.max : bytes
+}
+
+/// Free bytes for an unprivileged writer in the file system holding `directory` (or its
+/// nearest existing ancestor), nil if it cannot be found.
+func freeSpace(in directory: String) -> Int? {
+    var path = directory.isEmpty ? "." : directory
+    var status = statvfs()
+    while statvfs(path, &status) != 0 {
+        guard path != "/", path != "." else { return nil }
+        path = (path as NSString).deletingLastPathComponent
+        if path.isEmpty { path = "." }
+    }
+    let (bytes, overflow) = Int(clamping: status.f_bavail).multipliedReportingOverflow(by: Int(clamping: status.f_frsize))
+    return overflow ? Int.max : bytes
+}
+
+/// Checks a `--size`: at least `minimumPages` pages, and `memoryCopies` times it (what the
+/// command holds in memory at once) within physical memory, so that a typo such as `--size 1TiB`
+/// is an error rather than an out-of-memory kill minutes later.
+func validateSize(_ size: Int, minimumPages: Int = 16, memoryCopies: Double) throws {
+    let minimum = minimumPages * Page.size
+    guard size >= minimum else {
+        throw ValidationError("--size \(ByteCount(size)) is below the minimum of \(minimumPages) pages (\(ByteCount(minimum)))")
+    }
+    if let memory = physicalMemory(), Double(size) * memoryCopies > Double(memory) {
+        throw ValidationError("--size \(ByteCount(size)) needs about \(format(memoryCopies, decimals: 1)) times that in memory, "
+            + "more than this machine's \(ByteCount(memory))")
+    }
+}
+
+/// Checks that `directory` has room for `bytes` of files.
+func validateFreeSpace(_ bytes: Double, in directory: String, for what: String) throws {
+    guard let free = freeSpace(in: directory) else {
+        throw ValidationError("--directory \(directory): cannot read its file system's free space")
+    }
+    guard bytes <= Double(free) else {
+        throw ValidationError("--directory \(directory) has \(ByteCount(free)) free; \(what) needs about "
+            + "\(ByteCount(Int(min(bytes, Double(Int.max / 2)))))")
     }
 }

@@ -27,6 +27,15 @@ struct CheckpointBenchmarkCommand: ParsableCommand {
     @Flag(help: "Print JSON instead of a table.")
     var json = false
 
+    func validate() throws {
+        guard (1...256).contains(threads) else { throw ValidationError("--threads must be 1...256") }
+        guard (1...50).contains(repetitions) else { throw ValidationError("--repetitions must be 1...50") }
+        // The image and its memcpy copy in memory; in --directory at once: the raw image, the
+        // v1 and v2 checkpoints (about its size), the compressed ones and two restored copies.
+        try validateSize(size, memoryCopies: 2)
+        try validateFreeSpace(Double(size) * 6, in: directory, for: "--size \(ByteCount(size))")
+    }
+
     func run() throws {
         let report = try CheckpointBenchmark(size: size, threads: threads, directory: directory, repetitions: repetitions).run()
         try report.emit(json: json)

@@ -30,9 +30,11 @@ struct DiffBenchmarkCommand: ParsableCommand {
     var json = false
 
     func validate() throws {
-        guard size >= 16 * Page.size else { throw ValidationError("--size must be at least 16 pages") }
         guard (1...64).contains(workers) else { throw ValidationError("--workers must be 1...64") }
         guard (1...50).contains(repetitions) else { throw ValidationError("--repetitions must be 1...50") }
+        // The snapshot, plus private copies of the dirty pages: the worker's, its twin's and the
+        // merge workers'.
+        try validateSize(size, memoryCopies: 1 + dirty * Double(2 + workers))
     }
 
     func run() throws {

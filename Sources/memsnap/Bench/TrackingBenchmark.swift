@@ -27,8 +27,10 @@ struct TrackingBenchmarkCommand: ParsableCommand {
     var json = false
 
     func validate() throws {
-        guard size >= 16 * Page.size else { throw ValidationError("--size must be at least 16 pages") }
         guard (1...50).contains(repetitions) else { throw ValidationError("--repetitions must be 1...50") }
+        guard !modes.isEmpty else { throw ValidationError("--modes names no mode") }
+        // Source, target and the tracked region, populated; compare mode keeps a copy too.
+        try validateSize(size, memoryCopies: 4)
     }
 
     func run() throws {

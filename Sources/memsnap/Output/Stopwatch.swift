@@ -37,11 +37,14 @@ func formatDuration(_ seconds: Double) -> String {
     return format(seconds * 1e9, decimals: 0) + " ns"
 }
 
-/// Fixed-point formatting without Foundation.
+/// Fixed-point formatting without Foundation, `decimals` from 0 to 9. Values too large for
+/// fixed point (ratios of a near-zero time, say) print as Swift prints a Double.
 func format(_ value: Double, decimals: Int) -> String {
-    guard value.isFinite else { return "\(value)" }
+    let decimals = min(max(0, decimals), 9)
     var scale = 1.0
     for _ in 0..<decimals { scale *= 10 }
+    // Int(x) traps past Int.max: stay well inside it.
+    guard value.isFinite, (abs(value) * scale).rounded() < 0x1p62 else { return "\(value)" }
     let scaled = Int((abs(value) * scale).rounded())
     let whole = scaled / Int(scale)
     let fraction = scaled % Int(scale)

@@ -17,7 +17,9 @@ struct Table {
         }
         func line(_ row: [String]) -> String {
             row.enumerated().map { index, cell in
-                index == row.count - 1 ? cell : cell + String(repeating: " ", count: widths[index] - cell.count)
+                // Cells past the header's columns have no width to pad to.
+                index == row.count - 1 || index >= widths.count
+                    ? cell : cell + String(repeating: " ", count: widths[index] - cell.count)
             }.joined(separator: "  ")
         }
         let rule = widths.map { String(repeating: "-", count: $0) }.joined(separator: "  ")

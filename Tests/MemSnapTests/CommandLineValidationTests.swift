@@ -1,0 +1,73 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import Testing
+
+/// The `memsnap` executable built next to this test bundle (SwiftPM puts every product of the
+/// package in one directory), nil if it was not built.
+let memsnapExecutable: String? = {
+    let bundle = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+    let path = bundle.deletingLastPathComponent().appendingPathComponent("memsnap").path
+    return access(path, X_OK) == 0 ? path : nil
+}()
+
+/// Command-line values outside what a command can do are usage errors (ArgumentParser's exit
+/// status 64 and a message naming the option), never a trap, an out-of-memory kill or a crash
+/// minutes into a run. Only bad values are passed, so nothing here starts a benchmark.
+@Suite("memsnap command-line values are validated",
+       .enabled(if: memsnapExecutable != nil, "the memsnap executable is not built next to the tests (swift build builds it)"))
+struct CommandLineValidationTests {
+    struct Case: Sendable, CustomTestStringConvertible {
+        var arguments: [String]
+        var message: String
+        var testDescription: String { arguments.joined(separator: " ") }
+    }
+
+    static let cases: [Case] = [
+        Case(arguments: ["bench", "diff", "--dirty", "1000%"], message: "'1000%' is not a percentage between 0 and 100"),
+        Case(arguments: ["bench", "diff", "--dirty", "nan"], message: "'nan' is not a percentage between 0 and 100"),
+        Case(arguments: ["bench", "diff", "--size", "0"], message: "--size 0 B is below the minimum of 16 pages (64.0 KiB)"),
+        Case(arguments: ["bench", "diff", "--size=-4096"], message: "'-4096' is not a size"),
+        Case(arguments: ["bench", "diff", "--size", "8191TiB"], message: "times that in memory, more than this machine's"),
+        Case(arguments: ["bench", "diff", "--workers", "0"], message: "--workers must be 1...64"),
+        Case(arguments: ["bench", "diff", "--block-sizes", "24"], message: "'24' is not a power-of-two block size"),
+        Case(arguments: ["bench", "tracking", "--size", "1TiB"], message: "times that in memory, more than this machine's"),
+        Case(arguments: ["bench", "tracking", "--size", "9223372036854775807"], message: "times that in memory"),
+        Case(arguments: ["bench", "tracking", "--repetitions", "0"], message: "--repetitions must be 1...50"),
+        Case(arguments: ["bench", "tracking", "--modes", ","], message: "--modes names no mode"),
+        Case(arguments: ["bench", "tracking", "--dirty", "0%"], message: "'0%' is not a percentage between 0 and 100"),
+        Case(arguments: ["bench", "checkpoint", "--size", "0"], message: "--size 0 B is below the minimum of 16 pages (64.0 KiB)"),
+        Case(arguments: ["bench", "checkpoint", "--threads", "0"], message: "--threads must be 1...256"),
+        Case(arguments: ["bench", "checkpoint", "--repetitions=-3"], message: "--repetitions must be 1...50"),
+        Case(arguments: ["bench", "checkpoint", "--size", "8191TiB"], message: "times that in memory"),
+        Case(arguments: ["bench", "arena", "--size", "0"], message: "--size 0 B is below the minimum of 16 pages (64.0 KiB)"),
+        Case(arguments: ["bench", "arena", "--size", "2TiB"], message: "--size must be at most 1 TiB, not 2.0 TiB"),
+        Case(arguments: ["bench", "arena", "--batches", "0"], message: "'0' is not a batch size from 1 to 1000000"),
+        Case(arguments: ["bench", "arena", "--batches", "99999999999999"], message: "is not a batch size from 1 to 1000000"),
+        Case(arguments: ["bench", "arena", "--batches", ","], message: "--batches names no batch size"),
+        Case(arguments: ["demo", "--size", "4096"], message: "--size 4.0 KiB is below the minimum of 16 pages (64.0 KiB)"),
+        Case(arguments: ["demo", "--size", "9223372036854775807"], message: "times that in memory"),
+        Case(arguments: ["demo", "--workers", "0"], message: "--workers must be between 1 and 64"),
+    ]
+
+    @Test(arguments: cases)
+    func aBadValueIsAUsageErrorNamingIt(_ testCase: Case) throws {
+        let executable = try #require(memsnapExecutable)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = testCase.arguments
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = output
+        try process.run()
+        // A command that validation let through would start real work: stop it.
+        let deadline = DispatchTime.now() + 60
+        DispatchQueue.global().asyncAfter(deadline: deadline) { if process.isRunning { process.terminate() } }
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationReason == .exit, "killed by a signal: \(text)")
+        #expect(process.terminationStatus == 64, "\(text)")
+        #expect(text.contains(testCase.message), "\(text)")
+    }
+}
