@@ -4,6 +4,7 @@ import Glibc
 import Foundation
 import MemSnap
 @testable import MemSnapArena
+import MemSnapTestSupport
 import Testing
 
 @Suite("Arena crash consistency: SIGKILL at random moments, reopen, exactly one completed sync")
@@ -16,7 +17,7 @@ struct ArenaCrashTests {
     @Test func killingTheWriterAtRandomMomentsAlwaysLeavesTheLastCompletedSync() throws {
         let directory = ArenaDirectory()
         try ArenaSoak.create(directory.arena)
-        let seed = arenaTestSeed("arena crash test")
+        let seed = TestSeed.current()
         var random = SplitMix64(seed: seed)
         var lastStep = 0
         var progressed = 0

@@ -95,7 +95,7 @@ struct ArenaPowerLossTests {
 
     @Test(arguments: [Arena.Configuration.Tracking.automatic, .explicit])
     func everyDiskStateAPowerLossCanLeaveRecoversExactlyOneCompletedSync(tracking: Arena.Configuration.Tracking) throws {
-        let seed = arenaTestSeed("power loss (\(tracking))")
+        let seed = TestSeed.current("power loss (\(tracking))")
         var random = SplitMix64(seed: seed)
         let directory = ArenaDirectory()
         try Arena.create(path: directory.arena, capacity: Self.capacity).close()
@@ -250,12 +250,4 @@ struct ArenaPowerLossTests {
         if counted.allocations != expected.objects.count { problems.append("\(counted.allocations) allocations, expected \(expected.objects.count)") }
         return problems
     }
-}
-
-/// The seed for a randomized arena test: MEMSNAP_TEST_SEED if set (to replay a failure), else a
-/// fresh one; printed either way.
-func arenaTestSeed(_ test: String) -> UInt64 {
-    let seed = ProcessInfo.processInfo.environment["MEMSNAP_TEST_SEED"].flatMap { UInt64($0) } ?? UInt64.random(in: 0..<(1 << 48))
-    print("\(test): seed \(seed) (replay with MEMSNAP_TEST_SEED=\(seed))")
-    return seed
 }

@@ -86,7 +86,7 @@ struct ArenaTests {
         let configuration = Arena.Configuration(tracking: tracking)
         var arena = try Arena.create(path: directory.arena, capacity: 64 << 20, configuration: configuration)
         var live: [ArenaOffset: (size: Int, byte: UInt8)] = [:]
-        var random = SplitMix64(seed: 2026)
+        var random = TestSeed.generator()
         var event: UInt64 = 0
         for step in 0..<12_000 {
             let roll = random.next() % 100
