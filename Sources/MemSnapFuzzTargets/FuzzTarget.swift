@@ -13,6 +13,9 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     /// `SnapshotDiff.decode` and `Snapshot.apply`: decode a diff batch (first byte: bit 0 set
     /// re-seals its CRC32C) and apply it to a small snapshot.
     case diffBatch = "diff-batch"
+    /// `Arena.open` (read-only and read-write) and use, on a real arena's files patched by the
+    /// input, with checksums re-sealed on request (see ArenaFuzzing).
+    case arena = "arena"
 
     /// Runs the target's property on `bytes`. Returns whether the input was accepted (the
     /// answer matters only for reporting; rejecting with an error is a pass).
@@ -20,6 +23,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         switch self {
         case .checkpointFile: CheckpointFileFuzzing.exercise(bytes)
         case .diffBatch: DiffBatchFuzzing.exercise(bytes)
+        case .arena: ArenaFuzzing.exercise(bytes)
         }
     }
 

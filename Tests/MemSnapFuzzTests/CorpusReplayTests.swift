@@ -36,4 +36,17 @@ struct CorpusReplayTests {
             #expect(bytes.withUnsafeBytes { FuzzTarget.diffBatch.exercise($0) } == !refused, "\(name)")
         }
     }
+
+    /// The arena seeds patch a real arena's files where the issue found crashes: the ones named
+    /// `accept-` open and work, the ones named `reject-` are refused with an error.
+    @Test func theArenaSeedsAreAcceptedOrRefusedAsNamed() throws {
+        let directory = "\(Self.packageRoot)/\(FuzzTarget.arena.corpusDirectory)"
+        let names = try FileManager.default.contentsOfDirectory(atPath: directory).sorted()
+        #expect(names.filter { $0.hasPrefix("accept-") }.count >= 3 && names.filter { $0.hasPrefix("reject-") }.count >= 8)
+        for name in names where name.hasPrefix("accept-") || name.hasPrefix("reject-") {
+            let bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: "\(directory)/\(name)")))
+            let accepted = bytes.withUnsafeBytes { FuzzTarget.arena.exercise($0) }
+            #expect(accepted == name.hasPrefix("accept-"), "\(name) was \(accepted ? "accepted" : "refused")")
+        }
+    }
 }
