@@ -126,11 +126,15 @@ extension Arena {
         return try open(path: path, configuration: configuration)
     }
 
-    /// Whether the file at `path` starts like an arena (a valid metapage in either slot). Reads
-    /// only; never follows a symbolic link.
+    /// Whether the file at `path` starts like an arena: the metapage magic in either slot,
+    /// intact or not (so a damaged arena is reported as one by `open`, rather than taken for
+    /// some other kind of file). Reads only; never follows a symbolic link.
     public static func isArena(path: String) -> Bool {
-        guard let file = try? openFile(path, writable: false, creating: false, during: "probe \(path)") else { return false }
-        return (try? readMeta(file, during: "probe \(path)")) != nil
+        guard let file = try? openFile(path, writable: false, creating: false, during: "probe \(path)"),
+              let slots = try? file.bytes(ArenaFormat.slotSize + 8, at: 0, during: "probe \(path)") else { return false }
+        return slots.withUnsafeBytes { bytes in
+            [0, ArenaFormat.slotSize].contains { UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: $0, as: UInt64.self)) == ArenaFormat.metaMagic }
+        }
     }
 
     // MARK: Files

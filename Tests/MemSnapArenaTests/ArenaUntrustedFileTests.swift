@@ -58,7 +58,7 @@ struct ArenaUntrustedFileTests {
                 _ = try Arena.open(path: sample.path, access: access)
             }
         }
-        #expect(!Arena.isArena(path: sample.path))
+        #expect(Arena.isArena(path: sample.path), "still recognised as an arena, so tools report its error")
     }
 
     @Test func oneMetapageWithImpossibleValuesFallsBackToTheOtherAndIsRepaired() throws {
