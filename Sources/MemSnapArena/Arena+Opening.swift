@@ -46,6 +46,7 @@ extension Arena {
             arena = opened
             try opened.mapHeap(during: operation)
             try opened.startTracking()
+            opened.backing.resetReservedTop(1 + opened.allocator.mapPages)
             try opened.allocator.format(during: operation)
             opened.declared.insert(0..<1 + opened.allocator.mapPages)
             try opened.commitDirty(epoch: 0, event: 0, during: operation)
@@ -230,8 +231,8 @@ extension Arena {
     /// pages punched by compaction and reused).
     func reserveBackingForPagesInUse(during operation: String) throws(MemSnapError) {
         for pages in try allocator.pagesInUse(during: operation) {
-            try heapFile.reserve(ArenaFormat.heapFileOffset + pages.lowerBound * Page.size..<ArenaFormat.heapFileOffset + pages.upperBound * Page.size,
-                                 during: operation)
+            try backing.reserve(pages, aboveTop: false, during: operation)
         }
+        backing.resetReservedTop(try allocator.top(during: operation))
     }
 }

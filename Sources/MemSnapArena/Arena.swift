@@ -107,6 +107,8 @@ public final class Arena: @unchecked Sendable {
     /// Pages declared written (and pages of a failed sync, kept for the retry).
     var declared = ByteRangeSet()
     var allocator: ArenaAllocator
+    /// Which heap pages the file system backs (set by `create` and a read-write open).
+    let backing: HeapBacking
     var isClosed = false
     /// The descriptors to release at close (the seam may wrap them).
     let ownedFiles: [PosixArenaFile]
@@ -125,13 +127,12 @@ public final class Arena: @unchecked Sendable {
         self.committed = CommittedState(commit: meta.checkpointCommit, epoch: meta.epoch, event: meta.event, roots: meta.roots)
         self.workingRoots = meta.roots
         self.ownedFiles = ownedFiles
-        let heapOffset = ArenaFormat.heapFileOffset
-        let heap = heapFile
+        let backing = HeapBacking(file: heapFile, pageCount: meta.capacity / Page.size, reservedTop: meta.capacity / Page.size)
+        self.backing = backing
         self.allocator = ArenaAllocator(
             base: region.base, capacity: meta.capacity, recordingWrites: configuration.tracking == .explicit,
-            reserveBacking: { (pages: Range<Int>, operation: String) throws(MemSnapError) in
-                try heap.reserve(heapOffset + pages.lowerBound * Page.size..<heapOffset + pages.upperBound * Page.size,
-                                 during: operation)
+            reserveBacking: { (pages: Range<Int>, aboveTop: Bool, operation: String) throws(MemSnapError) in
+                try backing.reserve(pages, aboveTop: aboveTop, during: operation)
             })
     }
 

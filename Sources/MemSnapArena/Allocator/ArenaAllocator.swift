@@ -25,9 +25,10 @@ import MemSnap
 /// structure, thrown before the operation changes anything it cannot finish, and no read or
 /// write ever leaves the heap.
 ///
-/// Backing: before pages are handed out, `reserveBacking` is called with them, so the file
-/// system commits space for the heap file's pages first (a store into a page the file system
-/// cannot back would otherwise raise SIGBUS on a full tmpfs); if it throws, nothing changed.
+/// Backing: before pages are handed out, `reserveBacking` is called with them (and whether they
+/// come from above `top`), so the file system commits space for the heap file's pages first (a
+/// store into a page the file system cannot back would otherwise raise SIGBUS on a full tmpfs);
+/// if it throws, nothing changed.
 ///
 /// Thread safety: none; the arena serialises access.
 struct ArenaAllocator {
@@ -74,7 +75,7 @@ struct ArenaAllocator {
     let pageCount: Int
     /// Nil when a dirty-page tracker sees every write anyway.
     let written: WrittenPages?
-    let reserveBacking: (Range<Int>, String) throws(MemSnapError) -> Void
+    let reserveBacking: (Range<Int>, Bool, String) throws(MemSnapError) -> Void
     private var pageSize: Int { Page.size }
     /// Page-map pages, derived from the capacity (the header's copy is checked against it).
     let mapPages: Int
@@ -90,7 +91,7 @@ struct ArenaAllocator {
 
     /// `capacity` must be a valid arena capacity (`ArenaFormat.capacityProblem` is nil).
     init(base: UnsafeMutableRawPointer, capacity: Int, recordingWrites: Bool,
-         reserveBacking: @escaping (Range<Int>, String) throws(MemSnapError) -> Void) {
+         reserveBacking: @escaping (Range<Int>, Bool, String) throws(MemSnapError) -> Void) {
         self.base = base
         self.pageCount = capacity / Page.size
         self.mapPages = (pageCount * 4 + Page.size - 1) / Page.size
@@ -289,7 +290,7 @@ struct ArenaAllocator {
                 guard steps <= pageCount else { throw corrupt(operation, "free list \(bucketIndex) loops") }
                 let length = try freeRunLength(page, top: top, bucket: bucketIndex, during: operation)
                 if length >= count {
-                    try reserveBacking(page..<page + count, operation)
+                    try reserveBacking(page..<page + count, false, operation)
                     try removeFreeRun(page, length: length, top: top, during: operation)
                     if length > count { try insertFreeRun(page + count, length: length - count, top: top, during: operation) }
                     markRun(page, count)
@@ -301,7 +302,7 @@ struct ArenaAllocator {
         guard count <= pageCount - top else {
             throw MemSnapError(operation, .tooSmall(what: "arena", required: (top + count) * pageSize, capacity: pageCount * pageSize))
         }
-        try reserveBacking(top..<top + count, operation)
+        try reserveBacking(top..<top + count, true, operation)
         setTop(top + count)
         markRun(top, count)
         return top
