@@ -186,7 +186,8 @@ struct InfoCommand: ParsableCommand {
               + "file \(ByteCount(file.fileSize))"
               + (file.extentBytes > 0 ? ", ratio \(format(Double(file.extentBytes) / Double(file.fileSize), decimals: 2))" : ""))
         if verbose >= 1 {
-            for (key, value) in file.info.entries { print("  \(key): \(value)") }
+            // Keys and values come from the file: never let them drive the terminal.
+            for (key, value) in file.info.entries { print("  \(TerminalText.escaped(key)): \(TerminalText.escaped(value))") }
         }
         if verbose >= 2 {
             var table = Table(columns: ["frame", "offset", "stored", "raw", "extents", "xxh3"])
