@@ -3,12 +3,15 @@ import Glibc
 #endif
 import CMemSnap
 import MemSnap
+import SystemPackage
 
 /// Where a checkpoint goes.
 ///
 /// A path is written under a temporary name in the same directory (`.NAME.tmp-RANDOM`),
 /// flushed with fsync and renamed into place only when complete, so a failed or interrupted
-/// checkpoint leaves nothing behind (the temporary file is unlinked on error and in deinit). An
+/// checkpoint leaves nothing behind: the temporary file is unlinked on error and in deinit, and
+/// it is registered with `TemporaryFileCleanup` from creation to rename, so a SIGINT, SIGTERM or
+/// SIGHUP (with the handlers installed, as the `memsnap` tool does) removes it too. An
 /// existing file is replaced only with `force`; without it the rename refuses atomically
 /// (RENAME_NOREPLACE). A descriptor (pipe, socket, stdout) is written sequentially as is.
 ///
@@ -20,6 +23,7 @@ final class CheckpointOutput {
     private let temporaryPath: String?
     private let force: Bool
     private var committed = false
+    private var registration: TemporaryFileCleanup.Registration?
 
     private init(descriptor: Int32, finalPath: String?, temporaryPath: String?, force: Bool) {
         self.descriptor = descriptor
@@ -39,9 +43,19 @@ final class CheckpointOutput {
         var random = SystemRandomNumberGenerator()
         for _ in 0..<16 {
             let temporary = "\(directory).\(name).tmp-\(String(random.next() % 0xFFFF_FFFF, radix: 16))"
+            // Registered before the file exists, so there is no instant when it is on disk and a
+            // signal would leave it. (Should the name be taken, it is unregistered at once: only a
+            // signal in that instant, on a random name another writer happens to use, could hit it.)
+            let registration = TemporaryFileCleanup.register(temporary)
             let fd = open(temporary, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-            if fd >= 0 { return CheckpointOutput(descriptor: fd, finalPath: path, temporaryPath: temporary, force: force) }
-            if errno != EEXIST { throw MemSnapError.systemCall("open \(temporary)", during: operation) }
+            if fd >= 0 {
+                let output = CheckpointOutput(descriptor: fd, finalPath: path, temporaryPath: temporary, force: force)
+                output.registration = registration
+                return output
+            }
+            let failure = MemSnapError.systemCall("open \(temporary)", during: operation)
+            if let registration { TemporaryFileCleanup.unregister(registration) }
+            if failure.errno != .fileExists { throw failure }
         }
         throw MemSnapError(operation, .invalidArgument("could not find a free temporary name next to \(path)"))
     }
@@ -54,6 +68,8 @@ final class CheckpointOutput {
         if let temporaryPath, !committed {
             close(descriptor)
             unlink(temporaryPath)
+            // Only after the unlink: a signal in between finds the path gone, which is harmless.
+            if let registration { TemporaryFileCleanup.unregister(registration) }
         }
     }
 
@@ -86,6 +102,9 @@ final class CheckpointOutput {
         }
         committed = true
         close(descriptor)
+        // After the rename: a signal in between unlinks a name that no longer exists.
+        if let registration { TemporaryFileCleanup.unregister(registration) }
+        registration = nil
         // Make the rename itself durable.
         let directory = finalPath.lastIndex(of: "/").map { String(finalPath[...$0]) } ?? "."
         let directoryDescriptor = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
