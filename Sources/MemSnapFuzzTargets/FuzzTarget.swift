@@ -10,12 +10,15 @@
 public enum FuzzTarget: String, CaseIterable, Sendable {
     /// `CheckpointFile`: open, verify and restore a checkpoint file.
     case checkpointFile = "checkpoint-file"
+    /// `Checkpoint.restore(readingFrom:into:)`: restore a checkpoint stream in one pass.
+    case checkpointStream = "checkpoint-stream"
 
     /// Runs the target's property on `bytes`. Returns whether the input was accepted (the
     /// answer matters only for reporting; rejecting with an error is a pass).
     public func exercise(_ bytes: UnsafeRawBufferPointer) -> Bool {
         switch self {
         case .checkpointFile: CheckpointFileFuzzing.exercise(bytes)
+        case .checkpointStream: CheckpointStreamFuzzing.exercise(bytes)
         }
     }
 
