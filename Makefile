@@ -28,7 +28,7 @@ sanitize: test-tsan test-asan
 
 # libFuzzer on one target: `make fuzz FUZZ_TARGET=arena FUZZ_SECONDS=600` for a longer run.
 # Targets (Sources/MemSnapFuzzTargets): $(FUZZ_TARGETS).
-FUZZ_TARGETS := checkpoint-file diff-batch arena
+FUZZ_TARGETS := checkpoint-file checkpoint-stream diff-batch arena
 FUZZ_TARGET ?= checkpoint-file
 FUZZ_SECONDS ?= 30
 FUZZ_BUILD := .build-fuzz

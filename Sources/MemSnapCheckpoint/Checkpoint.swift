@@ -5,36 +5,46 @@ import MemSnap
 
 /// Checkpoint and restore: portable, checksummed, parallel, compressed files (docs/FORMAT.md).
 ///
-/// Writing: the same input, options and info give the same bytes for any thread count. A file is
-/// written under a temporary name and renamed when complete. Reading: `CheckpointFile` maps a
-/// file and restores it with any number of threads; `restore(readingFrom:into:)` restores a
-/// stream (a pipe) in one pass. Restores stage their output and publish it only after every
-/// frame verified, so a damaged checkpoint never touches the target.
+/// Writing: the same input, options and info give the same bytes for any thread count, and for
+/// the same image from memory, a file or a stream. A file is written under a temporary name and
+/// renamed when complete. Reading: `CheckpointFile` reads a file with pread and restores it with
+/// any number of threads; `restore(readingFrom:into:)` restores a stream (a pipe) in one pass.
+/// Restores stage their output and publish it only after every frame verified, so a damaged
+/// checkpoint never touches the target.
 ///
 /// Thread safety: every function may be called from any thread; each call is independent.
 public enum Checkpoint {
     // MARK: Writing
 
     /// Checkpoints `extents` (in order) to the file `path`.
-    /// - Throws: `.invalidArgument` if `path` exists and `force` is false, or for bad options;
-    ///   system call failures (nothing is left behind).
+    ///
+    /// Extents must not overlap (within a tag) and are only read during the call.
+    /// - Throws: `.invalidArgument` if `path` exists and `force` is false, for bad options, for
+    ///   overlapping extents, or for extents whose offsets or total size overflow `Int`;
+    ///   system call failures, such as ENOSPC (nothing is left behind).
     @discardableResult
     public static func write(
         _ extents: [CheckpointExtent], to path: String, options: CheckpointOptions = CheckpointOptions(),
         force: Bool = false, progress: (@Sendable (CheckpointProgress) -> Void)? = nil
     ) throws(MemSnapError) -> CheckpointSummary {
-        try write(extents, output: CheckpointOutput.file(path, force: force), options: options,
-                  operation: "write checkpoint \(path)", progress: progress)
+        let operation = "write checkpoint \(path)"
+        let totalBytes = try checkExtents(extents, during: operation)
+        return try write(extents, totalBytes: totalBytes, output: CheckpointOutput.file(path, force: force), options: options,
+                         operation: operation, progress: progress)
     }
 
-    /// Checkpoints `extents` to a descriptor (a pipe, a socket, stdout), sequentially.
+    /// Checkpoints `extents` to a descriptor (a pipe, a socket, stdout), sequentially. The
+    /// descriptor is not closed.
+    /// - Throws: as `write(_:to:options:force:progress:)`, and write failures of the descriptor.
     @discardableResult
     public static func write(
         _ extents: [CheckpointExtent], toDescriptor descriptor: Int32, options: CheckpointOptions = CheckpointOptions(),
         progress: (@Sendable (CheckpointProgress) -> Void)? = nil
     ) throws(MemSnapError) -> CheckpointSummary {
-        try write(extents, output: .stream(descriptor), options: options,
-                  operation: "write checkpoint to descriptor \(descriptor)", progress: progress)
+        let operation = "write checkpoint to descriptor \(descriptor)"
+        let totalBytes = try checkExtents(extents, during: operation)
+        return try write(extents, totalBytes: totalBytes, output: .stream(descriptor), options: options,
+                         operation: operation, progress: progress)
     }
 
     /// Checkpoints a snapshot (one extent, tag 0), holding its read lock throughout.
@@ -48,33 +58,77 @@ public enum Checkpoint {
         }
     }
 
-    /// Checkpoints a raw image read from `input` (a pipe or any readable descriptor) to `output`
-    /// in one pass with bounded memory: windows of `chunkSize x 4 x threads` bytes.
+    /// Checkpoints a raw image read from `input` (a pipe or any readable descriptor, read from
+    /// its current position to its end) to `output` in one pass with bounded memory: windows of
+    /// `chunkSize x 4 x threads` bytes, at most 256 MiB (and at least one chunk). The descriptor
+    /// is not closed. The file is the same as for the same bytes from memory.
+    /// - Throws: `.invalidArgument` for bad options or an existing output without `force`;
+    ///   `.systemCall` for read or write failures (nothing is left behind).
     @discardableResult
     public static func write(
         readingFrom input: Int32, to output: CheckpointOutputDestination, options: CheckpointOptions = CheckpointOptions(),
         progress: (@Sendable (CheckpointProgress) -> Void)? = nil
     ) throws(MemSnapError) -> CheckpointSummary {
-        let destination = try output.open()
         let operation = "write checkpoint of descriptor \(input) to \(output)"
-        let writer = try CheckpointWriter(options: options, output: destination, totalBytes: 0, operation: operation, progress: progress)
-        let window = options.chunkSize * max(4, options.threads * 4)
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: window, alignment: Page.size)
-        defer { buffer.deallocate() }
+        return try write(windowsOf: .stream(input), to: output, options: options, operation: operation, progress: progress)
+    }
+
+    /// Checkpoints whatever `path` names, as a raw image: a regular file is read with pread (its
+    /// size when opened; a file that shrinks meanwhile is an error, never a short image); anything
+    /// else (a FIFO, /dev/stdin, a process substitution, a character or block device, a socket)
+    /// is read as a stream to its end, like `write(readingFrom:to:)`. Memory stays bounded as
+    /// there. The file is the same as for the same bytes from memory.
+    ///
+    /// Opening a FIFO waits for a writer, as any reader of a FIFO does.
+    /// - Throws: `.invalidArgument` for bad options or an existing output without `force`;
+    ///   `.corrupt` "... truncated while reading: the file shrank" for a regular file cut while it
+    ///   is read; `.systemCall` for open, read or write failures (EISDIR for a directory). Nothing
+    ///   is left behind.
+    @discardableResult
+    public static func write(
+        contentsOfFileAt path: String, to output: CheckpointOutputDestination, options: CheckpointOptions = CheckpointOptions(),
+        progress: (@Sendable (CheckpointProgress) -> Void)? = nil
+    ) throws(MemSnapError) -> CheckpointSummary {
+        let operation = "write checkpoint of \(path) to \(output)"
+        let input = try InputFile(path: path, blocking: true, during: operation)
+        return try write(windowsOf: input.isRegular ? .regularFile(input) : .stream(input.descriptor), to: output,
+                         options: options, operation: operation, progress: progress)
+    }
+
+    /// Where windows of a raw image come from.
+    private enum WindowSource {
+        /// read() from the current position to the end.
+        case stream(Int32)
+        /// pread() up to the size the file had when opened.
+        case regularFile(InputFile)
+    }
+
+    private static func write(
+        windowsOf source: WindowSource, to output: CheckpointOutputDestination, options: CheckpointOptions,
+        operation: String, progress: (@Sendable (CheckpointProgress) -> Void)?
+    ) throws(MemSnapError) -> CheckpointSummary {
+        try options.validate(during: operation)
+        let totalBytes: Int
+        if case let .regularFile(file) = source { totalBytes = file.size } else { totalBytes = 0 }
+        let writer = try CheckpointWriter(options: options, output: output.open(), totalBytes: totalBytes, operation: operation,
+                                          progress: progress)
+        // Windows are whole chunks, so the planner cuts the image exactly as it would in memory.
+        let window = options.chunkSize * max(1, min(max(4, options.threads * 4), maxWindowBytes / options.chunkSize))
+        let buffer = ReusableBuffer()
+        let bytes = try buffer.bytes(count: window, during: operation)
         var offset = 0
         while true {
-            var filled = 0
-            while filled < window {
-                let count = read(input, buffer.baseAddress! + filled, window - filled)
-                if count < 0 {
-                    if errno == EINTR { continue }
-                    throw MemSnapError.systemCall("read", during: "\(operation) at \(at(offset + filled))")
-                }
-                if count == 0 { break }
-                filled += count
+            let filled: Int
+            switch source {
+            case let .stream(descriptor):
+                filled = try InputFile.readStream(descriptor, into: bytes, offset: offset, during: operation)
+            case let .regularFile(file):
+                filled = min(window, file.size - offset)
+                try file.read(into: UnsafeMutableRawBufferPointer(rebasing: bytes[0..<filled]), at: offset,
+                              place: "\(file.path) at \(at(offset))", during: operation)
             }
             if filled == 0 { break }
-            try writer.add(CheckpointExtent(offset: UInt64(offset), bytes: UnsafeRawBufferPointer(rebasing: buffer[0..<filled])))
+            try writer.add(CheckpointExtent(offset: UInt64(offset), bytes: UnsafeRawBufferPointer(rebasing: bytes[0..<filled])))
             try writer.releaseBorrowedBytes()
             offset += filled
             if filled < window { break }
@@ -82,20 +136,55 @@ public enum Checkpoint {
         return try writer.finish()
     }
 
+    /// The largest window a one-pass checkpoint reads at once.
+    static let maxWindowBytes = 256 << 20
+
     private static func write(
-        _ extents: [CheckpointExtent], output: CheckpointOutput, options: CheckpointOptions, operation: String,
-        progress: (@Sendable (CheckpointProgress) -> Void)?
+        _ extents: [CheckpointExtent], totalBytes: Int, output: @autoclosure () throws(MemSnapError) -> CheckpointOutput,
+        options: CheckpointOptions, operation: String, progress: (@Sendable (CheckpointProgress) -> Void)?
     ) throws(MemSnapError) -> CheckpointSummary {
-        let writer = try CheckpointWriter(options: options, output: output, totalBytes: extents.reduce(0) { $0 + $1.bytes.count },
+        try options.validate(during: operation)
+        let writer = try CheckpointWriter(options: options, output: output(), totalBytes: totalBytes,
                                           operation: operation, progress: progress)
         for extent in extents { try writer.add(extent) }
         return try writer.finish()
+    }
+
+    /// Checks a caller's extents before anything is created: each fits below `Int.max`, their
+    /// sizes add up without overflow, and no two overlap in the same tag. Returns the total size.
+    static func checkExtents(_ extents: [CheckpointExtent], during operation: String) throws(MemSnapError) -> Int {
+        var total = 0
+        for (index, extent) in extents.enumerated() {
+            guard extent.offset <= UInt64(Int.max - extent.bytes.count) else {
+                throw MemSnapError(operation, .invalidArgument(
+                    "extent \(index): offset \(extent.offset) with \(extent.bytes.count) bytes ends past Int.max"))
+            }
+            let (sum, overflow) = total.addingReportingOverflow(extent.bytes.count)
+            guard !overflow else {
+                throw MemSnapError(operation, .invalidArgument("the extents' sizes add up to more than Int.max bytes"))
+            }
+            total = sum
+        }
+        let order = extents.indices.filter { !extents[$0].bytes.isEmpty }
+            .sorted { (extents[$0].tag, extents[$0].offset, $0) < (extents[$1].tag, extents[$1].offset, $1) }
+        for (previous, next) in zip(order, order.dropFirst()) {
+            let first = extents[previous], second = extents[next]
+            let firstEnd = first.offset + UInt64(first.bytes.count)
+            if first.tag == second.tag && firstEnd > second.offset {
+                throw MemSnapError(operation, .invalidArgument(
+                    "extents \(min(previous, next)) and \(max(previous, next)) overlap: bytes "
+                    + "\(second.offset)..<\(min(firstEnd, second.offset + UInt64(second.bytes.count))) of tag \(second.tag)"))
+            }
+        }
+        return total
     }
 
     // MARK: Restoring
 
     /// Restores a checkpoint file into a new snapshot (extents must have tag 0), with `threads`
     /// threads. The snapshot's maximum is `maxSize` (default: the image size).
+    /// - Throws: as `CheckpointFile.init(path:)` and `CheckpointFile.restore(into:threads:progress:)`;
+    ///   snapshot creation failures.
     public static func restoreSnapshot(
         from path: String, maxSize: Int? = nil, threads: Int = 2, progress: (@Sendable (CheckpointProgress) -> Void)? = nil
     ) throws(MemSnapError) -> Snapshot {
@@ -105,33 +194,94 @@ public enum Checkpoint {
         return try Snapshot(adopting: target.file, size: file.imageSize, maxSize: maxSize ?? file.imageSize)
     }
 
+    /// Restores whatever `path` names: a regular file as a `CheckpointFile` (parallel, with
+    /// `threads` threads), anything else (a FIFO, /dev/stdin, a process substitution) as a stream
+    /// in one pass (`restore(readingFrom:into:)`; `threads` is then unused). On any error the
+    /// target is discarded. Opening a FIFO waits for a writer.
+    /// - Throws: as those two; `.systemCall` if `path` cannot be opened.
+    @discardableResult
+    public static func restore(
+        contentsOfFileAt path: String, into target: CheckpointRestoreTarget, threads: Int = 2,
+        progress: (@Sendable (CheckpointProgress) -> Void)? = nil
+    ) throws(MemSnapError) -> CheckpointSummary {
+        let operation = "restore checkpoint \(path)"
+        do throws(MemSnapError) {
+            let input = try InputFile(path: path, blocking: true, during: operation)
+            guard input.isRegular else {
+                return try restore(readingFrom: input.descriptor, into: target, progress: progress, operation: operation)
+            }
+            let file = try CheckpointFile(input: input, during: "open checkpoint \(path)")
+            try file.restore(into: target, threads: threads, progress: progress)
+            return CheckpointSummary(style: file.style, codec: file.codec, frameCount: file.frameCount, imageSize: file.imageSize,
+                                     extentBytes: file.extentBytes, fileSize: file.fileSize)
+        } catch {
+            target.discard()
+            throw error
+        }
+    }
+
     /// Restores a checkpoint read from `input` (a pipe) in one pass into `target`, verifying every
-    /// frame, the index and the footer; commits the target only at the very end.
-    /// - Throws: `.corrupt` naming the frame and offset; read failures.
+    /// frame, that no two extents overlap (within or across frames), the index and the footer;
+    /// commits the target only at the very end, and discards it on any error. The descriptor is
+    /// not closed; it is read up to the end of the input (which must follow the footer).
+    /// - Throws: `.corrupt` naming the frame and offset; read failures; whatever the target throws.
     @discardableResult
     public static func restore(
         readingFrom input: Int32, into target: CheckpointRestoreTarget,
         progress: (@Sendable (CheckpointProgress) -> Void)? = nil
     ) throws(MemSnapError) -> CheckpointSummary {
-        let operation = "restore checkpoint from descriptor \(input)"
-        var stream = InputStream(descriptor: input, operation: operation)
+        try restore(readingFrom: input, into: target, progress: progress, operation: "restore checkpoint from descriptor \(input)")
+    }
+
+    private static func restore(
+        readingFrom input: Int32, into target: CheckpointRestoreTarget,
+        progress: (@Sendable (CheckpointProgress) -> Void)?, operation: String
+    ) throws(MemSnapError) -> CheckpointSummary {
+        do throws(MemSnapError) {
+            var restore = StreamRestore(input: input, target: target, progress: progress, operation: operation)
+            return try restore.run()
+        } catch {
+            target.discard()
+            throw error
+        }
+    }
+}
+
+/// One pass over a checkpoint stream: header, info, then frames, the index and the footer in
+/// the order they come, each checked against what came before.
+private struct StreamRestore {
+    let target: CheckpointRestoreTarget
+    let progress: (@Sendable (CheckpointProgress) -> Void)?
+    let operation: String
+    var stream: InputStream
+
+    init(input: Int32, target: CheckpointRestoreTarget, progress: (@Sendable (CheckpointProgress) -> Void)?, operation: String) {
+        self.target = target
+        self.progress = progress
+        self.operation = operation
+        stream = InputStream(descriptor: input, operation: operation)
+    }
+
+    mutating func run() throws(MemSnapError) -> CheckpointSummary {
+        let operation = operation
         let headerBytes = try stream.read(CheckpointFormat.headerSize)
         let header = try withBytes(headerBytes) { (bytes) throws(MemSnapError) in try CheckpointHeader.decode(bytes, during: operation) }
         let infoBytes = try stream.read(header.infoLength)
-        let infoChecksum = try stream.read(8).withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+        let infoChecksum = try stream.readU64()
         _ = try withBytes(infoBytes) { (bytes) throws(MemSnapError) in
             try CheckpointInfo.decode(bytes, checksum: infoChecksum, during: operation)
         }
         var frames: [FrameRecord] = []
         var extentBytes = 0
-        var imageEnd = 0
-        var raw: [UInt8] = []
-        let sizeTracker = ImageEnd()
+        let raw = ReusableBuffer()
+        var coverage = ExtentCoverage()
+        let imageEnd = ImageEnd()
+        let counting = CountingTarget(target, end: imageEnd)
         var indexPosition: Int?
         while true {
             let position = stream.position
             let magicBytes = try stream.read(4)
-            let magic = magicBytes.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self)) }
+            let magic = UInt32(magicBytes[0]) | UInt32(magicBytes[1]) << 8 | UInt32(magicBytes[2]) << 16 | UInt32(magicBytes[3]) << 24
             if magic == CheckpointFormat.frameMagic || magic == CheckpointFormat.indexMagic, let indexPosition {
                 throw corrupt(operation, "at \(at(position)): data after the index at \(at(indexPosition)); expected the footer")
             }
@@ -146,24 +296,22 @@ public enum Checkpoint {
                 guard CheckpointFormat.xxh3(payload) == frame.payloadChecksum else {
                     throw corrupt(operation, "\(place): checksum mismatch")
                 }
-                if raw.count < frame.rawSize { raw = [UInt8](repeating: 0, count: frame.rawSize) }
-                let counting = CountingTarget(target, end: sizeTracker)
-                extentBytes += try raw.withUnsafeMutableBytes { buffer in
-                    Result { () throws(MemSnapError) -> Int in
-                        let output = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<frame.rawSize])
-                        try withBytes(payload) { (stored) throws(MemSnapError) in
-                            try FrameCodec.decompress(stored, into: output, codec: header.codec, where: place, during: operation)
-                        }
-                        return try applyExtents(UnsafeRawBufferPointer(output), count: frame.extentCount, imageSize: nil,
-                                                target: counting, place: place, operation: operation)
-                    }
-                }.get()
+                let output = try raw.bytes(count: frame.rawSize, during: "\(operation): \(place)")
+                try withBytes(payload) { (stored) throws(MemSnapError) in
+                    try FrameCodec.decompress(stored, into: output, codec: header.codec, where: place, during: operation)
+                }
+                let frameBytes = try applyExtents(UnsafeRawBufferPointer(output), count: frame.extentCount, frame: frame.index,
+                                                  imageSize: nil, target: counting, coverage: &coverage, place: place,
+                                                  operation: operation)
+                let (total, overflow) = extentBytes.addingReportingOverflow(frameBytes)
+                guard !overflow else { throw corrupt(operation, "\(place): the stream's extent bytes pass Int.max") }
+                extentBytes = total
                 frames.append(frame)
                 progress?(CheckpointProgress(bytesDone: stream.position, bytesTotal: 0))
             } else if magic == CheckpointFormat.indexMagic {
                 guard header.style != .v1 else { throw corrupt(operation, "index at \(at(position)): a v1 stream has no index") }
                 let countBytes = try stream.read(12)
-                let count = countBytes.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(fromByteOffset: 4, as: UInt64.self)) }
+                let count = countBytes[4...].reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
                 guard count == UInt64(frames.count) else {
                     throw corrupt(operation, "index at \(at(position)): lists \(count) frames, the stream had \(frames.count)")
                 }
@@ -178,18 +326,19 @@ public enum Checkpoint {
                 let footer = try withBytes(footerBytes) { (bytes) throws(MemSnapError) in
                     try CheckpointFooter.decode(bytes, at: position, during: operation)
                 }
-                imageEnd = sizeTracker.value
                 let expectedIndexOffset = header.style == .v1 ? 0 : indexPosition
                 guard footer.indexOffset == expectedIndexOffset else {
                     throw corrupt(operation, "footer at \(at(position)): "
                                   + (expectedIndexOffset == nil ? "a \(header.style) stream has no index" : "index offset \(footer.indexOffset) is not where the index was"))
                 }
                 guard footer.fileSize == stream.position, footer.frameCount == frames.count, footer.extentBytes == extentBytes,
-                      footer.imageSize >= imageEnd, footer.style == header.style, footer.codec == header.codec,
+                      footer.imageSize >= imageEnd.value, footer.style == header.style, footer.codec == header.codec,
                       footer.chunkSize == header.chunkSize, footer.level == header.level else {
                     throw corrupt(operation, "footer at \(at(position)): totals or settings disagree with the stream")
                 }
                 guard try stream.atEnd() else { throw corrupt(operation, "bytes follow the footer at \(at(stream.position))") }
+                let framesSeen = frames
+                try coverage.checkDisjoint(place: { "checkpoint frame \($0) at \(at(framesSeen[$0].offset))" }, during: operation)
                 try target.commit(imageSize: footer.imageSize)
                 return CheckpointSummary(style: header.style, codec: header.codec, frameCount: frames.count,
                                          imageSize: footer.imageSize, extentBytes: extentBytes, fileSize: footer.fileSize)
@@ -239,7 +388,9 @@ private struct InputStream {
         while filled < count {
             if bytes.count == filled { bytes += [UInt8](repeating: 0, count: min(count - filled, 1 << 20)) }
             let limit = bytes.count
-            let got = bytes.withUnsafeMutableBytes { Glibc.read(descriptor, $0.baseAddress! + filled, limit - filled) }
+            let got = bytes.withUnsafeMutableBytes { buffer in
+                buffer.baseAddress.map { Glibc.read(descriptor, $0 + filled, limit - filled) } ?? 0
+            }
             if got < 0 {
                 if errno == EINTR { continue }
                 throw MemSnapError.systemCall("read", during: "\(operation) at \(at(position + filled))")
@@ -249,6 +400,11 @@ private struct InputStream {
         }
         position += count
         return bytes
+    }
+
+    /// Reads a little-endian u64.
+    mutating func readU64() throws(MemSnapError) -> UInt64 {
+        try read(8).reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
     }
 
     mutating func atEnd() throws(MemSnapError) -> Bool {

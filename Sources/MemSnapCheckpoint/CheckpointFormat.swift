@@ -104,7 +104,7 @@ extension CheckpointInfo {
     /// section is followed by its XXH3 (not counted in the header's info length).
     func encoded() -> [UInt8] {
         var writer = ByteWriter()
-        writer.u32(UInt32(entries.count))
+        writer.u32(UInt32(truncatingIfNeeded: entries.count))  // bounded by CheckpointOptions.validate
         for (key, value) in entries {
             let keyBytes = Array(CheckpointInfo.prefix(key, utf8Bytes: Int(UInt16.max)).utf8)
             let valueBytes = Array(CheckpointInfo.prefix(value, utf8Bytes: 1 << 16).utf8)

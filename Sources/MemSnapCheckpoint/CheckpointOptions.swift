@@ -67,27 +67,36 @@ public struct CheckpointOptions: Sendable {
         self.info = info
     }
 
+    /// Checks every field, so a writer never traps on them nor writes a file no reader accepts.
+    /// - Throws: `.invalidArgument` saying which field is out of range and what is allowed.
     func validate(during operation: String) throws(MemSnapError) {
         guard chunkSize >= Page.size, chunkSize <= CheckpointFormat.maxChunkSize, chunkSize % Page.size == 0 else {
             throw MemSnapError(operation, .invalidArgument(
                 "chunk size \(chunkSize) must be a multiple of \(Page.size) from \(Page.size) to 64 MiB"))
         }
-        let infoLength = info.encoded().count
-        guard infoLength <= CheckpointFormat.maxInfoLength else {
-            throw MemSnapError(operation, .invalidArgument(
-                "the info section would take \(infoLength) bytes; at most \(CheckpointFormat.maxInfoLength) can be read back"))
-        }
         guard (1...256).contains(threads) else {
             throw MemSnapError(operation, .invalidArgument("thread count \(threads) must be 1...256"))
         }
-        if style == .v3 && codec == .none {
-            throw MemSnapError(operation, .invalidArgument("style v3 needs a codec (lz4 or zstd)"))
+        guard (style == .v3) == (codec != .none) else {
+            throw MemSnapError(operation, .invalidArgument(style == .v3
+                ? "style v3 needs a codec (lz4 or zstd)" : "style \(style) stores frames uncompressed: its codec must be none, not \(codec)"))
         }
         if codec == .zstd && !(1...22).contains(level) {
             throw MemSnapError(operation, .invalidArgument("zstd level \(level) must be 1...22"))
         }
         if codec == .lz4 && !(1...65537).contains(level) {
             throw MemSnapError(operation, .invalidArgument("lz4 acceleration \(level) must be 1...65537"))
+        }
+        // Each entry takes at least 6 bytes, so more entries than this cannot fit anyway; checked
+        // first so that encoding (and its u32 count) never sees an absurd number.
+        guard info.entries.count <= CheckpointFormat.maxInfoLength / 6 else {
+            throw MemSnapError(operation, .invalidArgument(
+                "the info section has \(info.entries.count) entries; at most \(CheckpointFormat.maxInfoLength) bytes can be read back"))
+        }
+        let infoLength = info.encoded().count
+        guard infoLength <= CheckpointFormat.maxInfoLength else {
+            throw MemSnapError(operation, .invalidArgument(
+                "the info section would take \(infoLength) bytes; at most \(CheckpointFormat.maxInfoLength) can be read back"))
         }
     }
 }

@@ -3,23 +3,28 @@ import Glibc
 #endif
 import CMemSnap
 import MemSnap
+import SystemPackage
 
-/// Where a checkpoint goes.
+/// Where a checkpoint (or a restored image) goes.
 ///
 /// A path is written under a temporary name in the same directory (`.NAME.tmp-RANDOM`),
 /// flushed with fsync and renamed into place only when complete, so a failed or interrupted
-/// checkpoint leaves nothing behind (the temporary file is unlinked on error and in deinit). An
-/// existing file is replaced only with `force`; without it the rename refuses atomically
-/// (RENAME_NOREPLACE). A descriptor (pipe, socket, stdout) is written sequentially as is.
+/// write leaves nothing behind: the temporary file is unlinked by `discard()`, on error and in
+/// deinit, and it is registered with `TemporaryFileCleanup` from creation to rename, so a
+/// SIGINT, SIGTERM or SIGHUP (with the handlers installed, as the `memsnap` tool does) removes
+/// it too. An existing file is replaced only with `force`; without it the rename refuses
+/// atomically (RENAME_NOREPLACE). A descriptor (pipe, socket, stdout) is written sequentially as is.
 ///
 /// Ownership: owns the temporary file's descriptor; never closes a descriptor it was given.
 final class CheckpointOutput {
-    let descriptor: Int32
+    private var descriptor: Int32
     private(set) var position = 0
     let finalPath: String?
     private let temporaryPath: String?
     private let force: Bool
-    private var committed = false
+    private var registration: TemporaryFileCleanup.Registration?
+    /// The temporary file was renamed (committed) or removed (discarded): nothing more to do.
+    private var finished = false
 
     private init(descriptor: Int32, finalPath: String?, temporaryPath: String?, force: Bool) {
         self.descriptor = descriptor
@@ -39,9 +44,19 @@ final class CheckpointOutput {
         var random = SystemRandomNumberGenerator()
         for _ in 0..<16 {
             let temporary = "\(directory).\(name).tmp-\(String(random.next() % 0xFFFF_FFFF, radix: 16))"
+            // Registered before the file exists, so there is no instant when it is on disk and a
+            // signal would leave it. (Should the name be taken, it is unregistered at once: only a
+            // signal in that instant, on a random name another writer happens to use, could hit it.)
+            let registration = TemporaryFileCleanup.register(temporary)
             let fd = open(temporary, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-            if fd >= 0 { return CheckpointOutput(descriptor: fd, finalPath: path, temporaryPath: temporary, force: force) }
-            if errno != EEXIST { throw MemSnapError.systemCall("open \(temporary)", during: operation) }
+            if fd >= 0 {
+                let output = CheckpointOutput(descriptor: fd, finalPath: path, temporaryPath: temporary, force: force)
+                output.registration = registration
+                return output
+            }
+            let failure = MemSnapError.systemCall("open \(temporary)", during: operation)
+            if let registration { TemporaryFileCleanup.unregister(registration) }
+            if failure.errno != .fileExists { throw failure }
         }
         throw MemSnapError(operation, .invalidArgument("could not find a free temporary name next to \(path)"))
     }
@@ -50,18 +65,33 @@ final class CheckpointOutput {
         CheckpointOutput(descriptor: descriptor, finalPath: nil, temporaryPath: nil, force: false)
     }
 
-    deinit {
-        if let temporaryPath, !committed {
-            close(descriptor)
-            unlink(temporaryPath)
-        }
+    deinit { discard() }
+
+    /// The descriptor to write to, unless the temporary file was already removed or renamed.
+    /// - Throws: `.invalidArgument` after `discard()` or `commit`.
+    func liveDescriptor(during operation: @autoclosure () -> String) throws(MemSnapError) -> Int32 {
+        guard !finished else { throw MemSnapError(operation(), .invalidArgument("the output was already discarded or committed")) }
+        return descriptor
+    }
+
+    /// Closes and removes the temporary file now (giving its space back), if it is still there.
+    func discard() {
+        guard let temporaryPath, !finished else { return }
+        finished = true
+        close(descriptor)
+        descriptor = -1
+        unlink(temporaryPath)
+        // Only after the unlink: a signal in between finds the path gone, which is harmless.
+        if let registration { TemporaryFileCleanup.unregister(registration) }
+        registration = nil
     }
 
     /// Writes every byte of `buffers` in order (retrying short writes and EINTR).
     func write(_ buffers: [UnsafeRawBufferPointer], during operation: @autoclosure () -> String) throws(MemSnapError) {
+        let descriptor = try liveDescriptor(during: operation())
         do throws(PartialWriteFailure) {
             try writeAll(descriptor, buffers, at: nil)
-            position += buffers.reduce(0) { $0 + $1.count }
+            for buffer in buffers { position += buffer.count }
         } catch {
             position += error.bytesWritten
             throw MemSnapError("\(operation()) at \(at(position))", .systemCall("write", error.errno))
@@ -76,6 +106,7 @@ final class CheckpointOutput {
     /// Makes the file durable and gives it its name. Streams need nothing.
     func commit(during operation: String) throws(MemSnapError) {
         guard let temporaryPath, let finalPath else { return }
+        let descriptor = try liveDescriptor(during: operation)
         guard fsync(descriptor) == 0 else { throw MemSnapError.systemCall("fsync", during: operation) }
         let renamed = force ? rename(temporaryPath, finalPath) : memsnap_rename_noreplace(temporaryPath, finalPath)
         guard renamed == 0 else {
@@ -84,8 +115,12 @@ final class CheckpointOutput {
             }
             throw MemSnapError.systemCall("rename", during: operation)
         }
-        committed = true
+        finished = true
         close(descriptor)
+        self.descriptor = -1
+        // After the rename: a signal in between unlinks a name that no longer exists.
+        if let registration { TemporaryFileCleanup.unregister(registration) }
+        registration = nil
         // Make the rename itself durable.
         let directory = finalPath.lastIndex(of: "/").map { String(finalPath[...$0]) } ?? "."
         let directoryDescriptor = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)

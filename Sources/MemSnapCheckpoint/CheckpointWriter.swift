@@ -62,7 +62,7 @@ final class CheckpointWriter {
         let end = Int(extent.offset) + extent.bytes.count
         imageSize = max(imageSize, end)
         ready += planner.add(extent)
-        consumed += extent.bytes.count
+        consumed &+= extent.bytes.count  // progress only; callers check their totals
     }
 
     /// Writes every completed frame and copies the pieces of the partial frame, so the caller
@@ -109,6 +109,10 @@ final class CheckpointWriter {
         let batch = ready
         ready = []
         let firstIndex = frames.count
+        // Frame headers store their index as a u32 (an image of 16 TiB in 4 KiB chunks).
+        guard batch.count <= Int(UInt32.max) + 1 - firstIndex else {
+            throw MemSnapError(operation, .invalidArgument("more than 2^32 frames; use a larger chunk size"))
+        }
         // Only compression is worth other threads: an uncompressed frame is hashed (XXH3, tens of
         // GB/s) and written by this thread while its bytes are still in cache; hashing it on a
         // worker made v2 slower than v1 (the writer then re-read every frame from memory).
@@ -208,11 +212,14 @@ private final class FramePipeline: @unchecked Sendable {
     func take(_ index: Int) -> Result<EncodedFrame, MemSnapError> {
         condition.lock()
         defer { condition.unlock() }
-        while results[index] == nil { condition.wait() }
-        let frame = results.removeValue(forKey: index)!
-        taken = index + 1
-        condition.broadcast()
-        return frame
+        while true {
+            if let frame = results.removeValue(forKey: index) {
+                taken = index + 1
+                condition.broadcast()
+                return frame
+            }
+            condition.wait()
+        }
     }
 
     /// Stops workers from claiming more frames (after an error, or when all are taken).

@@ -22,9 +22,10 @@ enum FrameCodec {
         case .lz4:
             let bound = Int(LZ4_compressBound(Int32(raw.count)))
             return [UInt8](unsafeUninitializedCapacity: max(bound, 1)) { output, count in
+                // Frames hold at most twice the 64 MiB chunk size, far inside LZ4's Int32 sizes.
+                let destination = UnsafeMutableRawPointer(output.baseAddress)?.assumingMemoryBound(to: CChar.self)
                 count = Int(LZ4_compress_fast(
-                    raw.baseAddress?.assumingMemoryBound(to: CChar.self), UnsafeMutableRawPointer(output.baseAddress!)
-                        .assumingMemoryBound(to: CChar.self), Int32(raw.count), Int32(bound), level))
+                    raw.baseAddress?.assumingMemoryBound(to: CChar.self), destination, Int32(raw.count), Int32(bound), level))
             }
         case .zstd:
             let bound = ZSTD_compressBound(raw.count)

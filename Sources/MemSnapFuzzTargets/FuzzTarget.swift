@@ -10,6 +10,8 @@
 public enum FuzzTarget: String, CaseIterable, Sendable {
     /// `CheckpointFile`: open, verify and restore a checkpoint file.
     case checkpointFile = "checkpoint-file"
+    /// `Checkpoint.restore(readingFrom:into:)`: restore a checkpoint stream in one pass.
+    case checkpointStream = "checkpoint-stream"
     /// `SnapshotDiff.decode` and `Snapshot.apply`: decode a diff batch (first byte: bit 0 set
     /// re-seals its CRC32C) and apply it to a small snapshot.
     case diffBatch = "diff-batch"
@@ -22,6 +24,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     public func exercise(_ bytes: UnsafeRawBufferPointer) -> Bool {
         switch self {
         case .checkpointFile: CheckpointFileFuzzing.exercise(bytes)
+        case .checkpointStream: CheckpointStreamFuzzing.exercise(bytes)
         case .diffBatch: DiffBatchFuzzing.exercise(bytes)
         case .arena: ArenaFuzzing.exercise(bytes)
         }

@@ -1,4 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import ArgumentParser
+import MemSnap
 
 @main
 struct MemsnapCommand: ParsableCommand {
@@ -10,4 +14,16 @@ struct MemsnapCommand: ParsableCommand {
             VerifyCommand.self, StylesCommand.self, ArenaCommand.self, BenchCommand.self,
         ]
     )
+
+    /// Installs the temporary-file cleanup first, so Ctrl-C (SIGINT), SIGTERM or a closed terminal
+    /// (SIGHUP) during `checkpoint` or `restore` leaves no `.NAME.tmp-XXXX` behind; the process
+    /// still dies of the signal.
+    static func main() {
+        do {
+            try TemporaryFileCleanup.installHandlers()
+        } catch {
+            FileHandleOutput.standardError("memsnap: warning: \(error)\n")
+        }
+        main(nil)
+    }
 }

@@ -53,6 +53,27 @@ int memsnap_rename_noreplace(const char *from, const char *to);
 /// _GNU_SOURCE): frees the file's blocks in the range, which then reads as zeros. 0 or -1/errno.
 int memsnap_punch_hole(int fd, int64_t offset, int64_t length);
 
+// ---- temporary files removed on a fatal signal (cleanup.c) --------------------------------
+/// Paths that can be registered at once, and the longest path (with its NUL) a slot holds.
+#define MEMSNAP_CLEANUP_SLOTS 64
+#define MEMSNAP_CLEANUP_PATH_MAX 4096
+
+/// Copies `path` into a free slot of a fixed table: if a signal installed with
+/// `memsnap_cleanup_install` arrives, its handler unlinks every registered path. Returns the slot,
+/// or -1 with errno ENOSPC (table full) or ENAMETOOLONG (empty, or MEMSNAP_CLEANUP_PATH_MAX bytes
+/// or more). Thread-safe, lock-free; not async-signal-safe (it may be interrupted by the handler,
+/// which then skips the half-written slot).
+int memsnap_cleanup_register(const char *path);
+
+/// Frees `slot` (from memsnap_cleanup_register; other values are ignored). Thread-safe.
+void memsnap_cleanup_unregister(int slot);
+
+/// Installs the handler for `signal_number` (process-wide): it unlinks every registered path,
+/// restores the default disposition and raises the signal again, so the process ends with that
+/// signal as its status. A signal currently ignored (SIG_IGN) is left ignored. Returns 0 or an
+/// errno. Other handlers for the signal are replaced.
+int memsnap_cleanup_install(int signal_number);
+
 // ---- pipes ---------------------------------------------------------------------------------
 /// pipe2(fds, O_CLOEXEC | O_NONBLOCK) (pipe2 is hidden behind _GNU_SOURCE). Returns 0 or -1/errno.
 int memsnap_pipe_cloexec_nonblocking(int fds[2]);

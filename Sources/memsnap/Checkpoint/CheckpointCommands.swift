@@ -63,9 +63,22 @@ struct CheckpointCommand: ParsableCommand {
     @Flag(help: "Replace OUT if it exists.")
     var force = false
 
+    func validate() throws {
+        try validateThreads(threads)
+        guard chunkSize >= Page.size, chunkSize <= 64 << 20, chunkSize % Page.size == 0 else {
+            throw ValidationError("--chunk-size \(chunkSize) must be a multiple of \(Page.size) from 4KiB to 64MiB")
+        }
+        if let level, style == .v3 {
+            let range: ClosedRange<Int32> = codec == .zstd ? 1...22 : 1...65537
+            guard range.contains(level) else {
+                throw ValidationError("--level \(level) must be \(range.lowerBound)...\(range.upperBound) for \(codec)")
+            }
+        }
+    }
+
     func run() throws {
-        let options = CheckpointOptions(style: style, codec: codec, level: level, chunkSize: chunkSize, threads: threads,
-                                        info: .current(application: application))
+        let options = CheckpointOptions(style: style, codec: codec, level: style == .v3 ? level : nil, chunkSize: chunkSize,
+                                        threads: threads, info: .current(application: application))
         let progress = ProgressBar("checkpoint")
         let destination: CheckpointOutputDestination = output == "-" ? .descriptor(STDOUT_FILENO) : .file(path: output, force: force)
         let (summary, seconds) = try Stopwatch.time { () throws -> CheckpointSummary in
@@ -80,7 +93,8 @@ struct CheckpointCommand: ParsableCommand {
                     return try Checkpoint.write(extents, toDescriptor: descriptor, options: options, progress: progress.handler)
                 }
             }
-            if Arena.isArena(path: source) {
+            // Only a regular file can be an arena; probing a FIFO would open it and take its writer.
+            if isRegularFile(source), Arena.isArena(path: source) {
                 let arena = try Arena.open(path: source, access: .readOnly, configuration: .init(tracking: .explicit))
                 defer { try? arena.close() }
                 let used = try arena.statistics.usedBytes
@@ -88,8 +102,8 @@ struct CheckpointCommand: ParsableCommand {
                     try write([CheckpointExtent(offset: 0, bytes: UnsafeRawBufferPointer(rebasing: heap[0..<used]))])
                 }
             }
-            let image = try ReadOnlyFileMapping(path: source, sequential: true)
-            return try write(image.bytes.isEmpty ? [] : [CheckpointExtent(offset: 0, bytes: image.bytes)])
+            // A regular file, a FIFO, /dev/stdin, <(...), a device: the library reads each as it must.
+            return try Checkpoint.write(contentsOfFileAt: source, to: destination, options: options, progress: progress.handler)
         }
         progress.finish()
         FileHandleOutput.standardError(
@@ -122,13 +136,16 @@ struct RestoreCommand: ParsableCommand {
     @Flag(help: "Replace OUT if it exists.")
     var force = false
 
+    func validate() throws { try validateThreads(threads) }
+
     func run() throws {
         let progress = ProgressBar("restore")
         let target: CheckpointRestoreTarget
         let memory: MemoryImageTarget?
         if output == "-" {
-            memory = try MemoryImageTarget()
-            target = memory!
+            let image = try MemoryImageTarget()
+            memory = image
+            target = image
         } else {
             memory = nil
             target = try ImageFileTarget(path: output, force: force)
@@ -137,9 +154,9 @@ struct RestoreCommand: ParsableCommand {
             if checkpoint == "-" {
                 return try Checkpoint.restore(readingFrom: STDIN_FILENO, into: target, progress: progress.handler).imageSize
             }
-            let file = try CheckpointFile(path: checkpoint)
-            try file.restore(into: target, threads: threads, progress: progress.handler)
-            return file.imageSize
+            // A regular file restores in parallel; a FIFO or <(...) is read as a stream.
+            return try Checkpoint.restore(contentsOfFileAt: checkpoint, into: target, threads: threads,
+                                          progress: progress.handler).imageSize
         }
         progress.finish()
         if let memory { try copyToStandardOutput(memory.file, size: imageSize) }
@@ -148,19 +165,25 @@ struct RestoreCommand: ParsableCommand {
     }
 
     private func copyToStandardOutput(_ file: MemoryFile, size: Int) throws {
+        let operation = "copy the restored image to stdout"
         var offset = 0
         var buffer = [UInt8](repeating: 0, count: 1 << 20)
         while offset < size {
             let count = try buffer.withUnsafeMutableBytes { bytes -> Int in
-                let got = pread(file.descriptor.rawValue, bytes.baseAddress, min(bytes.count, size - offset), off_t(offset))
-                guard got > 0 else { throw MemSnapError.systemCall("pread", during: "copy the restored image to stdout") }
-                return got
+                while true {
+                    let got = pread(file.descriptor.rawValue, bytes.baseAddress, min(bytes.count, size - offset), off_t(offset))
+                    if got < 0 && errno == EINTR { continue }
+                    guard got >= 0 else { throw MemSnapError.systemCall("pread", during: operation) }
+                    guard got > 0 else { throw MemSnapError(operation, .corrupt("the restored image ends at \(offset) of \(size) bytes")) }
+                    return got
+                }
             }
-            var written = 0
-            while written < count {
-                let result = buffer.withUnsafeBytes { write(STDOUT_FILENO, $0.baseAddress! + written, count - written) }
-                guard result > 0 else { throw MemSnapError.systemCall("write", during: "copy the restored image to stdout") }
-                written += result
+            try buffer.withUnsafeBytes { bytes in
+                do throws(PartialWriteFailure) {
+                    try writeAll(STDOUT_FILENO, [UnsafeRawBufferPointer(rebasing: bytes[0..<count])], at: nil)
+                } catch {
+                    throw MemSnapError(operation, .systemCall("write", error.errno))
+                }
             }
             offset += count
         }
@@ -177,6 +200,10 @@ struct InfoCommand: ParsableCommand {
     @Option(help: "0: summary; 1: plus the info section; 2: plus every frame.")
     var verbose: Int = 1
 
+    func validate() throws {
+        guard (0...2).contains(verbose) else { throw ValidationError("--verbose \(verbose) must be 0, 1 or 2") }
+    }
+
     func run() throws {
         let file = try CheckpointFile(path: checkpoint)
         print("\(checkpoint): memsnap checkpoint, style \(file.style) (\(file.style.summary))")
@@ -186,7 +213,8 @@ struct InfoCommand: ParsableCommand {
               + "file \(ByteCount(file.fileSize))"
               + (file.extentBytes > 0 ? ", ratio \(format(Double(file.extentBytes) / Double(file.fileSize), decimals: 2))" : ""))
         if verbose >= 1 {
-            for (key, value) in file.info.entries { print("  \(key): \(value)") }
+            // Keys and values come from the file: never let them drive the terminal.
+            for (key, value) in file.info.entries { print("  \(TerminalText.escaped(key)): \(TerminalText.escaped(value))") }
         }
         if verbose >= 2 {
             var table = Table(columns: ["frame", "offset", "stored", "raw", "extents", "xxh3"])
@@ -209,6 +237,8 @@ struct VerifyCommand: ParsableCommand {
     @Option(help: "Threads verifying frames.")
     var threads: Int = 2
 
+    func validate() throws { try validateThreads(threads) }
+
     func run() throws {
         let (file, seconds) = try Stopwatch.time { () throws -> CheckpointFile in
             let file = try CheckpointFile(path: checkpoint)
@@ -218,6 +248,17 @@ struct VerifyCommand: ParsableCommand {
         print("\(checkpoint): ok, \(file.frameCount) frames, \(ByteCount(file.extentBytes)) of extents verified "
               + "in \(formatDuration(seconds))")
     }
+}
+
+/// The thread counts checkpoint commands accept (the library's limit), as a usage error.
+func validateThreads(_ threads: Int) throws {
+    guard (1...256).contains(threads) else { throw ValidationError("--threads \(threads) must be 1...256") }
+}
+
+/// Whether `path` names a regular file (stat, so a FIFO is not opened).
+func isRegularFile(_ path: String) -> Bool {
+    var status = stat()
+    return stat(path, &status) == 0 && status.st_mode & S_IFMT == S_IFREG
 }
 
 struct StylesCommand: ParsableCommand {

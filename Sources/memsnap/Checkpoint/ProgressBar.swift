@@ -21,7 +21,9 @@ final class ProgressBar: Sendable {
 
     func update(_ progress: CheckpointProgress) {
         let now = Stopwatch.now()
-        let percent = progress.bytesTotal > 0 ? min(100, progress.bytesDone * 100 / progress.bytesTotal) : -1
+        // In Double: the totals come from the file, and bytesDone * 100 could overflow Int.
+        let percent = progress.bytesTotal > 0
+            ? Int(min(100, max(0, Double(progress.bytesDone) * 100 / Double(progress.bytesTotal)))) : -1
         let shouldDraw = last.withLock { state -> Bool in
             guard now - state.time > 100_000_000 || (percent == 100 && state.percent != 100) else { return false }
             state = (now, percent)

@@ -1,0 +1,99 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import MemSnap
+
+/// A file opened for reading with read/pread (never mapped: a mapped file that shrinks under the
+/// reader kills it with SIGBUS), and what fstat said about it when it was opened.
+///
+/// Ownership: owns the descriptor; closes it in deinit.
+/// Thread safety: `read(into:at:...)` (pread) may be called from several threads at once;
+/// `readStream` uses a descriptor's file position: one thread at a time per descriptor.
+final class InputFile: @unchecked Sendable {
+    let path: String
+    let descriptor: Int32
+    /// A regular file (random access, a known size); anything else is read as a stream.
+    let isRegular: Bool
+    /// For a regular file, its size when opened; 0 otherwise.
+    let size: Int
+
+    /// Opens `path` read-only. With `blocking` false a FIFO opens at once instead of waiting for
+    /// a writer (for callers that refuse anything but regular files).
+    /// - Throws: `.systemCall` naming open or fstat.
+    init(path: String, blocking: Bool, during operation: @autoclosure () -> String) throws(MemSnapError) {
+        var descriptor: Int32
+        repeat {
+            descriptor = open(path, O_RDONLY | O_CLOEXEC | (blocking ? 0 : O_NONBLOCK))
+        } while descriptor < 0 && errno == EINTR
+        guard descriptor >= 0 else { throw MemSnapError.systemCall("open", during: operation()) }
+        var status = stat()
+        guard fstat(descriptor, &status) == 0 else {
+            let error = MemSnapError.systemCall("fstat", during: operation())
+            close(descriptor)
+            throw error
+        }
+        self.path = path
+        self.descriptor = descriptor
+        isRegular = status.st_mode & S_IFMT == S_IFREG
+        size = isRegular ? Int(status.st_size) : 0
+    }
+
+    deinit { close(descriptor) }
+
+    /// Reads exactly `buffer.count` bytes at `offset` (pread, retrying short reads and EINTR).
+    /// - Throws: `.corrupt` "PLACE: truncated while reading: the file shrank ..." when the file
+    ///   ends first (it was cut after it was opened and checked); `.systemCall("pread")`.
+    func read(
+        into buffer: UnsafeMutableRawBufferPointer, at offset: Int, place: @autoclosure () -> String,
+        during operation: @autoclosure () -> String
+    ) throws(MemSnapError) {
+        guard offset >= 0, buffer.count <= Int.max - offset else {
+            throw MemSnapError(operation(), .invalidRange(offset: offset, length: buffer.count))
+        }
+        guard let base = buffer.baseAddress else { return }
+        var done = 0
+        while done < buffer.count {
+            let got = pread(descriptor, base + done, buffer.count - done, off_t(offset + done))
+            if got < 0 {
+                if errno == EINTR { continue }
+                throw MemSnapError.systemCall("pread", during: "\(operation()): \(place())")
+            }
+            if got == 0 {
+                throw MemSnapError(operation(), .corrupt(
+                    "\(place()): truncated while reading: the file shrank (a \(buffer.count)-byte read at "
+                    + "\(at(offset)) found \(done) bytes; the file had \(size) when opened)"))
+            }
+            done += got
+        }
+    }
+
+    /// `read(into:at:...)` of `count` bytes into a new array.
+    func read(_ count: Int, at offset: Int, place: @autoclosure () -> String, during operation: @autoclosure () -> String) throws(MemSnapError) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        let placeText = place(), operationText = operation()
+        try bytes.withUnsafeMutableBytes { buffer in
+            Result { () throws(MemSnapError) in try read(into: buffer, at: offset, place: placeText, during: operationText) }
+        }.get()
+        return bytes
+    }
+
+    /// Reads from `descriptor`'s position until `buffer` is full or the input ends (read, retrying
+    /// short reads and EINTR). Returns the bytes read: fewer than `buffer.count` only at the end.
+    /// - Throws: `.systemCall("read")` naming `offset`, the stream position of the buffer's start.
+    static func readStream(
+        _ descriptor: Int32, into buffer: UnsafeMutableRawBufferPointer, offset: Int, during operation: @autoclosure () -> String
+    ) throws(MemSnapError) -> Int {
+        guard let base = buffer.baseAddress else { return 0 }
+        var filled = 0
+        while filled < buffer.count {
+            let count = Glibc.read(descriptor, base + filled, buffer.count - filled)
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw MemSnapError.systemCall("read", during: "\(operation()) at \(at(offset + filled))")
+            }
+            if count == 0 { break }
+            filled += count
+        }
+        return filled
+    }
+}
