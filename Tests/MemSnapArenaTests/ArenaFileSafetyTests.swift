@@ -175,9 +175,9 @@ struct ArenaFileSafetyTests {
 
     // MARK: Full file systems
 
-    @Test(.enabled(if: TmpfsMount.unavailableReason == nil, "needs a tmpfs of its own (mount)"))
+    @Test(.enabled(if: SmallTmpfs.isPermitted, SmallTmpfs.notPermittedReason))
     func onAFullFileSystemAllocationAndSyncFailWithErrorsNotSignals() throws {
-        guard let disk = TmpfsMount(bytes: 24 << 20) else { Issue.record("mount failed"); return }
+        guard let disk = SmallTmpfs(bytes: 24 << 20) else { Issue.record("mount failed"); return }
         let path = "\(disk.path)/full.arena"
         let arena = try Arena.create(path: path, capacity: 64 << 20)
         let first = try arena.allocate(byteCount: 1 << 20)
@@ -203,9 +203,9 @@ struct ArenaFileSafetyTests {
         try reopened.close()
     }
 
-    @Test(.enabled(if: TmpfsMount.unavailableReason == nil, "needs a tmpfs of its own (mount)"))
+    @Test(.enabled(if: SmallTmpfs.isPermitted, SmallTmpfs.notPermittedReason))
     func aSyncOnAFullFileSystemFailsAndARetryAfterSpaceIsFreedKeepsEveryWrite() throws {
-        guard let disk = TmpfsMount(bytes: 16 << 20) else { Issue.record("mount failed"); return }
+        guard let disk = SmallTmpfs(bytes: 16 << 20) else { Issue.record("mount failed"); return }
         let path = "\(disk.path)/full.arena"
         let arena = try Arena.create(path: path, capacity: 64 << 20)
         let blob = try arena.allocate(byteCount: 6 << 20)
@@ -224,12 +224,12 @@ struct ArenaFileSafetyTests {
         try reopened.close()
     }
 
-    @Test(.enabled(if: TmpfsMount.unavailableReason == nil, "needs a tmpfs of its own (mount)"))
+    @Test(.enabled(if: SmallTmpfs.isPermitted, SmallTmpfs.notPermittedReason))
     func aCreateOnAFullFileSystemLeavesNothing() throws {
-        guard let disk = TmpfsMount(bytes: 4 << 20) else { Issue.record("mount failed"); return }
+        guard let disk = SmallTmpfs(bytes: 4 << 20) else { Issue.record("mount failed"); return }
         disk.fill()
         let error = expectMemSnapError { _ = try Arena.create(path: "\(disk.path)/new.arena", capacity: 64 << 20) }
         #expect(error?.errno == .noSpace)
-        #expect(try FileManager.default.contentsOfDirectory(atPath: disk.path) == ["filler"])
+        #expect(disk.entries == ["filler"])
     }
 }

@@ -213,20 +213,9 @@ final class FaultyFile: ArenaFile {
     }
 }
 
-// MARK: A small file system of its own
+// MARK: Full file systems
 
-/// A tmpfs of `bytes` mounted on a fresh directory, unmounted when the value goes away; nil
-/// (with the reason in `TmpfsMount.unavailableReason`) where mounting is not permitted.
-final class TmpfsMount {
-    let directory = TemporaryDirectory(prefix: "memsnap-tmpfs")
-    var path: String { directory.path }
-
-    init?(bytes: Int) {
-        guard Self.run("/bin/mount", ["-t", "tmpfs", "-o", "size=\(bytes)", "memsnap-test", directory.path]) else { return nil }
-    }
-
-    deinit { _ = Self.run("/bin/umount", ["-l", directory.path]) }
-
+extension SmallTmpfs {
     /// Fills the file system until a write fails with ENOSPC; returns the filler's path.
     @discardableResult
     func fill() -> String {
@@ -238,22 +227,5 @@ final class TmpfsMount {
         var page = [UInt8](repeating: 0xA5, count: 512)
         while write(descriptor, &page, 512) > 0 {}
         return filler
-    }
-
-    static let unavailableReason: String? = {
-        guard let probe = TmpfsMount(bytes: 1 << 20) else { return "mounting a tmpfs is not permitted here (needs root or CAP_SYS_ADMIN)" }
-        _ = probe
-        return nil
-    }()
-
-    private static func run(_ tool: String, _ arguments: [String]) -> Bool {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: tool)
-        process.arguments = arguments
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        guard (try? process.run()) != nil else { return false }
-        process.waitUntilExit()
-        return process.terminationStatus == 0
     }
 }
