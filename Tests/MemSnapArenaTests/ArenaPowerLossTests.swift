@@ -31,48 +31,6 @@ final class DiskJournal: @unchecked Sendable {
     var layer: ArenaFileLayer { ArenaFileLayer { file, role in RecordingFile(file, role: role, journal: self) } }
 }
 
-/// An arena file that does the real thing and tells the journal.
-final class RecordingFile: ArenaFile {
-    let inner: PosixArenaFile
-    let role: ArenaFileRole
-    let journal: DiskJournal
-
-    init(_ inner: PosixArenaFile, role: ArenaFileRole, journal: DiskJournal) {
-        self.inner = inner
-        self.role = role
-        self.journal = journal
-    }
-
-    var path: String { inner.path }
-    var descriptor: Int32 { inner.descriptor }
-    var allocatedBytes: Int { inner.allocatedBytes }
-
-    func size(during operation: @autoclosure () -> String) throws(MemSnapError) -> Int { try inner.size(during: operation()) }
-    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int, during operation: @autoclosure () -> String) throws(MemSnapError) -> Int {
-        try inner.read(into: buffer, at: offset, during: operation())
-    }
-    func write(_ buffers: [UnsafeRawBufferPointer], at offset: Int, during operation: @autoclosure () -> String) throws(MemSnapError) {
-        try inner.write(buffers, at: offset, during: operation())
-        journal.append(.write(role, offset: offset, bytes: buffers.flatMap { Array($0) }))
-    }
-    func synchronize(during operation: @autoclosure () -> String) throws(MemSnapError) {
-        try inner.synchronize(during: operation())
-        journal.append(.flush(role))
-    }
-    func reserve(_ range: Range<Int>, during operation: @autoclosure () -> String) throws(MemSnapError) {
-        try inner.reserve(range, during: operation())
-        journal.append(.reserve(role, end: range.upperBound))
-    }
-    func resize(to size: Int, during operation: @autoclosure () -> String) throws(MemSnapError) {
-        try inner.resize(to: size, during: operation())
-        journal.append(.resize(role, size: size))
-    }
-    func punchHole(_ range: Range<Int>, during operation: @autoclosure () -> String) throws(MemSnapError) {
-        try inner.punchHole(range, during: operation())
-        journal.append(.punch(role, range))
-    }
-}
-
 /// A power loss in the manner of CrashMonkey and ALICE: the arena's writes and flushes are
 /// recorded during a randomized workload, then the disk states a power loss can leave are built
 /// from the record (for each file, everything up to its last completed flush, plus any subset

@@ -163,54 +163,87 @@ final class FaultPlan: @unchecked Sendable {
     }
 }
 
-/// An arena file that fails where its plan says, and otherwise does the real thing. A failed
-/// write writes nothing; a failed flush happens after the data reached the page cache (as a
-/// real EIO from fdatasync does).
-final class FaultyFile: ArenaFile {
+/// An arena file that does the real thing, and lets a test intercept each change: `before`
+/// may fail it (nothing is done), `after` sees it once it succeeded.
+class InterceptedFile: ArenaFile {
     let inner: PosixArenaFile
     let role: ArenaFileRole
-    let plan: FaultPlan
 
-    init(_ inner: PosixArenaFile, role: ArenaFileRole, plan: FaultPlan) {
+    init(_ inner: PosixArenaFile, role: ArenaFileRole) {
         self.inner = inner
         self.role = role
-        self.plan = plan
     }
 
     var path: String { inner.path }
     var descriptor: Int32 { inner.descriptor }
     var allocatedBytes: Int { inner.allocatedBytes }
 
-    private func inject(_ operation: FileOperation, touching range: Range<Int>? = nil, _ text: @autoclosure () -> String) throws(MemSnapError) {
-        if let errno = plan.check(operation, role, touching: range) {
-            throw MemSnapError(text(), .systemCall("\(operation.rawValue) \(path) (injected)", errno))
-        }
-    }
+    /// Called before each change to the file (`range`: the bytes a write covers); throwing
+    /// fails the change.
+    func before(_ operation: FileOperation, touching range: Range<Int>?, during text: @autoclosure () -> String) throws(MemSnapError) {}
+    /// Called after each change succeeded, with what it did.
+    func after(_ change: DiskJournal.Operation) {}
 
     func size(during operation: @autoclosure () -> String) throws(MemSnapError) -> Int { try inner.size(during: operation()) }
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int, during operation: @autoclosure () -> String) throws(MemSnapError) -> Int {
         try inner.read(into: buffer, at: offset, during: operation())
     }
     func write(_ buffers: [UnsafeRawBufferPointer], at offset: Int, during operation: @autoclosure () -> String) throws(MemSnapError) {
-        try inject(.write, touching: offset..<offset + max(1, buffers.reduce(0) { $0 + $1.count }), operation())
+        let count = buffers.reduce(0) { $0 + $1.count }
+        try before(.write, touching: offset..<offset + max(1, count), during: operation())
         try inner.write(buffers, at: offset, during: operation())
+        after(.write(role, offset: offset, bytes: buffers.flatMap { Array($0) }))
     }
     func synchronize(during operation: @autoclosure () -> String) throws(MemSnapError) {
-        try inject(.synchronize, operation())
+        try before(.synchronize, touching: nil, during: operation())
         try inner.synchronize(during: operation())
+        after(.flush(role))
     }
     func reserve(_ range: Range<Int>, during operation: @autoclosure () -> String) throws(MemSnapError) {
-        try inject(.reserve, operation())
+        try before(.reserve, touching: range, during: operation())
         try inner.reserve(range, during: operation())
+        after(.reserve(role, end: range.upperBound))
     }
     func resize(to size: Int, during operation: @autoclosure () -> String) throws(MemSnapError) {
-        try inject(.resize, operation())
+        try before(.resize, touching: nil, during: operation())
         try inner.resize(to: size, during: operation())
+        after(.resize(role, size: size))
     }
     func punchHole(_ range: Range<Int>, during operation: @autoclosure () -> String) throws(MemSnapError) {
-        try inject(.punchHole, operation())
+        try before(.punchHole, touching: range, during: operation())
         try inner.punchHole(range, during: operation())
+        after(.punch(role, range))
     }
+}
+
+/// An arena file that fails where its plan says, and otherwise does the real thing. A failed
+/// write writes nothing; a failed flush happens after the data reached the page cache (as a
+/// real EIO from fdatasync does).
+final class FaultyFile: InterceptedFile {
+    let plan: FaultPlan
+
+    init(_ inner: PosixArenaFile, role: ArenaFileRole, plan: FaultPlan) {
+        self.plan = plan
+        super.init(inner, role: role)
+    }
+
+    override func before(_ operation: FileOperation, touching range: Range<Int>?, during text: @autoclosure () -> String) throws(MemSnapError) {
+        if let errno = plan.check(operation, role, touching: operation == .write ? range : nil) {
+            throw MemSnapError(text(), .systemCall("\(operation.rawValue) \(path) (injected)", errno))
+        }
+    }
+}
+
+/// An arena file that does the real thing and tells the journal what it did.
+final class RecordingFile: InterceptedFile {
+    let journal: DiskJournal
+
+    init(_ inner: PosixArenaFile, role: ArenaFileRole, journal: DiskJournal) {
+        self.journal = journal
+        super.init(inner, role: role)
+    }
+
+    override func after(_ change: DiskJournal.Operation) { journal.append(change) }
 }
 
 // MARK: Full file systems
