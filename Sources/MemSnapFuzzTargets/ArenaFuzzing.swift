@@ -38,7 +38,7 @@ enum ArenaFuzzing {
         }
         if flags & 1 != 0 { resealMetapages(&heap) }
         if flags & 2 != 0 { resealLog(&log) }
-        let path = "\(directory)/fuzz.arena"
+        let path = "\(directory)/fuzz-\(pthread_self()).arena"  // one pair of files per thread: calls are independent
         guard write(heap, to: path), write(log, to: path + "-wal") else { return false }
         var configuration = Arena.Configuration(tracking: .explicit, checkpointLogBytes: 64 << 10)
         configuration.lockTimeout = .zero
