@@ -11,10 +11,13 @@ extension Arena {
         }
         var pages = declared
         declared = ByteRangeSet()
-        do {
+        do throws(MemSnapError) {
             if let tracker { pages.formUnion(try tracker.collectAndReset().runs) }
             // Explicit tracking: the allocator's own writes, which the caller cannot declare.
             if let written = allocator.written { pages.formUnion(written.take()) }
+            guard committed.commit + 1 < ArenaFormat.counterLimit else {
+                throw MemSnapError(operation, MemSnapError.Reason.unavailable("the commit counter has reached 2^63 - 1: no reader would accept another commit"))
+            }
             let header = ArenaRecordHeader(commit: committed.commit + 1, pageCount: pages.ranges.reduce(0) { $0 + $1.count },
                                            epoch: epoch, event: event, roots: workingRoots)
             try log.append(header, runs: pages.ranges, heap: region.base, during: operation)
@@ -51,6 +54,9 @@ extension Arena {
                 }
             }
             try flush(heapFile, during: operation)
+            guard meta.counter + 1 < ArenaFormat.counterLimit else {
+                throw MemSnapError(operation, .unavailable("the metapage counter has reached 2^63 - 1"))
+            }
             var next = meta
             next.counter += 1
             next.checkpointCommit = last.commit
@@ -72,21 +78,26 @@ extension Arena {
     /// a crash tears at most one slot (the other stays valid, and the log is still there to
     /// replay), and a bit flipped later in either copy falls back to an identical one.
     func writeMeta(_ meta: ArenaMeta, during operation: String) throws(MemSnapError) {
-        try Arena.writeMeta(meta, to: heapFile, during: operation) { (file) throws(MemSnapError) in try flush(file, during: operation) }
+        try Arena.writeMeta(meta, to: heapFile, lastSlot: nil, during: operation) { (file) throws(MemSnapError) in
+            try flush(file, during: operation)
+        }
     }
 
-    static func writeMeta(_ meta: ArenaMeta, to file: any ArenaFile, during operation: String,
+    /// `lastSlot`: a slot that may hold the only intact copy (after damage found on open), so it
+    /// is rewritten only once the other one is durable.
+    static func writeMeta(_ meta: ArenaMeta, to file: any ArenaFile, lastSlot: Int?, during operation: String,
                           flush: (any ArenaFile) throws(MemSnapError) -> Void) throws(MemSnapError) {
         let bytes = meta.encoded()
-        for slot in [Int(meta.counter % 2), Int((meta.counter + 1) % 2)] {
+        let first = lastSlot.map { 1 - $0 } ?? Int(meta.counter % 2)
+        for slot in [first, 1 - first] {
             try file.write(bytes, at: slot * ArenaFormat.slotSize, during: operation)
             try flush(file)
         }
     }
 
-    /// The newest valid metapage, and whether both copies are valid and equal.
+    /// The newest valid metapage, whether both copies are valid and equal, and which slot it is in.
     /// - Throws: `.corrupt` saying why neither slot can be used.
-    static func readMeta(_ file: any ArenaFile, during operation: String) throws(MemSnapError) -> (ArenaMeta, Bool) {
+    static func readMeta(_ file: any ArenaFile, during operation: String) throws(MemSnapError) -> (ArenaMeta, Bool, Int) {
         let slots = try file.bytes(2 * ArenaFormat.slotSize, at: 0, during: operation)
             ?? [UInt8](repeating: 0, count: 2 * ArenaFormat.slotSize)
         let decoded = slots.withUnsafeBytes { bytes in
@@ -95,13 +106,15 @@ extension Arena {
             }
         }
         let valid = decoded.compactMap { try? $0.get() }
-        guard let newest = valid.max(by: { $0.counter < $1.counter }) else {
+        let validSlots = decoded.indices.filter { (try? decoded[$0].get()) != nil }
+        guard let newestSlot = validSlots.max(by: { (try? decoded[$0].get())?.counter ?? 0 < (try? decoded[$1].get())?.counter ?? 0 }),
+              let newest = try? decoded[newestSlot].get() else {
             let why = decoded.enumerated().map { slot, result in
                 if case let .failure(problem) = result { "slot \(slot): \(problem.text)" } else { "slot \(slot): ok" }
             }
             throw MemSnapError(operation, .corrupt(
                 "both metapages are damaged or missing (\(why.joined(separator: "; "))); not an arena, or destroyed"))
         }
-        return (newest, valid.count == 2 && valid[0] == valid[1])
+        return (newest, valid.count == 2 && valid[0] == valid[1], newestSlot)
     }
 }

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CMemSnap
 import MemSnap
 import SystemPackage
 
@@ -10,10 +11,13 @@ extension Arena {
     /// (rounded up to a page; at least 256 KiB, at most 1 TiB), open for reading and writing.
     /// The heap file is sparse: only pages in use take disk space.
     ///
-    /// - Throws: `.systemCall("open ...", EEXIST)` if either file exists (nothing is ever
-    ///   created over an existing file or through a symbolic link); `.exceedsMaximum` /
-    ///   `.invalidRange` for a capacity out of range; system call failures such as ENOSPC.
-    ///   A create that fails leaves no file behind.
+    /// Both files are made under temporary names and renamed into place only when complete
+    /// (the log first, then `PATH`, neither replacing anything), so no other process ever sees a
+    /// half-made arena, and a create that fails at any step leaves no file behind.
+    ///
+    /// - Throws: `.systemCall(..., EEXIST)` if either name is taken (nothing is ever created over
+    ///   an existing file or through a symbolic link); `.exceedsMaximum` / `.invalidRange` for a
+    ///   capacity out of range; system call failures such as ENOSPC.
     public static func create(path: String, capacity requested: Int, configuration: Configuration = Configuration()) throws(MemSnapError) -> Arena {
         let operation = "create arena \(path)"
         guard let capacity = Page.roundUp(max(requested, ArenaFormat.minimumCapacity)) else {
@@ -22,15 +26,21 @@ extension Arena {
         guard capacity <= ArenaFormat.maximumCapacity else {
             throw MemSnapError(operation, .exceedsMaximum(what: "capacity", requested: requested, maximum: ArenaFormat.maximumCapacity))
         }
+        let logPath = path + "-wal"
+        for name in [path, logPath] {  // fail at once, before any work; the renames below refuse atomically
+            var status = stat()
+            if lstat(name, &status) == 0 { throw MemSnapError(operation, .systemCall("create \(name)", .fileExists)) }
+        }
+        var random = SystemRandomNumberGenerator()
+        let suffix = ".creating-\(String(random.next() & 0xFFFF_FFFF, radix: 16))"
         var created: [(path: String, file: PosixArenaFile)] = []
         var arena: Arena? = nil
-        do {
-            let heap = try openFile(path, writable: true, creating: true, during: operation)
-            created.append((path, heap))
+        do throws(MemSnapError) {
+            let heap = try openFile(path + suffix, writable: true, creating: true, during: operation)
+            created.append((path + suffix, heap))
             try lock(heap, exclusive: true, timeout: .zero, during: operation)
-            let logPath = path + "-wal"
-            let log = try openFile(logPath, writable: true, creating: true, during: operation)
-            created.append((logPath, log))
+            let log = try openFile(logPath + suffix, writable: true, creating: true, during: operation)
+            created.append((logPath + suffix, log))
             let heapFile = configuration.fileLayer.wrap(heap, .heap)
             let logFile = configuration.fileLayer.wrap(log, .log)
             let mapPages = (capacity / Page.size * 4 + Page.size - 1) / Page.size
@@ -40,7 +50,9 @@ extension Arena {
             let region = try VirtualRegion(maxSize: capacity, hugePages: .disabled)
             let meta = ArenaMeta(counter: 1, capacity: capacity, recordedBase: UInt64(region.baseAddress), checkpointCommit: 0,
                                  epoch: 0, event: 0, roots: [UInt64](repeating: 0, count: ArenaFormat.rootCount))
-            try writeMeta(meta, to: heapFile, during: operation) { (file) throws(MemSnapError) in try file.synchronize(during: operation) }
+            try writeMeta(meta, to: heapFile, lastSlot: nil, during: operation) { (file) throws(MemSnapError) in
+                try file.synchronize(during: operation)
+            }
             let opened = Arena(path: path, access: .readWrite, configuration: configuration, meta: meta, region: region,
                                heapFile: heapFile, logFile: logFile, ownedFiles: [heap, log])
             arena = opened
@@ -50,7 +62,14 @@ extension Arena {
             try opened.allocator.format(during: operation)
             opened.declared.insert(0..<1 + opened.allocator.mapPages)
             try opened.commitDirty(epoch: 0, event: 0, during: operation)
-            syncDirectory(of: path)
+            for (index, final) in [(1, logPath), (0, path)] {
+                guard memsnap_rename_noreplace(created[index].path, final) == 0 else {
+                    throw MemSnapError.systemCall("rename \(created[index].path) to \(final)", during: operation)
+                }
+                created[index].path = final
+                created[index].file.path = final
+            }
+            try syncDirectory(of: path, during: operation)
             return opened
         } catch {
             for (path, file) in created.reversed() { removeIfStillOurs(path, file) }
@@ -75,7 +94,7 @@ extension Arena {
         let heap = try openFile(path, writable: writable, creating: false, during: operation)
         try lock(heap, exclusive: writable, timeout: configuration.lockTimeout, during: operation)
         let heapFile = configuration.fileLayer.wrap(heap, .heap)
-        var (meta, bothIntact) = try readMeta(heapFile, during: operation)
+        var (meta, bothIntact, newestSlot) = try readMeta(heapFile, during: operation)
         let size = try heapFile.size(during: operation)
         guard size == ArenaFormat.heapFileOffset + meta.capacity else {
             throw MemSnapError(operation, .corrupt(
@@ -87,7 +106,9 @@ extension Arena {
             // One copy is torn or damaged: rewrite both from the good one, so the next damage
             // still has a copy to fall back on.
             meta.counter += 1
-            try writeMeta(meta, to: heapFile, during: operation) { (file) throws(MemSnapError) in try file.synchronize(during: operation) }
+            try writeMeta(meta, to: heapFile, lastSlot: newestSlot, during: operation) { (file) throws(MemSnapError) in
+                try file.synchronize(during: operation)
+            }
         }
         let region = try VirtualRegion(maxSize: meta.capacity, hugePages: .disabled,
                                        preferredAddress: meta.recordedBase == 0 ? nil : UInt(meta.recordedBase))
@@ -141,8 +162,10 @@ extension Arena {
     // MARK: Files
 
     /// Opens (or with `creating`, exclusively creates) a regular file, never through a link.
+    /// O_NONBLOCK keeps a FIFO or a device from blocking the open (it changes nothing for the
+    /// regular file this insists on).
     static func openFile(_ path: String, writable: Bool, creating: Bool, during operation: String) throws(MemSnapError) -> PosixArenaFile {
-        let flags = (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOFOLLOW | (creating ? O_CREAT | O_EXCL : 0)
+        let flags = (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | (creating ? O_CREAT | O_EXCL : 0)
         var descriptor: Int32
         repeat { descriptor = Glibc.open(path, flags, 0o644) } while descriptor < 0 && errno == EINTR
         guard descriptor >= 0 else {
@@ -187,13 +210,12 @@ extension Arena {
     }
 
     /// Makes new directory entries durable.
-    private static func syncDirectory(of path: String) {
+    private static func syncDirectory(of path: String, during operation: String) throws(MemSnapError) {
         let directory = path.lastIndex(of: "/").map { String(path[...$0]) } ?? "."
         let descriptor = Glibc.open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if descriptor >= 0 {
-            fsync(descriptor)
-            Glibc.close(descriptor)
-        }
+        guard descriptor >= 0 else { throw .systemCall("open directory \(directory)", during: operation) }
+        defer { Glibc.close(descriptor) }
+        guard fsync(descriptor) == 0 else { throw .systemCall("fsync directory \(directory)", during: operation) }
     }
 
     // MARK: Mapping and recovery

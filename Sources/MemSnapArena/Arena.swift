@@ -21,8 +21,8 @@ import MemSnap
 /// completed sync in memory and writes nothing.
 ///
 /// Locking: a read-write open takes an exclusive `flock` on `PATH`, a read-only open a shared
-/// one; either fails at once (EWOULDBLOCK) when the other kind is held, also by another open of
-/// the same process (after `Configuration.lockTimeout`). Caveats, as LMDB's: the lock is
+/// one: a writer excludes every other open, readers exclude writers, also opens in the same
+/// process; a conflicting open fails (EWOULDBLOCK) after `Configuration.lockTimeout`. Caveats, as LMDB's: the lock is
 /// advisory (a process that ignores it, or truncates the files, can still damage the arena or
 /// make the mapped heap fault); a child of `fork` inherits the descriptors and the lock but
 /// must not use the arena (its mapping is a copy and its syncs would interleave with the
@@ -174,8 +174,9 @@ public final class Arena: @unchecked Sendable {
     // MARK: Memory
 
     /// `byteCount` bytes aligned to `alignment` (a power of two up to the page size). Contents
-    /// are zero. The file system reserves space for new pages first, so a store into the result
-    /// never faults for lack of disk.
+    /// are unspecified, as with malloc (small objects come zeroed; page runs hold what their
+    /// pages last held). The file system reserves space for new pages first, so a store into the
+    /// result never faults for lack of disk.
     /// - Throws: `.invalidArgument` for a zero size or a bad alignment, or when read-only;
     ///   `.tooSmall` when the arena is full; `.exceedsMaximum` for a size past the heap;
     ///   `.systemCall("posix_fallocate ...", ENOSPC)` when the file system is full; `.corrupt`
@@ -250,7 +251,8 @@ public final class Arena: @unchecked Sendable {
         public var usedBytes: Int
         public var allocations: Int
         public var allocatedBytes: Int
-        /// Bytes of write-ahead log not yet checkpointed.
+        /// Bytes of write-ahead log written since the last checkpoint by this open (0 when
+        /// read-only: a read-only open replays the log in memory and leaves it as it is).
         public var logBytes: Int
     }
 

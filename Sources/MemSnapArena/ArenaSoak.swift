@@ -38,10 +38,9 @@ public enum ArenaSoak {
     public static func completedStep(_ arena: Arena) -> Int { arena.epoch == 1 && arena.event < 1 << 31 ? Int(arena.event) : 0 }
 
     public static func step(_ arena: Arena, _ k: Int) throws {
-        let blob = ArenaOffset(rawValue: try arena.root(1))
+        let blob = try arena.address(of: ArenaOffset(rawValue: try arena.root(1)), byteCount: blobPages * Page.size)
         for page in pages(k) {
-            try arena.address(of: ArenaOffset(rawValue: blob.rawValue + UInt64(page * Page.size)), byteCount: Page.size)
-                .initializeMemory(as: UInt8.self, repeating: UInt8(k & 0xFF), count: Page.size)
+            (blob + page * Page.size).initializeMemory(as: UInt8.self, repeating: UInt8(k & 0xFF), count: Page.size)
         }
         let slot = 8 + k % 8
         let old = try arena.root(slot)

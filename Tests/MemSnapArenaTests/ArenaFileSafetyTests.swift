@@ -135,11 +135,18 @@ struct ArenaFileSafetyTests {
         #expect(expectMemSnapError { _ = try Arena.openOrCreate(path: directory.arena, capacity: 1 << 20) }?.errno == .fileExists)
     }
 
-    @Test func aDirectoryOrADeviceIsNotAnArena() throws {
+    @Test(.timeLimit(.minutes(1)))
+    func aDirectoryAFifoOrADeviceIsNotAnArenaAndNoneOfThemBlocks() throws {
         let directory = ArenaDirectory()
         #expect(mkdir(directory.arena, 0o755) == 0)
         expectReason(.invalidArgument("\(directory.arena) is not a regular file")) { _ = try Arena.open(path: directory.arena, access: .readOnly) }
         expectReason(.invalidArgument("/dev/null is not a regular file")) { _ = try Arena.open(path: "/dev/null", access: .readOnly) }
+        let fifo = directory.file("fifo.arena")
+        #expect(mkfifo(fifo, 0o600) == 0)
+        for access in [Arena.Access.readOnly, .readWrite] {  // an open without a writer would wait for one
+            expectReason(.invalidArgument("\(fifo) is not a regular file")) { _ = try Arena.open(path: fifo, access: access) }
+        }
+        #expect(!Arena.isArena(path: fifo))
     }
 
     // MARK: A create that fails leaves nothing
@@ -222,6 +229,42 @@ struct ArenaFileSafetyTests {
         #expect(reopened.event == 2)
         #expect(try reopened.bytes(blob, count: 6 << 20).allSatisfy { $0 == 9 })
         try reopened.close()
+    }
+
+    /// Compaction punches the interiors of free runs; when freeing later lowers top through such
+    /// a run, the pages above the new top are holes again, and growing top must reserve them.
+    @Test(.enabled(if: SmallTmpfs.isPermitted, SmallTmpfs.notPermittedReason))
+    func pagesPunchedByCompactionAreReservedAgainWhenTopGrowsBackOverThem() throws {
+        guard let disk = SmallTmpfs(bytes: 24 << 20) else { Issue.record("mount failed"); return }
+        let path = "\(disk.path)/punched.arena"
+        do {
+            let arena = try Arena.create(path: path, capacity: 64 << 20, configuration: .init(tracking: .explicit))
+            _ = try arena.allocate(byteCount: 10 * pageSize)
+            let middle = try arena.allocate(byteCount: 2 << 20)
+            _ = try arena.allocate(byteCount: pageSize)
+            try arena.free(middle)
+            try arena.sync(epoch: 0, event: 1)
+            try arena.sync(epoch: 0, event: 2)  // the free is released: a free run of 2 MiB
+            try arena.close()
+        }
+        _ = try Arena.compact(path: path)  // punches the run's interior
+        let arena = try Arena.open(path: path, configuration: .init(tracking: .explicit))
+        let statistics = try arena.statistics
+        let last = ArenaOffset(rawValue: UInt64(statistics.usedBytes - pageSize))
+        try arena.free(last)
+        try arena.sync(epoch: 0, event: 3)
+        try arena.sync(epoch: 0, event: 4)  // top falls back over the punched run
+        #expect(try arena.statistics.usedBytes < statistics.usedBytes - (2 << 20) + pageSize)
+        let filler = disk.fill()
+        let error = expectMemSnapError {
+            let again = try arena.allocate(byteCount: 2 << 20)
+            try arena.fill(again, count: 2 << 20, with: 5)  // SIGBUS if its pages were not reserved
+        }
+        #expect(error?.errno == .noSpace)
+        unlink(filler)
+        let again = try arena.allocate(byteCount: 2 << 20)
+        try arena.fill(again, count: 2 << 20, with: 5)
+        try arena.close()
     }
 
     @Test(.enabled(if: SmallTmpfs.isPermitted, SmallTmpfs.notPermittedReason))

@@ -108,6 +108,22 @@ struct ArenaSyncFailureTests {
         #expect(try setup.reopened() == (3, 3))
     }
 
+    /// Emptying the log after a checkpoint zeroes its first record header; a write that tears
+    /// half way must not leave later syncs behind a header the next recovery cannot read.
+    @Test func aTornZeroingOfTheLogLosesNoLaterSync() throws {
+        let setup = try Setup(checkpointLogBytes: 0)
+        try setup.arena.fill(setup.object, count: 3 * pageSize, with: 2)
+        setup.plan.fail(.write, of: .log, offsets: 0..<ArenaFormat.recordHeaderSize, length: ArenaFormat.recordHeaderSize,
+                        partial: 100, with: .ioError)
+        let error = expectMemSnapError { try setup.arena.sync(epoch: 0, event: 2) }
+        #expect(error?.errno == .ioError)
+        #expect(error?.operation.hasSuffix("commit 3 is durable, but what follows it failed") == true)
+        try setup.arena.fill(setup.object, count: 3 * pageSize, with: 3)
+        try setup.arena.sync(epoch: 0, event: 3)
+        setup.arena.abandon()  // a crash: what the log holds must bring back event 3
+        #expect(try setup.reopened() == (3, 3))
+    }
+
     @Test func aFailedHeapFlushDuringACheckpointStopsSyncsAndTheLogStillRecoversTheCommit() throws {
         let setup = try Setup(checkpointLogBytes: 0)
         try setup.arena.fill(setup.object, count: 3 * pageSize, with: 2)

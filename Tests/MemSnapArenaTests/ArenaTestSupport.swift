@@ -122,6 +122,10 @@ final class FaultPlan: @unchecked Sendable {
         var operation: FileOperation?
         /// Only writes that touch these file offsets count.
         var offsets: Range<Int>?
+        /// Only writes of exactly this many bytes count.
+        var length: Int?
+        /// A failing write first writes this many of its bytes (a torn write), else none.
+        var partial: Int?
         var failAt: Int
         var errno: Errno
         var sticky: Bool
@@ -135,23 +139,28 @@ final class FaultPlan: @unchecked Sendable {
 
     /// Fails the `count`-th `operation` (any operation if nil) of the file `role` (either if
     /// nil), only counting writes that touch `offsets` when given.
-    func fail(_ operation: FileOperation?, of role: ArenaFileRole? = nil, offsets: Range<Int>? = nil, at count: Int = 1,
-              with errno: Errno, sticky: Bool = false) {
-        lock.withLock { rules.append(Rule(role: role, operation: operation, offsets: offsets, failAt: count, errno: errno, sticky: sticky)) }
+    func fail(_ operation: FileOperation?, of role: ArenaFileRole? = nil, offsets: Range<Int>? = nil, length: Int? = nil,
+              partial: Int? = nil, at count: Int = 1, with errno: Errno, sticky: Bool = false) {
+        lock.withLock {
+            rules.append(Rule(role: role, operation: operation, offsets: offsets, length: length, partial: partial, failAt: count,
+                              errno: errno, sticky: sticky))
+        }
     }
 
     func clear() { lock.withLock { rules.removeAll() } }
 
-    /// The errno to fail this operation with, if any.
-    func check(_ operation: FileOperation, _ role: ArenaFileRole, touching range: Range<Int>? = nil) -> Errno? {
+    /// The errno to fail this operation with (and for a write, how many of its bytes to write
+    /// first), if any.
+    func check(_ operation: FileOperation, _ role: ArenaFileRole, touching range: Range<Int>? = nil) -> (errno: Errno, partial: Int?)? {
         lock.withLock {
             operationCount += 1
             for index in rules.indices where (rules[index].operation ?? operation) == operation && (rules[index].role ?? role) == role {
                 if let offsets = rules[index].offsets, !(range.map { $0.overlaps(offsets) } ?? false) { continue }
+                if let length = rules[index].length, range?.count != length { continue }
                 rules[index].seen += 1
                 if rules[index].seen == rules[index].failAt || (rules[index].sticky && rules[index].seen > rules[index].failAt) {
                     injected += 1
-                    return rules[index].errno
+                    return (rules[index].errno, rules[index].partial)
                 }
             }
             return nil
@@ -228,8 +237,26 @@ final class FaultyFile: InterceptedFile {
     }
 
     override func before(_ operation: FileOperation, touching range: Range<Int>?, during text: @autoclosure () -> String) throws(MemSnapError) {
-        if let errno = plan.check(operation, role, touching: operation == .write ? range : nil) {
-            throw MemSnapError(text(), .systemCall("\(operation.rawValue) \(path) (injected)", errno))
+        guard let fault = plan.check(operation, role, touching: operation == .write ? range : nil) else { return }
+        if let partial = fault.partial, let range {  // a torn write: a prefix lands, then the error
+            pendingTornWrite = (range.lowerBound, min(partial, range.count))
+        }
+        throw MemSnapError(text(), .systemCall("\(operation.rawValue) \(path) (injected)", fault.errno))
+    }
+
+    /// Where a torn write's prefix goes: `write` lands it before rethrowing.
+    private var pendingTornWrite: (offset: Int, count: Int)?
+
+    override func write(_ buffers: [UnsafeRawBufferPointer], at offset: Int, during operation: @autoclosure () -> String) throws(MemSnapError) {
+        do {
+            try super.write(buffers, at: offset, during: operation())
+        } catch {
+            if let torn = pendingTornWrite {
+                pendingTornWrite = nil
+                let bytes = Array(buffers.flatMap { Array($0) }.prefix(torn.count))
+                try? inner.write(bytes, at: torn.offset, during: operation())
+            }
+            throw error
         }
     }
 }

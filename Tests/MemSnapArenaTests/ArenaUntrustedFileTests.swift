@@ -178,16 +178,27 @@ struct ArenaUntrustedFileTests {
         #expect(compact?.operation == "compact arena \(sample.path): refused, the arena fails its check")
     }
 
-    @Test func aPendingFreeOnAMetadataPageIsRefusedWhenReleased() throws {
+    @Test func aPendingFreeOnAMetadataPageIsRefusedOnOpen() throws {
         let sample = try SampleArena.make()
         patchAllocator(sample.path, .pendingHead, to: UInt64(pageSize + 16 + 1))  // offset 4112: the page map
-        expectReason(.corrupt("arena allocator: the pending free at offset 4112: its page is neither a pending run nor a slab")) {
-            _ = try Arena.open(path: sample.path)
+        for access in [Arena.Access.readWrite, .readOnly] {
+            expectReason(.corrupt("arena allocator: the pending-free list starts at offset 4112, outside the allocated heap")) {
+                _ = try Arena.open(path: sample.path, access: access)
+            }
         }
-        let reader = try Arena.open(path: sample.path, access: .readOnly)  // inspection does not release
-        expectReason(.corrupt("arena allocator: the pending-free list names offset 4112, on a allocator metadata page")) {
-            _ = try reader.check()
+    }
+
+    /// A page-map entry calling the allocator's header page an allocation: freeing it must not
+    /// write the pending link over the header, and `check` names the lie.
+    @Test func aMetadataPageDressedUpAsAnAllocationCannotBeFreed() throws {
+        let sample = try SampleArena.make()
+        patchPageMap(sample.path, page: 0, kind: 3, value: 1)  // page 0: "a run of one page"
+        let arena = try Arena.open(path: sample.path)
+        expectReason(.invalidArgument("it points into the allocator's own metadata")) { try arena.free(ArenaOffset(rawValue: 0)) }
+        expectReason(.corrupt("arena allocator: page 0 holds the allocator's metadata but the page map says otherwise")) {
+            _ = try arena.check()
         }
+        try arena.close()
     }
 
     /// The case: one corrupted `top`, lowered below live allocations, made compaction
@@ -199,7 +210,7 @@ struct ArenaUntrustedFileTests {
         let before = fileBytes(sample.path)
         let error = expectMemSnapError { _ = try Arena.compact(path: sample.path) }
         #expect(error?.operation == "compact arena \(sample.path): refused, the arena fails its check")
-        #expect(error?.reason == .corrupt("arena allocator: counted 3 allocations of 12592 bytes, the header says 4 of 20784"))
+        #expect(error?.reason == .corrupt("arena allocator: page 12 above top is not untouched"))
         #expect(fileBytes(sample.path) == before, "not a byte punched")
         patchAllocator(sample.path, .top, to: 3)
         expectReason(.corrupt("arena allocator: the pending-free list starts at offset 28672, outside the allocated heap")) {
@@ -233,6 +244,21 @@ struct ArenaUntrustedFileTests {
         expectReason(why) { _ = try arena.statistics }
         expectReason(why) { _ = try arena.check() }
         arena.abandon()
+    }
+
+    @Test func aCommitCounterAtTheLimitRefusesFurtherSyncsWithAnError() throws {
+        let sample = try SampleArena.make()
+        let limit = UInt64(1) << 63
+        resealMetapages(sample.path, .checkpointCommit, to: limit - 2)
+        let arena = try Arena.open(path: sample.path)
+        try arena.sync(epoch: 9, event: 1)
+        #expect(arena.commitCounter == limit - 1)
+        expectReason(.unavailable("the commit counter has reached 2^63 - 1: no reader would accept another commit")) {
+            try arena.sync(epoch: 9, event: 2)
+        }
+        try arena.close()
+        let reopened = try Arena.open(path: sample.path, access: .readOnly)
+        #expect(reopened.epoch == 9 && reopened.event == 1 && reopened.commitCounter == limit - 1)
     }
 
     // MARK: Addresses

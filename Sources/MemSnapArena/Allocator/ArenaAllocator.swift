@@ -19,11 +19,13 @@ import MemSnap
 ///   makes it reusable. So freed space is never reused before the free is durable.
 ///
 /// Untrusted state: the heap is ordinary memory that a stray store can damage, and a file that
-/// a crafted or damaged file can fill. So nothing read from it is trusted: every page number is
-/// checked to lie in the allocated pages, every kind, class, count and run length against the
-/// layout, and every list walk is bounded. A value that fails is a `.corrupt` error naming the
-/// structure, thrown before the operation changes anything it cannot finish, and no read or
-/// write ever leaves the heap.
+/// a crafted or damaged file can fill. So nothing read from it is trusted: every page number read
+/// from a list is checked to lie in the allocated pages and to have the expected kind, every
+/// kind, class, count and run length against the layout, and every list walk is bounded (and
+/// free lists checked link by link, so a loop ends at once). A value that fails is a `.corrupt`
+/// error naming the structure, and no read or write ever leaves the heap. `allocate`, `free` and
+/// the release of page runs check every structure they will change before they change any;
+/// releasing a pending slot of a damaged slab can stop half way.
 ///
 /// Backing: before pages are handed out, `reserveBacking` is called with them (and whether they
 /// come from above `top`), so the file system commits space for the heap file's pages first (a
@@ -185,7 +187,7 @@ struct ArenaAllocator {
     /// The pending list's head: 0, or 1 + the offset of a freed allocation below top.
     private func pendingHead(top: Int, during operation: String) throws(MemSnapError) -> UInt64 {
         let head = u64(Self.pendingOffset)
-        guard head == 0 || (head - 1 < UInt64(top * pageSize) && (head - 1) % 16 == 0) else {
+        guard head == 0 || (head - 1 >= UInt64(firstDataPage * pageSize) && head - 1 < UInt64(top * pageSize) && (head - 1) % 16 == 0) else {
             throw corrupt(operation, "the pending-free list starts at offset \(head &- 1), outside the allocated heap")
         }
         return head
@@ -284,18 +286,27 @@ struct ArenaAllocator {
         let top = try top(during: operation)
         for bucketIndex in bucket(forLength: count)..<Self.bucketCount {
             var cursor = try link(u32(Self.bucketsOffset + bucketIndex * 4), top: top, "free list \(bucketIndex) head", during: operation)
+            var previous = 0
             var steps = 0
             while let page = cursor {
                 steps += 1
-                guard steps <= pageCount else { throw corrupt(operation, "free list \(bucketIndex) loops") }
+                // Each run's back link must name the run before it (0 for the head): a list that
+                // loops breaks this at the first repeated run, long before `steps` runs out.
+                guard steps <= pageCount, u32(page * pageSize + 4) == UInt32(previous) else {
+                    throw corrupt(operation, "free list \(bucketIndex) is damaged at page \(page) (its back link, or a loop)")
+                }
                 let length = try freeRunLength(page, top: top, bucket: bucketIndex, during: operation)
                 if length >= count {
+                    // Everything the change reads is checked before anything is written.
+                    try validateRemoval(page, length: length, top: top, during: operation)
+                    if length > count { try validateInsertion(length: length - count, top: top, during: operation) }
                     try reserveBacking(page..<page + count, false, operation)
                     try removeFreeRun(page, length: length, top: top, during: operation)
                     if length > count { try insertFreeRun(page + count, length: length - count, top: top, during: operation) }
                     markRun(page, count)
                     return page
                 }
+                previous = page
                 cursor = try link(u32(page * pageSize), top: top, "the free run at page \(page)", during: operation)
             }
         }
@@ -313,6 +324,12 @@ struct ArenaAllocator {
         for interior in 1..<max(1, count) { setEntry(page + interior, .runInterior, interior) }
     }
 
+    /// Throws unless a run of `length` pages can be put on its list (the list's head is sound).
+    private func validateInsertion(length: Int, top: Int, during operation: String) throws(MemSnapError) {
+        let head = Self.bucketsOffset + bucket(forLength: length) * 4
+        _ = try linkedPage(u32(head), of: .freeHead, top: top, "free list \(bucket(forLength: length)) head", during: operation)
+    }
+
     private func insertFreeRun(_ page: Int, length: Int, top: Int, during operation: String) throws(MemSnapError) {
         let head = Self.bucketsOffset + bucket(forLength: length) * 4
         let next = try linkedPage(u32(head), of: .freeHead, top: top, "free list \(bucket(forLength: length)) head", during: operation)
@@ -327,49 +344,63 @@ struct ArenaAllocator {
         }
     }
 
-    private func removeFreeRun(_ page: Int, length: Int, top: Int, during operation: String) throws(MemSnapError) {
+    /// The free run's neighbours on its list, after checking them: each a free run, and the run
+    /// the list's head when it has no previous one.
+    @discardableResult
+    private func validateRemoval(_ page: Int, length: Int, top: Int, during operation: String) throws(MemSnapError) -> (next: Int?, previous: Int?) {
         let next = try linkedPage(u32(page * pageSize), of: .freeHead, top: top, "the free run at page \(page) (next)", during: operation)
         let previous = try linkedPage(u32(page * pageSize + 4), of: .freeHead, top: top, "the free run at page \(page) (previous)",
                                       during: operation)
-        let head = Self.bucketsOffset + bucket(forLength: length) * 4
-        if previous == nil, u32(head) != UInt32(page) {
+        if previous == nil, u32(Self.bucketsOffset + bucket(forLength: length) * 4) != UInt32(page) {
             throw corrupt(operation, "the free run at page \(page) has no previous run but does not head free list \(bucket(forLength: length))")
         }
+        return (next, previous)
+    }
+
+    private func removeFreeRun(_ page: Int, length: Int, top: Int, during operation: String) throws(MemSnapError) {
+        let (next, previous) = try validateRemoval(page, length: length, top: top, during: operation)
+        let head = Self.bucketsOffset + bucket(forLength: length) * 4
         if let previous { setU32(previous * pageSize, UInt32(next ?? 0)) } else { setU32(head, UInt32(next ?? 0)) }
         if let next { setU32(next * pageSize + 4, UInt32(previous ?? 0)) }
     }
 
     /// Makes `count` pages at `page` free, merging with free neighbours, and returns trailing
-    /// free space to the untouched region above `top`.
+    /// free space to the untouched region above `top`. Checks every run it will touch before it
+    /// changes any.
     private func releasePages(_ page: Int, _ count: Int, during operation: String) throws(MemSnapError) {
         let top = try top(during: operation)
-        var start = page, length = count
-        if start - 1 >= firstDataPage {
-            let left = try entry(start - 1, during: operation)
+        var left: (head: Int, length: Int)? = nil
+        if page - 1 >= firstDataPage {
+            let entry = try entry(page - 1, during: operation)
             var leftHead: Int? = nil
-            if left.kind == .freeTail {
-                guard left.value >= 2, left.value <= start - firstDataPage else {
-                    throw corrupt(operation, "the free run tail at page \(start - 1) gives the length \(left.value)")
+            if entry.kind == .freeTail {
+                guard entry.value >= 2, entry.value <= page - firstDataPage else {
+                    throw corrupt(operation, "the free run tail at page \(page - 1) gives the length \(entry.value)")
                 }
-                leftHead = start - left.value
-            } else if left.kind == .freeHead && left.value == 1 {
-                leftHead = start - 1
+                leftHead = page - entry.value
+            } else if entry.kind == .freeHead && entry.value == 1 {
+                leftHead = page - 1
             }
             if let leftHead {
-                let leftLength = try freeRunLength(leftHead, top: top, bucket: nil, during: operation)
-                guard leftHead + leftLength == start else {
+                let length = try freeRunLength(leftHead, top: top, bucket: nil, during: operation)
+                guard leftHead + length == page else {
                     throw corrupt(operation, "the free run at page \(leftHead) does not end where its tail says")
                 }
-                try removeFreeRun(leftHead, length: leftLength, top: top, during: operation)
-                start = leftHead
-                length += leftLength
+                try validateRemoval(leftHead, length: length, top: top, during: operation)
+                left = (leftHead, length)
             }
         }
-        if start + length < top, try entry(start + length, during: operation).kind == .freeHead {
-            let rightLength = try freeRunLength(start + length, top: top, bucket: nil, during: operation)
-            try removeFreeRun(start + length, length: rightLength, top: top, during: operation)
-            length += rightLength
+        var right: (head: Int, length: Int)? = nil
+        if page + count < top, try entry(page + count, during: operation).kind == .freeHead {
+            let length = try freeRunLength(page + count, top: top, bucket: nil, during: operation)
+            try validateRemoval(page + count, length: length, top: top, during: operation)
+            right = (page + count, length)
         }
+        let start = left?.head ?? page
+        let length = (left?.length ?? 0) + count + (right?.length ?? 0)
+        if start + length != top { try validateInsertion(length: length, top: top, during: operation) }
+        if let left { try removeFreeRun(left.head, length: left.length, top: top, during: operation) }
+        if let right { try removeFreeRun(right.head, length: right.length, top: top, during: operation) }
         if start + length == top {
             for page in start..<start + length { setEntry(page, .untouched, 0) }
             setTop(start)
@@ -494,6 +525,9 @@ struct ArenaAllocator {
             throw MemSnapError(operation, .invalidArgument("it is not allocated (double free?)"))
         }
         let page = offset / pageSize
+        guard page >= firstDataPage else {
+            throw MemSnapError(operation, .invalidArgument("it points into the allocator's own metadata"))
+        }
         let state = try entry(page, during: operation)
         let size: Int
         switch state.kind {
@@ -547,8 +581,8 @@ struct ArenaAllocator {
             let state = try entry(page, during: operation)
             if state.kind == .pendingRun {
                 guard state.value >= 1, state.value <= top - page, offset % pageSize == 0 else { throw fail("a bad pending run") }
+                try releasePages(page, state.value, during: operation)  // checks before it changes anything
                 setU64(Self.pendingOffset, next)  // checked on the next turn
-                try releasePages(page, state.value, during: operation)
             } else if state.kind == .slab {
                 let classIndex = try slabClass(page, expected: nil, during: operation)
                 let header = page * pageSize
@@ -631,6 +665,12 @@ struct ArenaAllocator {
     func check(during operation: String) throws(MemSnapError) -> (allocations: Int, bytes: Int) {
         try validateHeader(during: operation)
         let top = try top(during: operation)
+        for page in 0..<firstDataPage where try entry(page, during: operation).kind != .metadata {
+            throw corrupt(operation, "page \(page) holds the allocator's metadata but the page map says otherwise")
+        }
+        for page in top..<pageCount where try entry(page, during: operation).kind != .untouched {
+            throw corrupt(operation, "page \(page) above top is not untouched")
+        }
         var allocations = 0, bytes = 0, pendingBytes = 0
         var freeRuns = Set<Int>(), slabsWithFreeSlots = Set<Int>(), pendingRuns = Set<Int>()
         try walkPages(during: operation) { (page, state) throws(MemSnapError) in
@@ -698,11 +738,12 @@ struct ArenaAllocator {
             throw corrupt(operation, "slabs with free slots at pages \(slabsWithFreeSlots.sorted().prefix(5)) are on no partial list")
         }
         // The pending list must name exactly the pending runs and the slots slabs hold as freed.
-        var pendingSeen = 0, steps = 0, link = try pendingHead(top: top, during: operation)
+        var pendingSeen = 0, visited = Set<Int>(), link = try pendingHead(top: top, during: operation)
         while link != 0 {
-            steps += 1
-            guard steps <= allocationLimit else { throw corrupt(operation, "the pending-free list loops") }
             let offset = Int(link - 1)
+            guard visited.insert(offset).inserted, pendingSeen <= pendingBytes else {
+                throw corrupt(operation, "the pending-free list loops or names more than was freed")
+            }
             let state = try entry(offset / pageSize, during: operation)
             if state.kind == .pendingRun {
                 guard offset % pageSize == 0, pendingRuns.remove(offset / pageSize) != nil else {
@@ -714,7 +755,7 @@ struct ArenaAllocator {
                 throw corrupt(operation, "the pending-free list names offset \(offset), on a \(state.kind) page")
             }
             link = u64(offset)
-            guard link == 0 || (link - 1 < UInt64(top * pageSize) && (link - 1) % 16 == 0) else {
+            guard link == 0 || (link - 1 >= UInt64(firstDataPage * pageSize) && link - 1 < UInt64(top * pageSize) && (link - 1) % 16 == 0) else {
                 throw corrupt(operation, "the pending-free list links to offset \(link &- 1), outside the allocated heap")
             }
         }

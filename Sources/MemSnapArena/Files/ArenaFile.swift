@@ -59,7 +59,8 @@ package struct ArenaFileLayer: Sendable {
 
 /// An arena file on a POSIX descriptor it owns (closed by `close()` or deinit).
 final class PosixArenaFile: ArenaFile {
-    let path: String
+    /// Where the file is (updated when `Arena.create` renames it into place).
+    var path: String
     private(set) var descriptor: Int32
 
     /// Takes ownership of `descriptor`.

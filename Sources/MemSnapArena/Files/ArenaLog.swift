@@ -193,16 +193,19 @@ struct ArenaLog {
 
     // MARK: Emptying
 
-    /// Makes the log hold no record, without shrinking it: zeroes the first record header (the
-    /// caller then flushes). Later records start again at 0; anything left after them is cut
-    /// off, or carries a commit number the next recovery skips.
+    /// Makes the log hold no record, without shrinking it (call once every record in it is in
+    /// the heap file and the metapage says so): later records start again at 0. Anything left
+    /// after them is cut off, or carries a commit number the next recovery skips. Zeroing the
+    /// first header (the caller then flushes) only ends that scan early, so the next record goes
+    /// to 0 even if the zeroing fails half way: whatever is at 0 then is an old record, a torn
+    /// one or zeros, and a new record there is found as the next commit.
     mutating func empty(during operation: @autoclosure () -> String) throws(MemSnapError) {
+        end = 0
         let size = try file.size(during: operation())
         reserved = size
         if size > 0 {
             try file.write([UInt8](repeating: 0, count: min(size, ArenaFormat.recordHeaderSize)), at: 0, during: operation())
         }
-        end = 0
     }
 
     /// Whether the log file holds any byte (then `empty` writes, and needs a flush).

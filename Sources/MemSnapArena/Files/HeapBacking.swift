@@ -13,8 +13,11 @@ import MemSnap
 final class HeapBacking {
     let file: any ArenaFile
     let pageCount: Int
-    /// Every page from the allocator's top up to here is reserved.
+    /// Every page from the allocator's top up to here is reserved...
     private(set) var reservedTop: Int
+    /// ...as long as top has not gone below this (the top after the last growth seen): when
+    /// freeing lowers top, the pages it gives back may be holes that compaction punched.
+    private var grownTop: Int
     static let step = (1 << 20) / 4096
 
     /// `reservedTop`: the first page from which nothing is known to be reserved.
@@ -22,13 +25,21 @@ final class HeapBacking {
         self.file = file
         self.pageCount = pageCount
         self.reservedTop = reservedTop
+        self.grownTop = reservedTop
     }
 
-    func resetReservedTop(_ page: Int) { reservedTop = page }
+    /// Everything below `top` that is in use is reserved; nothing above it is known to be.
+    func resetReservedTop(_ top: Int) {
+        reservedTop = top
+        grownTop = top
+    }
 
-    /// Reserves heap `pages`; `aboveTop` when they come from growing the allocator's top.
+    /// Reserves heap `pages`; `aboveTop` when they come from growing the allocator's top (then
+    /// `pages.lowerBound` is the current top).
     func reserve(_ pages: Range<Int>, aboveTop: Bool, during operation: String) throws(MemSnapError) {
         guard aboveTop else { return try reserveExactly(pages, during: operation) }
+        if pages.lowerBound < grownTop { reservedTop = min(reservedTop, pages.lowerBound) }
+        grownTop = pages.upperBound
         guard pages.upperBound > reservedTop else { return }
         let start = max(pages.lowerBound, reservedTop)
         let ahead = min(pageCount, max(pages.upperBound, start + Self.step))

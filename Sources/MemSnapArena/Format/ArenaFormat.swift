@@ -9,8 +9,9 @@ import MemSnap
 /// A sync appends one record (every page written since the last sync, full images, plus the
 /// roots, epoch and event) and makes it durable with one fdatasync. The record's CRC32C covers
 /// all of it, so a record torn by a crash fails its check and recovery stops at the previous
-/// one. A checkpoint copies the logged pages into the heap file, syncs it, writes the other
-/// metapage slot (counter + CRC32C; a torn slot falls back to the other) and empties the log.
+/// one. A checkpoint copies the logged pages into the heap file, syncs it, writes both metapage
+/// slots one after the other (counter + CRC32C; a torn slot falls back to the other) and
+/// empties the log.
 ///
 /// Everything read back is untrusted, even under a valid CRC: the decoders below check every
 /// size, counter and address against the limits documented here before the arena uses it.
