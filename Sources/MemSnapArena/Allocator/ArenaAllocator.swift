@@ -668,9 +668,6 @@ struct ArenaAllocator {
         for page in 0..<firstDataPage where try entry(page, during: operation).kind != .metadata {
             throw corrupt(operation, "page \(page) holds the allocator's metadata but the page map says otherwise")
         }
-        for page in top..<pageCount where try entry(page, during: operation).kind != .untouched {
-            throw corrupt(operation, "page \(page) above top is not untouched")
-        }
         var allocations = 0, bytes = 0, pendingBytes = 0
         var freeRuns = Set<Int>(), slabsWithFreeSlots = Set<Int>(), pendingRuns = Set<Int>()
         try walkPages(during: operation) { (page, state) throws(MemSnapError) in
