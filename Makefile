@@ -1,7 +1,7 @@
 # memsnap: the two quick-start commands are `make demo` and `make test`.
 SWIFT ?= swift
 
-.PHONY: demo test build release test-tsan test-asan sanitize benchmarks fuzz fuzz-build fuzz-run fuzz-smoke deps clean
+.PHONY: proto demo test build release test-tsan test-asan sanitize benchmarks fuzz fuzz-build fuzz-run fuzz-smoke deps clean
 
 demo: deps
 	$(SWIFT) build -c release --product memsnap
@@ -54,6 +54,10 @@ fuzz-smoke: fuzz-build
 # The package-benchmark suite (its own package, so `make test` never builds the harness).
 benchmarks: deps
 	cd Benchmarks && $(SWIFT) package --allow-writing-to-package-directory benchmark
+
+# Regenerates the gRPC service's Swift code from Protos/ (committed; CI never needs protoc).
+proto:
+	scripts/generate-proto.sh
 
 deps:
 	@scripts/install-deps.sh

@@ -8,11 +8,17 @@ let package = Package(
         .library(name: "MemSnap", targets: ["MemSnap"]),
         .library(name: "MemSnapCheckpoint", targets: ["MemSnapCheckpoint"]),
         .library(name: "MemSnapArena", targets: ["MemSnapArena"]),
+        .library(name: "MemSnapRemote", targets: ["MemSnapRemote"]),
         .executable(name: "memsnap", targets: ["memsnap"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        // The remote snapshot service (MemSnapRemote): gRPC over HTTP/2, protobuf messages.
+        .package(url: "https://github.com/grpc/grpc-swift-2", from: "2.4.3"),
+        .package(url: "https://github.com/grpc/grpc-swift-nio-transport", from: "2.9.2"),
+        .package(url: "https://github.com/grpc/grpc-swift-protobuf", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
     ],
     targets: [
         // Only what Swift cannot express: variadic syscalls, ioctl request numbers built by
@@ -34,6 +40,18 @@ let package = Package(
             name: "MemSnapCheckpoint",
             dependencies: ["MemSnap", "CMemSnap", "CMemSnapCodecs", .product(name: "SystemPackage", package: "swift-system")]
         ),
+        // Snapshots across hosts: the gRPC snapshot service (server and client), its generated
+        // code (Sources/MemSnapRemote/Generated, from Protos/ by `make proto`; CI never runs protoc).
+        .target(
+            name: "MemSnapRemote",
+            dependencies: [
+                "MemSnap", "MemSnapCheckpoint", "CMemSnap", "CMemSnapCodecs",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ]
+        ),
         // LMDB, only for the arena benchmark's comparison (scripts/install-deps.sh installs it).
         .target(name: "CLMDB", linkerSettings: [.linkedLibrary("lmdb")]),
         .target(
@@ -46,6 +64,7 @@ let package = Package(
                 "MemSnap",
                 "MemSnapCheckpoint",
                 "MemSnapArena",
+                "MemSnapRemote",
                 "CLMDB",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
@@ -79,6 +98,14 @@ let package = Package(
             name: "MemSnapArenaTests",
             dependencies: ["MemSnapArena", "MemSnap", "CMemSnap", "MemSnapTestSupport",
                            .product(name: "SystemPackage", package: "swift-system")]
+        ),
+        .testTarget(
+            name: "MemSnapRemoteTests",
+            dependencies: [
+                "MemSnapRemote", "MemSnap", "MemSnapCheckpoint", "MemSnapTestSupport",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCInProcessTransport", package: "grpc-swift-2"),
+            ]
         ),
         .testTarget(
             name: "MemSnapFuzzTests",

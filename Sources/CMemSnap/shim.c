@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -43,4 +44,8 @@ int memsnap_rename_noreplace(const char *from, const char *to) {
 
 int memsnap_punch_hole(int fd, int64_t offset, int64_t length) {
     return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)length);
+}
+
+int memsnap_exit_with_parent(int signal) {
+    return prctl(PR_SET_PDEATHSIG, (unsigned long)signal);
 }

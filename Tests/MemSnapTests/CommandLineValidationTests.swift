@@ -2,15 +2,8 @@
 import Glibc
 #endif
 import Foundation
+import MemSnapTestSupport
 import Testing
-
-/// The `memsnap` executable built next to this test bundle (SwiftPM puts every product of the
-/// package in one directory), nil if it was not built.
-let memsnapExecutable: String? = {
-    let bundle = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-    let path = bundle.deletingLastPathComponent().appendingPathComponent("memsnap").path
-    return access(path, X_OK) == 0 ? path : nil
-}()
 
 /// Command-line values outside what a command can do are usage errors (ArgumentParser's exit
 /// status 64 and a message naming the option), never a trap, an out-of-memory kill or a crash

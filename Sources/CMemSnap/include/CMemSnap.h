@@ -74,6 +74,11 @@ void memsnap_cleanup_unregister(int slot);
 /// errno. Other handlers for the signal are replaced.
 int memsnap_cleanup_install(int signal_number);
 
+// ---- processes -----------------------------------------------------------------------------
+/// prctl(PR_SET_PDEATHSIG, signal) (prctl is variadic): the kernel sends `signal` to this process
+/// when the thread that created it exits. Returns 0 or -1 with errno.
+int memsnap_exit_with_parent(int signal);
+
 // ---- pipes ---------------------------------------------------------------------------------
 /// pipe2(fds, O_CLOEXEC | O_NONBLOCK) (pipe2 is hidden behind _GNU_SOURCE). Returns 0 or -1/errno.
 int memsnap_pipe_cloexec_nonblocking(int fds[2]);

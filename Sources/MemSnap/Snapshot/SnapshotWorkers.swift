@@ -101,6 +101,42 @@ public final class SnapshotWorkers: @unchecked Sendable {
 
     public var count: Int { workerMemories.count }
 
+    /// A round's diffs, not merged: what `runWithoutMerging` returns, and what a host that
+    /// runs part of a batch for another (MemSnapRemote) sends back.
+    public struct RoundDiffs: Sendable {
+        /// Each worker's diffs against the snapshot, by worker index.
+        public var workers: [[SnapshotDiff]]
+        /// Dirty pages collected from each worker.
+        public var dirtyPageCounts: [Int]
+
+        public init(workers: [[SnapshotDiff]], dirtyPageCounts: [Int]) {
+            self.workers = workers
+            self.dirtyPageCounts = dirtyPageCounts
+        }
+    }
+
+    /// Runs `body` once per worker as `run` does, but merges nothing: returns each worker's
+    /// diffs and restores every worker to the snapshot. The main memory is left alone (its
+    /// writes wait for the next join or merge). Use `merge(workerDiffs:)` to apply diffs
+    /// gathered this way, possibly with other hosts' workers', in the order of your choosing.
+    /// - Throws: as `run`: `WorkerFailure` for the lowest-numbered worker whose body threw, or
+    ///   `MemSnapError` from tracking or diffing; every worker is restored either way.
+    public func runWithoutMerging(_ body: @escaping @Sendable (Worker) throws -> Void) throws -> RoundDiffs {
+        let round = try runBodies(body)
+        try restoreWorkers()
+        return round
+    }
+
+    /// Merges the main memory's writes and `workerDiffs` (in the order given: main memory
+    /// first, then each batch) in one atomic apply, then remaps everything, like `join()`.
+    /// `workerDiffs` are typically rounds of `runWithoutMerging`, here and on other hosts, in
+    /// the batch's worker order; `names` name each batch in errors ("worker 3 on 127.0.0.2").
+    /// - Throws: as `join()`: nothing is merged and every region is restored.
+    @discardableResult
+    public func merge(workerDiffs: [[SnapshotDiff]], names: [String]? = nil) throws(MemSnapError) -> JoinReport {
+        try merge(workerDiffs: workerDiffs, workerDirtyCounts: [], names: names)
+    }
+
     /// Runs `body` once per worker, each on its own thread, then joins (see the type's doc).
     /// - Throws: `WorkerFailure` for the lowest-numbered worker whose body threw (every worker
     ///   is restored to the snapshot and nothing from the round is merged; the main memory keeps
@@ -108,6 +144,13 @@ public final class SnapshotWorkers: @unchecked Sendable {
     ///   restored, the main memory keeps its writes), or from the merge, as `join()` throws.
     @discardableResult
     public func run(_ body: @escaping @Sendable (Worker) throws -> Void) throws -> JoinReport {
+        let round = try runBodies(body)
+        return try merge(workerDiffs: round.workers, workerDirtyCounts: round.dirtyPageCounts, names: nil)
+    }
+
+    /// Runs the bodies on their threads and diffs each worker; on any failure restores the
+    /// workers and throws.
+    private func runBodies(_ body: @escaping @Sendable (Worker) throws -> Void) throws -> RoundDiffs {
         let outcomes = Locked<[Int: Result<[SnapshotDiff], any Error>]>([:])
         let dirtyCounts = Locked<[Int: Int]>([:])
         var threads: [OSThread] = []
@@ -154,7 +197,7 @@ public final class SnapshotWorkers: @unchecked Sendable {
             }
         }
         let counts = (0..<count).map { index in dirtyCounts.withLock { $0[index] ?? 0 } }
-        return try merge(workerDiffs: workerDiffs, workerDirtyCounts: counts)
+        return RoundDiffs(workers: workerDiffs, dirtyPageCounts: counts)
     }
 
     /// Merges the main memory's writes (with no workers running) and remaps everything.
@@ -165,10 +208,10 @@ public final class SnapshotWorkers: @unchecked Sendable {
     ///   that restore fails too, its error is thrown instead and the pool should be dropped.
     @discardableResult
     public func join() throws(MemSnapError) -> JoinReport {
-        try merge(workerDiffs: [], workerDirtyCounts: [])
+        try merge(workerDiffs: [], workerDirtyCounts: [], names: nil)
     }
 
-    private func merge(workerDiffs: [[SnapshotDiff]], workerDirtyCounts: [Int]) throws(MemSnapError) -> JoinReport {
+    private func merge(workerDiffs: [[SnapshotDiff]], workerDirtyCounts: [Int], names: [String]?) throws(MemSnapError) -> JoinReport {
         let mainDirty: DirtyPages
         let batches: [[SnapshotDiff]]
         let written: [Range<Int>]
@@ -176,7 +219,11 @@ public final class SnapshotWorkers: @unchecked Sendable {
             mainDirty = try mainTracker.collectAndReset()
             let mainDiffs = try snapshot.diff(mainMemory, dirtyPages: mainDirty, options: options)
             batches = [mainDiffs] + workerDiffs
-            written = try snapshot.apply(batches: batches) { $0 == 0 ? "main memory's " : "worker \($0 - 1)'s " }
+            written = try snapshot.apply(batches: batches) { index in
+                if index == 0 { return "main memory's " }
+                if let names, index - 1 < names.count { return "\(names[index - 1])'s " }
+                return "worker \(index - 1)'s "
+            }
         } catch {
             try restoreAll()
             throw error
