@@ -20,7 +20,8 @@ public final class RemoteHost: Sendable {
     /// "host:port", as errors name it.
     public let name: String
     public let limits: RemoteLimits
-    private let client: any Memsnap_V1_SnapshotService.ClientProtocol
+    /// The generated client (tests send crafted messages through it).
+    package let client: any Memsnap_V1_SnapshotService.ClientProtocol
     private let shutdown: @Sendable () -> Void
 
     /// Connects (lazily, at the first call) to the server at `host:port`.
@@ -87,6 +88,13 @@ public final class RemoteHost: Sendable {
             public var epoch: UInt64
             public var size: Int
             public var maxSize: Int
+
+            public init(key: String, epoch: UInt64, size: Int, maxSize: Int) {
+                self.key = key
+                self.epoch = epoch
+                self.size = size
+                self.maxSize = maxSize
+            }
         }
     }
 
