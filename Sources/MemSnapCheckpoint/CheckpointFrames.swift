@@ -13,13 +13,24 @@ package enum CheckpointFrames {
     /// Chunk sizes a transfer may use: a multiple of the page size from 64 KiB to 16 MiB.
     package static let chunkSizes = (64 << 10)...(16 << 20)
 
-    /// Frame `chunk` of `image` (header and stored payload) and its payload checksum; nil when
-    /// the chunk is all zero pages. `image` is only read, during the call.
+    /// Buffers `encode` reuses frame after frame: one per thread encoding.
+    package struct EncodeScratch {
+        var raw: [UInt8] = []
+        var stored: [UInt8] = []
+
+        package init() {}
+    }
+
+    /// Frame `chunk` of `image`, handed to `emit` as its 48-byte header and its stored payload
+    /// (both valid during the call only) with the payload checksum; nil without calling `emit`
+    /// when the chunk is all zero pages. `image` is only read, during the call.
     /// - Throws: `.invalidArgument` for a chunk outside the image or a bad chunk size;
     ///   `.invalidArgument` if the compressor fails.
-    package static func encode(
-        chunk: Int, of image: UnsafeRawBufferPointer, chunkSize: Int, codec: CheckpointCodec, level: Int32
-    ) throws(MemSnapError) -> (bytes: [UInt8], payloadChecksum: UInt64)? {
+    package static func encode<Result>(
+        chunk: Int, of image: UnsafeRawBufferPointer, chunkSize: Int, codec: CheckpointCodec, level: Int32,
+        scratch: inout EncodeScratch,
+        emit: (_ header: UnsafeRawBufferPointer, _ payload: UnsafeRawBufferPointer, _ payloadChecksum: UInt64) -> Result
+    ) throws(MemSnapError) -> Result? {
         let operation = "encode chunk \(chunk) of a \(ByteCount(image.count)) image"
         try validate(chunkSize: chunkSize, during: operation)
         let chunkCount = (image.count + chunkSize - 1) / chunkSize
@@ -32,16 +43,40 @@ package enum CheckpointFrames {
         let frames = planner.add(CheckpointExtent(offset: UInt64(start), bytes: bytes)) + planner.finish()
         // The planner cuts at absolute chunk multiples, so one chunk is at most one frame.
         guard let pieces = frames.first else { return nil }
-        let frame = try FrameEncoder.encode(pieces, index: chunk, codec: codec, level: level)
-        var output = frame.record.encodedHeader()
-        output.reserveCapacity(CheckpointFormat.frameHeaderSize + frame.record.storedSize)
-        if let compressed = frame.compressed {
-            output.append(contentsOf: compressed)
-        } else {
-            output.append(contentsOf: frame.table)
-            for piece in frame.pieces { output.append(contentsOf: piece.bytes) }
+        // The payload before compression: the extent table, then the pieces' bytes.
+        let table = FrameEncoder.table(pieces)
+        let rawSize = pieces.reduce(table.count) { $0 + $1.bytes.count }
+        if scratch.raw.count < rawSize { scratch.raw = [UInt8](repeating: 0, count: rawSize) }
+        scratch.raw.withUnsafeMutableBytes { raw in
+            guard let target = raw.baseAddress else { return }
+            var position = 0
+            table.withUnsafeBytes { if let source = $0.baseAddress { target.copyMemory(from: source, byteCount: $0.count) } }
+            position += table.count
+            for piece in pieces {
+                if let source = piece.bytes.baseAddress { (target + position).copyMemory(from: source, byteCount: piece.bytes.count) }
+                position += piece.bytes.count
+            }
         }
-        return (output, frame.record.payloadChecksum)
+        let storedSize = try withBytes(scratch.raw) { (raw) throws(MemSnapError) in
+            try FrameCodec.compress(UnsafeRawBufferPointer(rebasing: raw[0..<rawSize]), into: &scratch.stored, codec: codec, level: level)
+        }
+        return scratch.stored.withUnsafeBytes { stored in
+            let payload = UnsafeRawBufferPointer(rebasing: stored[0..<storedSize])
+            let checksum = CheckpointFormat.xxh3(payload)
+            let record = FrameRecord(index: chunk, offset: 0, storedSize: storedSize, rawSize: rawSize,
+                                     extentCount: pieces.count, payloadChecksum: checksum)
+            return record.encodedHeader().withUnsafeBytes { header in emit(header, payload, checksum) }
+        }
+    }
+
+    /// `encode` into a new array (header, then payload), with fresh buffers.
+    package static func encode(
+        chunk: Int, of image: UnsafeRawBufferPointer, chunkSize: Int, codec: CheckpointCodec, level: Int32
+    ) throws(MemSnapError) -> (bytes: [UInt8], payloadChecksum: UInt64)? {
+        var scratch = EncodeScratch()
+        return try encode(chunk: chunk, of: image, chunkSize: chunkSize, codec: codec, level: level, scratch: &scratch) { header, payload, checksum in
+            ([UInt8](header) + [UInt8](payload), checksum)
+        }
     }
 
     /// Checks a received frame and hands each of its extents to `write(offset, bytes)` (the
@@ -49,11 +84,13 @@ package enum CheckpointFrames {
     /// the sizes against `chunkSize` and `codec`, the payload checksum, the decompressed size,
     /// the extent table, and that every extent lies inside the frame's own chunk of an image of
     /// `imageSize` bytes. Nothing is written unless the whole frame verifies.
+    /// `scratch` holds the decompressed payload: pass the same array frame after frame and it
+    /// is allocated once (it grows to the largest payload, at most a chunk and its table).
     /// - Returns: the frame's index (its chunk) and payload checksum.
     /// - Throws: `.corrupt` naming what is wrong; `write`'s errors.
     package static func decode(
-        _ frame: UnsafeRawBufferPointer, chunkSize: Int, codec: CheckpointCodec, imageSize: Int, during operation: String,
-        write: (Int, UnsafeRawBufferPointer) throws(MemSnapError) -> Void
+        _ frame: UnsafeRawBufferPointer, chunkSize: Int, codec: CheckpointCodec, imageSize: Int, scratch: inout [UInt8],
+        during operation: String, write: (Int, UnsafeRawBufferPointer) throws(MemSnapError) -> Void
     ) throws(MemSnapError) -> (index: Int, payloadChecksum: UInt64) {
         try validate(chunkSize: chunkSize, during: operation)
         guard imageSize >= 0, frame.count >= CheckpointFormat.frameHeaderSize, let base = frame.baseAddress else {
@@ -73,10 +110,12 @@ package enum CheckpointFrames {
         }
         let payload = UnsafeRawBufferPointer(start: base + CheckpointFormat.frameHeaderSize, count: record.storedSize)
         guard CheckpointFormat.xxh3(payload) == record.payloadChecksum else { throw corrupt(operation, "\(place): checksum mismatch") }
-        var raw = [UInt8](repeating: 0, count: record.rawSize)
+        // decodeHeader bounded rawSize by the chunk size and its extent table.
+        if scratch.count < record.rawSize { scratch = [UInt8](repeating: 0, count: record.rawSize) }
         let chunkStart = index * chunkSize, chunkEnd = min(imageSize, chunkStart + chunkSize)
-        try raw.withUnsafeMutableBytes { buffer in
-            Result { () throws(MemSnapError) in
+        try scratch.withUnsafeMutableBytes { whole in
+            let buffer = UnsafeMutableRawBufferPointer(rebasing: whole[0..<record.rawSize])
+            return Result { () throws(MemSnapError) in
                 try FrameCodec.decompress(payload, into: buffer, codec: codec, where: place, during: operation)
                 var coverage = ExtentCoverage()
                 let target = ChunkCollector(range: chunkStart..<chunkEnd)

@@ -15,6 +15,37 @@ enum FrameCodec {
         return stored
     }
 
+    /// `raw` compressed with `codec` at `level` into `output` (grown to the codec's bound when
+    /// smaller, and reused call after call); returns how many bytes of it were written.
+    /// - Throws: `.invalidArgument` if the compressor fails; `.none` is not a compression.
+    static func compress(
+        _ raw: UnsafeRawBufferPointer, into output: inout [UInt8], codec: CheckpointCodec, level: Int32
+    ) throws(MemSnapError) -> Int {
+        let bound: Int = switch codec {
+        case .none: raw.count
+        case .lz4: Int(LZ4_compressBound(Int32(raw.count)))
+        case .zstd: ZSTD_compressBound(raw.count)
+        }
+        if output.count < max(bound, 1) { output = [UInt8](repeating: 0, count: max(bound, 1)) }
+        let written = output.withUnsafeMutableBytes { buffer -> Int in
+            switch codec {
+            case .none:
+                if let source = raw.baseAddress, let target = buffer.baseAddress, !raw.isEmpty { target.copyMemory(from: source, byteCount: raw.count) }
+                return raw.count
+            case .lz4:
+                return Int(LZ4_compress_fast(raw.baseAddress?.assumingMemoryBound(to: CChar.self),
+                                             buffer.baseAddress?.assumingMemoryBound(to: CChar.self), Int32(raw.count), Int32(bound), level))
+            case .zstd:
+                let written = ZSTD_compress(buffer.baseAddress, bound, raw.baseAddress, raw.count, level)
+                return ZSTD_isError(written) != 0 ? 0 : written
+            }
+        }
+        guard written > 0 || raw.isEmpty || codec == .none else {
+            throw MemSnapError("compress a frame of \(raw.count) bytes with \(codec)", .invalidArgument("the compressor failed"))
+        }
+        return written
+    }
+
     private static func compressOrEmpty(_ raw: UnsafeRawBufferPointer, codec: CheckpointCodec, level: Int32) -> [UInt8] {
         switch codec {
         case .none:

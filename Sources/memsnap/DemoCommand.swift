@@ -6,8 +6,9 @@ import Foundation
 import MemSnap
 import MemSnapArena
 import MemSnapCheckpoint
+import MemSnapRemote
 
-struct DemoCommand: ParsableCommand {
+struct DemoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "demo",
         abstract: "Walk through memsnap end to end on a workspace it creates, with timings."
@@ -25,7 +26,7 @@ struct DemoCommand: ParsableCommand {
         try validateSize(size, memoryCopies: 4)
     }
 
-    func run() throws {
+    func run() async throws {
         print("memsnap demo: \(ByteCount(size)) snapshot, \(workers) workers, page size \(Page.size)")
         print("\n1. Snapshot, copy-on-write workers, restore\n")
         var timings = Table(columns: ["step", "time", "note"])
@@ -39,6 +40,38 @@ struct DemoCommand: ParsableCommand {
         try checkpointStage(snapshot: snapshot)
         print("\n5. A persistent arena: allocate, write, sync, reopen; crash-consistent\n")
         try arenaStage()
+        print("\n6. Across hosts: a second host (memsnap serve on 127.0.0.2) runs half the workers; sums add up across both\n")
+        try await remoteStage()
+    }
+
+    /// Starts `memsnap serve` on 127.0.0.2, runs rounds of 2 local and 2 remote workers adding
+    /// to 8 shared sums, and checks the totals.
+    private func remoteStage() async throws {
+        let token = "demo-\(UInt64.random(in: 0 ... .max))"
+        let (server, serverSeconds) = try Stopwatch.time { try ServerChild(address: "127.0.0.2", token: token, maxSnapshot: 1 << 30, rawSink: false) }
+        defer { server.stop() }
+        let host = try RemoteHost(host: "127.0.0.2", port: server.port, security: try RemoteSecurity(token: token))
+        defer { host.close() }
+        let snapshot = try Snapshot(size: 64 << 20, maxSize: 128 << 20, name: "demo-remote")
+        try snapshot.update(at: 0, count: 64 << 20) { SyntheticHeap(seed: 6).fill($0) }
+        try snapshot.update(at: 0, count: 64) { $0.initializeMemory(as: UInt8.self, repeating: 0) }
+        try snapshot.addMergeRegion(MergeRegion(offset: 0, length: 64, dataType: .int64, operation: .sum))
+        let workers = try DistributedWorkers(snapshot: snapshot, key: "demo", localWorkers: 2, remote: [.init(host: host, workers: 2)])
+        workers.register("memsnap.add-index", body: StandardWorkerBodies.addIndex)
+        var table = Table(columns: ["step", "time", "note"])
+        table.append(["start memsnap serve on 127.0.0.2", formatDuration(serverSeconds), "a second process on its own loopback address"])
+        let rounds = 5
+        for round in 1...rounds {
+            let report = try await workers.run("memsnap.add-index", arguments: StandardWorkerBodies.arguments(UInt32(8)))
+            table.append(["round \(round): push, run, merge", formatDuration(report.pushSeconds + report.runSeconds + report.mergeSeconds),
+                          "push to 127.0.0.2: \(report.pushes[0]) (\(formatDuration(report.pushSeconds))), "
+                          + "\(report.join.diffCount) diffs merged"])
+        }
+        print(table.rendered())
+        let expected = Int64(rounds * (1...4).reduce(0, +))
+        let sums = snapshot.withUnsafeBytes { image in (0..<8).map { image.load(fromByteOffset: $0 * 8, as: Int64.self) } }
+        print("the 8 sums are \(Set(sums).sorted()): \(rounds) rounds x (1 + 2 + 3 + 4), from 2 local and 2 remote workers")
+        guard sums.allSatisfy({ $0 == expected }) else { throw DemoFailure("the sums are not \(expected)") }
     }
 
     /// Builds a linked list in an arena, syncs it as events, writes more without syncing,

@@ -1,4 +1,5 @@
 import Dispatch
+import Foundation
 import MemSnap
 import MemSnapCheckpoint
 
@@ -15,7 +16,7 @@ final class ChunkEncoder: @unchecked Sendable {
     struct Chunk: Sendable {
         var index: Int
         /// Header and stored payload; nil for an all-zero chunk (no frame).
-        var frame: [UInt8]?
+        var frame: Data?
         var payloadChecksum: UInt64
     }
 
@@ -38,15 +39,22 @@ final class ChunkEncoder: @unchecked Sendable {
         if chunkCount == 0 { continuation.finish() }
         for thread in 0..<max(1, threads) where chunkCount > 0 {
             _ = try OSThread(name: "memsnap-push\(thread)") {
+                var scratch = CheckpointFrames.EncodeScratch()
                 while let index = counter.claim() {
                     room.wait()
                     if stopped.withLock({ $0 }) { return }
                     do {
                         let encoded = try snapshot.withUnsafeBytes { (image) throws(MemSnapError) in
                             try CheckpointFrames.encode(chunk: index, of: UnsafeRawBufferPointer(rebasing: image[0..<min(imageSize, image.count)]),
-                                                        chunkSize: chunkSize, codec: codec, level: level)
+                                                        chunkSize: chunkSize, codec: codec, level: level, scratch: &scratch) { header, payload, checksum in
+                                // The message's bytes field: built once, here, off the sending task.
+                                var frame = Data(capacity: header.count + payload.count)
+                                frame.append(contentsOf: header)
+                                frame.append(contentsOf: payload)
+                                return (frame, checksum)
+                            }
                         }
-                        continuation.yield(Chunk(index: index, frame: encoded?.bytes, payloadChecksum: encoded?.payloadChecksum ?? 0))
+                        continuation.yield(Chunk(index: index, frame: encoded?.0, payloadChecksum: encoded?.1 ?? 0))
                     } catch {
                         continuation.finish(throwing: error)
                         return

@@ -214,7 +214,7 @@ public final class RemoteHost: Sendable {
                         if let failAfter, totals.withLock({ $0.sent }) >= failAfter {
                             throw MemSnapError(operation, .unavailable("the sender stopped after \(failAfter) frames (test)"))
                         }
-                        try await writer.write(.with { $0.frame = Data(frame) })
+                        try await writer.write(.with { $0.frame = frame })
                         totals.withLock { $0.sent += 1; $0.bytes += frame.count }
                     }
                     var digest = ImageDigest()

@@ -1,3 +1,4 @@
+import Foundation
 import MemSnap
 
 /// What a `SnapshotServer` accepts, and how it runs workers. Every limit bounds what a peer can
@@ -22,6 +23,8 @@ public struct SnapshotServerConfiguration: Sendable {
     public var maxArgumentBytes = 1 << 20
     /// Bytes of diffs one update may carry, in all.
     public var maxUpdateBytes = 4 << 30
+    /// Threads checking and decompressing one whole push's frames while more arrive.
+    public var receiveThreads = min(4, max(1, ProcessInfo.processInfo.activeProcessorCount))
     /// How the server's workers are tracked.
     public var tracking = DirtyTracker.Configuration()
 

@@ -44,12 +44,24 @@ struct SnapshotService: Memsnap_V1_SnapshotService.SimpleServiceProtocol {
             let header = try checkedHeader(wire)
             let push = try await store.stage(header)
             var received: UInt32 = 0
-            while let message = try await messages.next() {
+            let decoders = try FrameDecodePipeline(push: push, threads: configuration.receiveThreads, window: 2 * configuration.receiveThreads)
+            defer { decoders.close() }
+            // Frames that arrived before the stream broke are kept for a resume: decode them first.
+            func nextMessage() async throws -> Memsnap_V1_PushSnapshotMessage? {
+                do {
+                    return try await messages.next()
+                } catch {
+                    try? await decoders.drain()
+                    throw error
+                }
+            }
+            while let message = try await nextMessage() {
                 switch message.kind {
                 case .frame(let frame)?:
-                    try frame.withUnsafeBytes { (bytes: UnsafeRawBufferPointer) throws in try push.receive(bytes) }
+                    try await decoders.submit(frame)
                     received &+= 1
                 case .commit(let commit)?:
+                    try await decoders.drain()
                     guard let frames = ChunkBitmap(bytes: [UInt8](commit.frames), count: header.chunkCount) else {
                         throw MemSnapError("commit push \(header.pushID)", .invalidArgument(
                             "the frame map has \(commit.frames.count) bytes, \((header.chunkCount + 7) / 8) for \(header.chunkCount) chunks"))
@@ -66,6 +78,7 @@ struct SnapshotService: Memsnap_V1_SnapshotService.SimpleServiceProtocol {
                     throw MemSnapError("push snapshot \"\(header.key)\"", .invalidArgument("only frames and a commit follow the header"))
                 }
             }
+            try await decoders.drain()
             throw RPCError(code: .failedPrecondition, message: "push \(header.pushID) for snapshot \"\(header.key)\" ended without a commit: "
                            + "it stays staged with \(push.received.memberCount) frames")
         }

@@ -5,7 +5,7 @@ import MemSnapCheckpoint
 /// received so far, and their checksums for the image digest. Nothing of it is visible until
 /// `finish` builds the snapshot.
 ///
-/// Ownership: owns its staging file and mapping (released with the value, or handed to the
+/// Ownership: owns its staging file (released with the value, or handed to the
 /// snapshot by `finish`). Thread safety: `receive` may run from several calls at once (a push
 /// resumed while the first connection still drains); state changes are locked.
 final class StagedPush: @unchecked Sendable {
@@ -24,7 +24,6 @@ final class StagedPush: @unchecked Sendable {
 
     let header: Header
     private let file: MemoryFile
-    private let region: VirtualRegion
     private let state = Locked(State())
 
     private struct State {
@@ -39,8 +38,6 @@ final class StagedPush: @unchecked Sendable {
         // The header was checked: the image size is at most the server's maximum, far below Int.max.
         let mapped = Page.roundUp(max(header.imageSize, 1)) ?? Page.size
         file = try MemoryFile(name: "memsnap-push", size: mapped)
-        region = try VirtualRegion(maxSize: mapped)
-        try file.map(into: region, length: mapped, sharing: .shared)
         state.withLock { $0.received = ChunkBitmap(count: header.chunkCount) }
     }
 
@@ -49,19 +46,20 @@ final class StagedPush: @unchecked Sendable {
     /// The frames received and verified so far.
     var received: ChunkBitmap { state.withLock { $0.received } }
 
-    /// Checks `frame` and copies its pages into the staging image.
-    /// - Throws: `.corrupt` for a frame that does not verify.
-    func receive(_ frame: UnsafeRawBufferPointer) throws(MemSnapError) {
+    /// Checks `frame` and writes its pages into the staging image. `scratch` is the decoder's
+    /// buffer (see `CheckpointFrames.decode`): one per thread calling.
+    /// - Throws: `.corrupt` for a frame that does not verify; `.systemCall("pwritev", ENOSPC)`
+    ///   when the server has no memory left for the image's pages.
+    func receive(_ frame: UnsafeRawBufferPointer, scratch: inout [UInt8]) throws(MemSnapError) {
         let operation = "receive a frame of push \(header.pushID) for snapshot \"\(header.key)\""
-        let decoded = try region.withUnsafeMutableBytes { (memory) throws(MemSnapError) in
-            // The decoder checks every extent against the image size before calling back.
-            try CheckpointFrames.decode(
-                frame, chunkSize: header.chunkSize, codec: header.codec, imageSize: header.imageSize, during: operation
-            ) { (offset, bytes) throws(MemSnapError) in
-                if let source = bytes.baseAddress, let target = memory.baseAddress {
-                    (target + offset).copyMemory(from: source, byteCount: bytes.count)
-                }
-            }
+        let descriptor = file.descriptor.rawValue
+        // The decoder checks every extent against the image size before calling back. pwrite,
+        // not a copy into a mapping: tmpfs zeroes a page it allocates for a fault but not one
+        // that a write fills (a tenth of a push's CPU), and a full memory is an error, not SIGBUS.
+        let decoded = try CheckpointFrames.decode(
+            frame, chunkSize: header.chunkSize, codec: header.codec, imageSize: header.imageSize, scratch: &scratch, during: operation
+        ) { (offset, bytes) throws(MemSnapError) in
+            try writeAll(descriptor, [bytes], at: offset, during: operation)
         }
         state.withLock {
             $0.received.insert(decoded.index)

@@ -5,11 +5,12 @@ import ArgumentParser
 import Foundation
 import MemSnap
 
-struct BenchCommand: ParsableCommand {
+struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Benchmarks that also measure the physical limit (memcpy) in the same run.",
-        subcommands: [TrackingBenchmarkCommand.self, DiffBenchmarkCommand.self, CheckpointBenchmarkCommand.self, ArenaBenchmarkCommand.self]
+        subcommands: [TrackingBenchmarkCommand.self, DiffBenchmarkCommand.self, CheckpointBenchmarkCommand.self, ArenaBenchmarkCommand.self,
+                      RemoteBenchmarkCommand.self]
     )
 }
 

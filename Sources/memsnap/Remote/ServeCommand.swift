@@ -44,6 +44,9 @@ struct ServeCommand: AsyncParsableCommand {
     @Flag(help: "Exit when the process that started this one exits (for tests and benchmarks).")
     var exitWithParent = false
 
+    @Flag(help: ArgumentHelp("Also run a plain TCP sink on the same host (the physical limit for memsnap bench remote).", visibility: .hidden))
+    var rawSink = false
+
     func validate() throws {
         guard parseAddress(listen) != nil else { throw ValidationError("--listen must be HOST:PORT with a port 0 to 65535, not '\(listen)'") }
         guard [tlsCert, tlsKey, tlsCa].allSatisfy({ $0 == nil }) || [tlsCert, tlsKey, tlsCa].allSatisfy({ $0 != nil }) else {
@@ -69,8 +72,9 @@ struct ServeCommand: AsyncParsableCommand {
         let idle = idleExit
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
+                let sinkPort = rawSink ? try RawTCPSink.start(host: host) : nil
                 try await server.serve(host: host, port: port) { boundHost, boundPort in
-                    print("memsnap serve: listening on \(boundHost):\(boundPort)")
+                    print("memsnap serve: listening on \(boundHost):\(boundPort)" + (sinkPort.map { " (raw sink on port \($0))" } ?? ""))
                     fflush(nil)
                 }
             }
