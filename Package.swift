@@ -8,6 +8,7 @@ let package = Package(
         .library(name: "MemSnap", targets: ["MemSnap"]),
         .library(name: "MemSnapCheckpoint", targets: ["MemSnapCheckpoint"]),
         .library(name: "MemSnapArena", targets: ["MemSnapArena"]),
+        .library(name: "MemSnapArenaCheckpoint", targets: ["MemSnapArenaCheckpoint"]),
         .executable(name: "memsnap", targets: ["memsnap"]),
     ],
     dependencies: [
@@ -40,12 +41,18 @@ let package = Package(
             name: "MemSnapArena",
             dependencies: ["MemSnap", "CMemSnap", .product(name: "SystemPackage", package: "swift-system")]
         ),
+        // Arenas in checkpoints and back (depends on both, so neither depends on the other).
+        .target(
+            name: "MemSnapArenaCheckpoint",
+            dependencies: ["MemSnap", "MemSnapCheckpoint", "MemSnapArena"]
+        ),
         .executableTarget(
             name: "memsnap",
             dependencies: [
                 "MemSnap",
                 "MemSnapCheckpoint",
                 "MemSnapArena",
+                "MemSnapArenaCheckpoint",
                 "CLMDB",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
@@ -79,6 +86,10 @@ let package = Package(
             name: "MemSnapArenaTests",
             dependencies: ["MemSnapArena", "MemSnap", "CMemSnap", "MemSnapTestSupport",
                            .product(name: "SystemPackage", package: "swift-system")]
+        ),
+        .testTarget(
+            name: "MemSnapArenaCheckpointTests",
+            dependencies: ["MemSnapArenaCheckpoint", "MemSnapArena", "MemSnapCheckpoint", "MemSnap", "MemSnapTestSupport"]
         ),
         .testTarget(
             name: "MemSnapFuzzTests",
