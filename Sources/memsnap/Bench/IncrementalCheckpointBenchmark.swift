@@ -83,15 +83,30 @@ struct IncrementalCheckpointBenchmark {
         rows.append(.init(name: "memcpy of the image", seconds: memcpySeconds, outputBytes: nil, note: "between prefaulted buffers"))
         try copy.decommit(from: 0)
 
-        // The base: a full checkpoint (with page hashes, as every format-2 checkpoint).
+        // The base: a full checkpoint (with page hashes, as every format-2 checkpoint), and the
+        // same without them, interleaved so that load drift falls on both alike.
         let base = "\(workspace)/link-0.ckpt"
-        var baseSummary: CheckpointSummary?
-        let fullSeconds = try Stopwatch.median(repetitions: repetitions) {
-            baseSummary = try image.withUnsafeBytes { try Checkpoint.write(image: $0, to: .file(path: base, force: true), options: options) }
+        var unhashed = options
+        unhashed.pageHashes = false
+        var baseSummary: CheckpointSummary?, unhashedSummary: CheckpointSummary?
+        var hashedTimes: [Double] = [], unhashedTimes: [Double] = []
+        for _ in 0..<repetitions {
+            hashedTimes.append(try Stopwatch.time {
+                baseSummary = try image.withUnsafeBytes { try Checkpoint.write(image: $0, to: .file(path: base, force: true), options: options) }
+            }.seconds)
+            unhashedTimes.append(try Stopwatch.time {
+                unhashedSummary = try image.withUnsafeBytes {
+                    try Checkpoint.write(image: $0, to: .file(path: "\(workspace)/unhashed.ckpt", force: true), options: unhashed)
+                }
+            }.seconds)
+            unlink("\(workspace)/unhashed.ckpt")
         }
+        let fullSeconds = median(hashedTimes)
         guard var parent = baseSummary.map({ CheckpointParent($0, path: base) }) else { throw MemSnapError("bench", .invalidArgument("no base")) }
         rows.append(.init(name: "full checkpoint v3/lz4", seconds: fullSeconds, outputBytes: baseSummary?.fileSize,
                           note: "\(threads) threads, page hashes included"))
+        rows.append(.init(name: "full checkpoint v3/lz4, no page hashes", seconds: median(unhashedTimes), outputBytes: unhashedSummary?.fileSize,
+                          note: "what the hashes cost"))
 
         // Incremental links with the tracker's pages.
         let tracker = try DirtyTracker(tracking: image)
