@@ -133,36 +133,81 @@ public final class CheckpointChain: @unchecked Sendable {
         }
     }
 
-    /// A hash of every page of the tip's image (dense, one per 4096-byte page), from the links'
-    /// stored page hashes; nil when a link stores none (a version-1 file, or one written
-    /// without them).
+    /// The hash of every page of the tip's image, from the links' stored page hashes; nil when a
+    /// link stores none (a version-1 file, or one written without them).
     /// - Throws: read failures; `.corrupt` if a file changed since it was opened.
-    func resolvedPageHashes() throws(MemSnapError) -> [UInt64]? {
+    func pageHashes() throws(MemSnapError) -> ChainPageHashes? {
         guard links.allSatisfy(\.hasPageHashes) else { return nil }
-        let pages = CheckpointFormat.pageCount(imageSize)
-        let zeros = [UInt8](repeating: 0, count: CheckpointFormat.pageSize)
-        let zeroPage = CheckpointFormat.xxh3(zeros)
-        func zeroHash(_ page: Int) -> UInt64 {
-            let length = CheckpointFormat.pageLength(page, imageSize: imageSize)
-            return length == CheckpointFormat.pageSize ? zeroPage : zeros.withUnsafeBytes { CheckpointFormat.xxh3(UnsafeRawBufferPointer(rebasing: $0[0..<length])) }
+        var stored: [ChainPageHashes.Link] = []
+        for link in links.reversed() {
+            stored.append(ChainPageHashes.Link(changed: link.isIncremental ? link.map.changedRuns : nil, hashRuns: link.map.hashRuns.runs,
+                                               hashes: try link.pageHashes()))
         }
-        var table = [UInt64](repeating: zeroPage, count: pages)
-        if pages > 0 { table[pages - 1] = zeroHash(pages - 1) }
-        for link in links {
-            // Pages a link replaces hold zeros unless it stores them (then they have hashes).
-            for run in link.map.changedRuns.clipped(to: pages).runs {
-                for page in run { table[page] = zeroHash(page) }
-            }
-            let hashes = try link.pageHashes()
+        return ChainPageHashes(tipFirst: stored, imageSize: imageSize)
+    }
+}
+
+/// The page hashes of a chain's image, looked up page by page: a page's hash is the one stored by
+/// the last link that holds the page (the tip first; the base holds every page), or the hash of
+/// a zero page when that link stores none for it. Memory is what the links store (no table of
+/// the image's size, which a damaged footer could make any size).
+///
+/// Thread safety: immutable; `hash(of:)` may be called from any thread.
+final class ChainPageHashes: @unchecked Sendable {
+    struct Link {
+        /// An incremental link's changed pages; nil for the base.
+        let changed: PageRuns?
+        let hashRuns: [Range<Int>]
+        /// For each hash run, the index in `hashes` of its first page.
+        let firstSlots: [Int]
+        let hashes: [UInt64]
+
+        /// `hashes` holds one hash per page of `hashRuns`, in order (checked when read).
+        init(changed: PageRuns?, hashRuns: [Range<Int>], hashes: [UInt64]) {
+            self.changed = changed
+            self.hashRuns = hashRuns
             var slot = 0
-            for run in link.hashedPages {
-                for page in run {
-                    if page < pages { table[page] = hashes[slot] }
-                    slot += 1
-                }
+            firstSlots = hashRuns.map { run in
+                defer { slot += run.count }
+                return slot
             }
+            self.hashes = hashes
         }
-        return table
+
+        func storedHash(of page: Int) -> UInt64? {
+            var low = 0, high = hashRuns.count
+            while low < high {
+                let middle = (low + high) / 2
+                if hashRuns[middle].upperBound <= page { low = middle + 1 } else { high = middle }
+            }
+            guard low < hashRuns.count, hashRuns[low].contains(page) else { return nil }
+            let slot = firstSlots[low] + page - hashRuns[low].lowerBound
+            return slot < hashes.count ? hashes[slot] : nil
+        }
+    }
+
+    private let links: [Link]
+    let imageSize: Int
+    private let zeroPage: UInt64
+    private let zeroLastPage: UInt64
+
+    init(tipFirst links: [Link], imageSize: Int) {
+        self.links = links
+        self.imageSize = imageSize
+        let zeros = [UInt8](repeating: 0, count: CheckpointFormat.pageSize)
+        zeroPage = CheckpointFormat.xxh3(zeros)
+        let last = CheckpointFormat.pageLength(max(0, CheckpointFormat.pageCount(imageSize) - 1), imageSize: imageSize)
+        zeroLastPage = zeros.withUnsafeBytes { CheckpointFormat.xxh3(UnsafeRawBufferPointer(rebasing: $0[0..<last])) }
+    }
+
+    /// The hash of page `page` of the image (which must lie inside it).
+    func hash(of page: Int) -> UInt64 {
+        for link in links {
+            if let changed = link.changed, !changed.contains(page) { continue }
+            if let hash = link.storedHash(of: page) { return hash }
+            break
+        }
+        return CheckpointFormat.pageLength(page, imageSize: imageSize) == CheckpointFormat.pageSize ? zeroPage : zeroLastPage
     }
 }
 

@@ -23,7 +23,7 @@ final class ParentComparison: @unchecked Sendable {
     private let parentImage: Snapshot?
 
     enum Basis {
-        case hashes([UInt64])
+        case hashes(ChainPageHashes)
         case image(UnsafeRawBufferPointer)
     }
 
@@ -33,7 +33,7 @@ final class ParentComparison: @unchecked Sendable {
     ///   stored hashes.
     init(chain: CheckpointChain, threads: Int) throws(MemSnapError) {
         parent = chain.parentReference
-        if let hashes = try chain.resolvedPageHashes() {
+        if let hashes = try chain.pageHashes() {
             basis = .hashes(hashes)
             parentImage = nil
         } else {
@@ -80,7 +80,7 @@ final class ParentComparison: @unchecked Sendable {
         guard length > 0, bytes.count == length else { return true }
         switch basis {
         case let .hashes(hashes):
-            return CheckpointFormat.xxh3(bytes) != hashes[page]
+            return CheckpointFormat.xxh3(bytes) != hashes.hash(of: page)
         case let .image(image):
             guard let mine = bytes.baseAddress, let theirs = image.baseAddress else { return true }
             return memcmp(mine, theirs + page * CheckpointFormat.pageSize, length) != 0

@@ -247,4 +247,25 @@ struct CheckpointImageMapTests {
         let withoutMap = Array(bytes[0..<mapStart]) + Array(bytes[(bytes.count - 88)...])
         #expect(try CheckpointCraftedFileTests().restoreFromPipe(withoutMap) != nil)
     }
+
+    /// A footer may claim any image size: comparing with such a parent looks hashes up page by
+    /// page (no table of the claimed size), and restoring it is an error, never a crash.
+    @Test func aParentClaimingAHugeImageIsComparedAndRefusedWithoutAllocatingIt() throws {
+        let directory = TemporaryDirectory()
+        let (base, _, _) = try incremental(directory)
+        var crafted = try CraftedCheckpoint(path: base)
+        crafted.imageSize = 1 << 60
+        let huge = directory.file("huge.ckpt")
+        _ = FileManager.default.createFile(atPath: huge, contents: Data(try crafted.encoded()))
+        let chain = try CheckpointChain(tip: huge)
+        #expect(chain.imageSize == 1 << 60)
+        let image = [UInt8](repeating: 1, count: 3 * 4096)
+        let next = directory.file("next.ckpt")
+        let summary = try image.withUnsafeBytes {
+            try Checkpoint.write(image: $0, comparingWith: chain, to: .file(path: next, force: false), options: options(.v2))
+        }
+        #expect(summary.changedPages == 3 && summary.imageSize == image.count)
+        _ = expectMemSnapError { _ = try Checkpoint.restoreSnapshot(from: huge, threads: 2) }
+        #expect(try restoredChain(next, threads: 2) == image, "the child replaces every page of its image")
+    }
 }
