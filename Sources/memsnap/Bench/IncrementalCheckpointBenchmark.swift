@@ -91,12 +91,14 @@ struct IncrementalCheckpointBenchmark {
         var baseSummary: CheckpointSummary?, unhashedSummary: CheckpointSummary?
         var hashedTimes: [Double] = [], unhashedTimes: [Double] = []
         for _ in 0..<repetitions {
+            // Both to fresh names: replacing a file would free its pages inside the timed rename.
+            unlink(base)
             hashedTimes.append(try Stopwatch.time {
-                baseSummary = try image.withUnsafeBytes { try Checkpoint.write(image: $0, to: .file(path: base, force: true), options: options) }
+                baseSummary = try image.withUnsafeBytes { try Checkpoint.write(image: $0, to: .file(path: base, force: false), options: options) }
             }.seconds)
             unhashedTimes.append(try Stopwatch.time {
                 unhashedSummary = try image.withUnsafeBytes {
-                    try Checkpoint.write(image: $0, to: .file(path: "\(workspace)/unhashed.ckpt", force: true), options: unhashed)
+                    try Checkpoint.write(image: $0, to: .file(path: "\(workspace)/unhashed.ckpt", force: false), options: unhashed)
                 }
             }.seconds)
             unlink("\(workspace)/unhashed.ckpt")
@@ -169,10 +171,8 @@ struct IncrementalCheckpointBenchmark {
         _ = try tracker.collectAndReset()
 
         // Restores: the chain of `links` links against one full file of the same image.
-        let finalImage = "\(workspace)/final.ckpt"
-        try image.withUnsafeBytes { _ = try Checkpoint.write(image: $0, to: .file(path: finalImage, force: true), options: options) }
         // The chain's tip holds the image before the last change: restore the chain of `links`
-        // links and compare it with a full file of that image.
+        // links and compare it with a full file of that image (the chain squashed).
         let chainImage = "\(workspace)/chain-image.ckpt"
         let restored = "\(workspace)/restored.raw"
         try CheckpointChain(tip: tip).squash(to: .file(path: chainImage, force: true), options: options)
@@ -181,10 +181,13 @@ struct IncrementalCheckpointBenchmark {
         var fullRestores: [Double] = [], chainRestores: [Double] = []
         var fullRestored = 0
         for _ in 0..<repetitions {
+            // To a fresh name each time: replacing the previous copy would free it inside the timing.
+            unlink(restored)
             fullRestores.append(try Stopwatch.time {
                 try CheckpointFile(path: chainImage).restore(into: ImageFileTarget(path: restored, force: true), threads: threads)
             }.seconds)
             fullRestored = fileDigest(restored)
+            unlink(restored)
             chainRestores.append(try Stopwatch.time {
                 try CheckpointChain(tip: tip).restore(into: ImageFileTarget(path: restored, force: true), threads: threads)
             }.seconds)
@@ -197,7 +200,6 @@ struct IncrementalCheckpointBenchmark {
                           note: "\(threads) threads, to a new file, verified"))
         rows.append(.init(name: "restore the \(links)-link chain", seconds: chainRestoreSeconds, outputBytes: nil,
                           note: "\(threads) threads, to a new file, every link verified"))
-        _ = finalImage
         return Report(
             date: isoDate(), imageBytes: size, changedPagesPerLink: changed, links: links, threads: threads, repetitions: repetitions,
             trackingMode: "\(tracker.mode)", rows: rows, trackedIncrementalVsFull: tracked / fullSeconds,
