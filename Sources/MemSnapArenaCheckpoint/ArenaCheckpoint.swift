@@ -37,7 +37,9 @@ public enum ArenaCheckpoint {
     }
 
     /// Checkpoints the open `arena` as of its last completed sync (writes since then are not in
-    /// it: see `Arena.withSyncedImage`), in full or over `chain`.
+    /// it: see `Arena.withSyncedImage`), in full or over `chain`. With `options.formatVersion`
+    /// 1 (for readers older than format 2, which has no room for it) the arena's state is not
+    /// recorded: the file holds the heap alone and restores as a raw image only.
     /// - Throws: as `write(arenaAt:to:comparingWith:options:progress:)`.
     @discardableResult
     public static func write(
@@ -45,8 +47,9 @@ public enum ArenaCheckpoint {
         options: CheckpointOptions = CheckpointOptions(), progress: (@Sendable (CheckpointProgress) -> Void)? = nil
     ) throws(MemSnapError) -> CheckpointSummary {
         try arena.withSyncedImage { (heap, state) throws(MemSnapError) -> CheckpointSummary in
-            let recorded = CheckpointArenaState(capacity: state.capacity, recordedBase: state.recordedBase, commit: state.commit,
-                                                epoch: state.epoch, event: state.event, roots: state.roots)
+            let recorded = options.formatVersion < 2 ? nil : CheckpointArenaState(
+                capacity: state.capacity, recordedBase: state.recordedBase, commit: state.commit, epoch: state.epoch, event: state.event,
+                roots: state.roots)
             if let chain {
                 return try Checkpoint.write(image: heap, comparingWith: chain, to: destination, options: options, arenaState: recorded,
                                             progress: progress)

@@ -169,6 +169,21 @@ struct ArenaCheckpointTests {
         try good.close()
     }
 
+    @Test func aVersionOneCheckpointOfAnArenaHoldsItsHeapAloneForOlderReaders() throws {
+        let directory = TemporaryDirectory()
+        let source = directory.file("state.arena")
+        let arena = try Arena.create(path: source, capacity: 1 << 20, configuration: .init(tracking: .explicit))
+        try arena.sync(epoch: 1, event: 1)
+        let heap = try arena.withSyncedImage { (bytes, _) throws(MemSnapError) in [UInt8](bytes) }
+        try arena.close()
+        let path = directory.file("old.ckpt")
+        try ArenaCheckpoint.write(arenaAt: source, to: .file(path: path, force: false), options: CheckpointOptions(formatVersion: 1))
+        let file = try CheckpointFile(path: path)
+        #expect(file.formatVersion == 1 && file.arenaState == nil)
+        let restored = try Checkpoint.restoreSnapshot(from: path)
+        #expect(try restored.read(at: 0, count: restored.size) == heap)
+    }
+
     @Test func aCheckpointOfARawImageIsNotRestoredAsAnArena() throws {
         let directory = TemporaryDirectory()
         let path = directory.file("raw.ckpt")
