@@ -8,6 +8,7 @@ let package = Package(
         .library(name: "MemSnap", targets: ["MemSnap"]),
         .library(name: "MemSnapCheckpoint", targets: ["MemSnapCheckpoint"]),
         .library(name: "MemSnapArena", targets: ["MemSnapArena"]),
+        .library(name: "MemSnapArenaCheckpoint", targets: ["MemSnapArenaCheckpoint"]),
         .library(name: "MemSnapRemote", targets: ["MemSnapRemote"]),
         .executable(name: "memsnap", targets: ["memsnap"]),
     ],
@@ -61,12 +62,18 @@ let package = Package(
             name: "MemSnapArena",
             dependencies: ["MemSnap", "CMemSnap", .product(name: "SystemPackage", package: "swift-system")]
         ),
+        // Arenas in checkpoints and back (depends on both, so neither depends on the other).
+        .target(
+            name: "MemSnapArenaCheckpoint",
+            dependencies: ["MemSnap", "MemSnapCheckpoint", "MemSnapArena"]
+        ),
         .executableTarget(
             name: "memsnap",
             dependencies: [
                 "MemSnap",
                 "MemSnapCheckpoint",
                 "MemSnapArena",
+                "MemSnapArenaCheckpoint",
                 "MemSnapRemote",
                 "CLMDB",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -101,6 +108,10 @@ let package = Package(
             name: "MemSnapArenaTests",
             dependencies: ["MemSnapArena", "MemSnap", "CMemSnap", "MemSnapTestSupport",
                            .product(name: "SystemPackage", package: "swift-system")]
+        ),
+        .testTarget(
+            name: "MemSnapArenaCheckpointTests",
+            dependencies: ["MemSnapArenaCheckpoint", "MemSnapArena", "MemSnapCheckpoint", "MemSnap", "MemSnapTestSupport"]
         ),
         .testTarget(
             name: "MemSnapRemoteTests",

@@ -48,6 +48,7 @@ public enum Checkpoint {
     }
 
     /// Checkpoints a snapshot (one extent, tag 0), holding its read lock throughout.
+    /// - Throws: as `write(_:to:options:force:progress:)`.
     @discardableResult
     public static func write(
         _ snapshot: Snapshot, to path: String, options: CheckpointOptions = CheckpointOptions(), force: Bool = false,
@@ -96,22 +97,23 @@ public enum Checkpoint {
     }
 
     /// Where windows of a raw image come from.
-    private enum WindowSource {
+    enum WindowSource {
         /// read() from the current position to the end.
         case stream(Int32)
         /// pread() up to the size the file had when opened.
         case regularFile(InputFile)
     }
 
-    private static func write(
+    static func write(
         windowsOf source: WindowSource, to output: CheckpointOutputDestination, options: CheckpointOptions,
-        operation: String, progress: (@Sendable (CheckpointProgress) -> Void)?
+        comparingWith parent: ParentComparison? = nil, operation: String, progress: (@Sendable (CheckpointProgress) -> Void)?
     ) throws(MemSnapError) -> CheckpointSummary {
         try options.validate(during: operation)
         let totalBytes: Int
         if case let .regularFile(file) = source { totalBytes = file.size } else { totalBytes = 0 }
+        let image = ImageDescription(parent: parent?.parent, pageHashes: options.pageHashes)
         let writer = try CheckpointWriter(options: options, output: output.open(), totalBytes: totalBytes, operation: operation,
-                                          progress: progress)
+                                          progress: progress, image: image)
         // Windows are whole chunks, so the planner cuts the image exactly as it would in memory.
         let window = options.chunkSize * max(1, min(max(4, options.threads * 4), maxWindowBytes / options.chunkSize))
         let buffer = ReusableBuffer()
@@ -128,11 +130,19 @@ public enum Checkpoint {
                               place: "\(file.path) at \(at(offset))", during: operation)
             }
             if filled == 0 { break }
-            try writer.add(CheckpointExtent(offset: UInt64(offset), bytes: UnsafeRawBufferPointer(rebasing: bytes[0..<filled])))
+            let windowBytes = UnsafeRawBufferPointer(rebasing: bytes[0..<filled])
+            if let parent {
+                // Only the pages that differ from the parent's (a window holds whole pages, but
+                // the last, which is whole or the image's end).
+                try parent.addChangedPages(of: windowBytes, at: offset, to: writer, threads: options.threads)
+            } else {
+                try writer.add(CheckpointExtent(offset: UInt64(offset), bytes: windowBytes))
+            }
             try writer.releaseBorrowedBytes()
             offset += filled
             if filled < window { break }
         }
+        writer.declareImageSize(offset)
         return try writer.finish()
     }
 
@@ -144,8 +154,10 @@ public enum Checkpoint {
         options: CheckpointOptions, operation: String, progress: (@Sendable (CheckpointProgress) -> Void)?
     ) throws(MemSnapError) -> CheckpointSummary {
         try options.validate(during: operation)
+        // Page hashes describe one image: only when every extent is of tag 0.
+        let image = ImageDescription(pageHashes: options.pageHashes && extents.allSatisfy { $0.tag == 0 })
         let writer = try CheckpointWriter(options: options, output: output(), totalBytes: totalBytes,
-                                          operation: operation, progress: progress)
+                                          operation: operation, progress: progress, image: image)
         for extent in extents { try writer.add(extent) }
         return try writer.finish()
     }
@@ -181,27 +193,31 @@ public enum Checkpoint {
 
     // MARK: Restoring
 
-    /// Restores a checkpoint file into a new snapshot (extents must have tag 0), with `threads`
-    /// threads. The snapshot's maximum is `maxSize` (default: the image size).
-    /// - Throws: as `CheckpointFile.init(path:)` and `CheckpointFile.restore(into:threads:progress:)`;
+    /// Restores a checkpoint file (with its chain, if it is incremental: see
+    /// `CheckpointChain.init(tip:links:search:)`) into a new snapshot (extents must have tag 0),
+    /// with `threads` threads. The snapshot's maximum is `maxSize` (default: the image size).
+    /// - Throws: as `CheckpointChain.init(tip:links:search:)` and `CheckpointChain.restore`;
     ///   snapshot creation failures.
     public static func restoreSnapshot(
-        from path: String, maxSize: Int? = nil, threads: Int = 2, progress: (@Sendable (CheckpointProgress) -> Void)? = nil
+        from path: String, links: [String] = [], maxSize: Int? = nil, threads: Int = 2,
+        progress: (@Sendable (CheckpointProgress) -> Void)? = nil
     ) throws(MemSnapError) -> Snapshot {
-        let file = try CheckpointFile(path: path)
+        let chain = try CheckpointChain(tip: path, links: links)
         let target = try MemoryImageTarget(name: "restore")
-        try file.restore(into: target, threads: threads, progress: progress)
-        return try Snapshot(adopting: target.file, size: file.imageSize, maxSize: maxSize ?? file.imageSize)
+        try chain.restore(into: target, threads: threads, progress: progress)
+        return try Snapshot(adopting: target.file, size: chain.imageSize, maxSize: maxSize ?? chain.imageSize)
     }
 
-    /// Restores whatever `path` names: a regular file as a `CheckpointFile` (parallel, with
-    /// `threads` threads), anything else (a FIFO, /dev/stdin, a process substitution) as a stream
-    /// in one pass (`restore(readingFrom:into:)`; `threads` is then unused). On any error the
-    /// target is discarded. Opening a FIFO waits for a writer.
-    /// - Throws: as those two; `.systemCall` if `path` cannot be opened.
+    /// Restores whatever `path` names: a regular file as a `CheckpointChain` (an incremental
+    /// checkpoint with its parents, found among `links` or next to it; parallel, with `threads`
+    /// threads), anything else (a FIFO, /dev/stdin, a process substitution) as a stream in one
+    /// pass (`restore(readingFrom:into:)`; `threads` is then unused). On any error the target is
+    /// discarded; a missing or mismatched parent is found before the target is prepared.
+    /// Opening a FIFO waits for a writer.
+    /// - Throws: as those; `.systemCall` if `path` cannot be opened.
     @discardableResult
     public static func restore(
-        contentsOfFileAt path: String, into target: CheckpointRestoreTarget, threads: Int = 2,
+        contentsOfFileAt path: String, into target: CheckpointRestoreTarget, links: [String] = [], threads: Int = 2,
         progress: (@Sendable (CheckpointProgress) -> Void)? = nil
     ) throws(MemSnapError) -> CheckpointSummary {
         let operation = "restore checkpoint \(path)"
@@ -211,9 +227,11 @@ public enum Checkpoint {
                 return try restore(readingFrom: input.descriptor, into: target, progress: progress, operation: operation)
             }
             let file = try CheckpointFile(input: input, during: "open checkpoint \(path)")
-            try file.restore(into: target, threads: threads, progress: progress)
-            return CheckpointSummary(style: file.style, codec: file.codec, frameCount: file.frameCount, imageSize: file.imageSize,
-                                     extentBytes: file.extentBytes, fileSize: file.fileSize)
+            var given: [CheckpointFile] = []
+            for link in links { given.append(try CheckpointFile(path: link)) }
+            let chain = try CheckpointChain(tip: file, links: given)
+            try chain.restore(into: target, threads: threads, progress: progress)
+            return CheckpointSummary(file)
         } catch {
             target.discard()
             throw error
@@ -264,26 +282,45 @@ private struct StreamRestore {
 
     mutating func run() throws(MemSnapError) -> CheckpointSummary {
         let operation = operation
+        let identity = IdentityHasher()
         let headerBytes = try stream.read(CheckpointFormat.headerSize)
         let header = try withBytes(headerBytes) { (bytes) throws(MemSnapError) in try CheckpointHeader.decode(bytes, during: operation) }
+        if header.flags.contains(.incremental) {
+            throw MemSnapError(operation, .invalidArgument(
+                "an incremental checkpoint (over parent identity \(header.parent)) restores only from a file, with its chain; "
+                + "save the stream to a file next to its parent and restore that"))
+        }
         let infoBytes = try stream.read(header.infoLength)
-        let infoChecksum = try stream.readU64()
+        let infoChecksumBytes = try stream.read(8)
+        let infoChecksum = infoChecksumBytes.reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
         _ = try withBytes(infoBytes) { (bytes) throws(MemSnapError) in
             try CheckpointInfo.decode(bytes, checksum: infoChecksum, during: operation)
         }
+        identity.update(headerBytes)
+        identity.update(infoBytes)
+        identity.update(infoChecksumBytes)
         var frames: [FrameRecord] = []
+        var framesCounted = false
+        func countFrames() {
+            if !framesCounted { identity.update(frames: frames) }
+            framesCounted = true
+        }
         var extentBytes = 0
         let raw = ReusableBuffer()
         var coverage = ExtentCoverage()
         let imageEnd = ImageEnd()
         let counting = CountingTarget(target, end: imageEnd)
         var indexPosition: Int?
+        var map: (position: Int, decoder: ImageMapDecoder)?
         while true {
             let position = stream.position
             let magicBytes = try stream.read(4)
             let magic = UInt32(magicBytes[0]) | UInt32(magicBytes[1]) << 8 | UInt32(magicBytes[2]) << 16 | UInt32(magicBytes[3]) << 24
             if magic == CheckpointFormat.frameMagic || magic == CheckpointFormat.indexMagic, let indexPosition {
                 throw corrupt(operation, "at \(at(position)): data after the index at \(at(indexPosition)); expected the footer")
+            }
+            if magic != CheckpointFormat.footerMagic, let map {
+                throw corrupt(operation, "at \(at(position)): data after the image map at \(at(map.position)); expected the footer")
             }
             if magic == CheckpointFormat.frameMagic {
                 let headerBytes = magicBytes + (try stream.read(CheckpointFormat.frameHeaderSize - 4))
@@ -301,7 +338,7 @@ private struct StreamRestore {
                     try FrameCodec.decompress(stored, into: output, codec: header.codec, where: place, during: operation)
                 }
                 let frameBytes = try applyExtents(UnsafeRawBufferPointer(output), count: frame.extentCount, frame: frame.index,
-                                                  imageSize: nil, target: counting, coverage: &coverage, place: place,
+                                                  rules: .plain(imageSize: nil), target: counting, coverage: &coverage, place: place,
                                                   operation: operation)
                 let (total, overflow) = extentBytes.addingReportingOverflow(frameBytes)
                 guard !overflow else { throw corrupt(operation, "\(place): the stream's extent bytes pass Int.max") }
@@ -316,34 +353,71 @@ private struct StreamRestore {
                     throw corrupt(operation, "index at \(at(position)): lists \(count) frames, the stream had \(frames.count)")
                 }
                 let rest = try stream.read(CheckpointIndex.size(frameCount: frames.count) - 16)
-                let decoded = try withBytes(magicBytes + countBytes + rest) { (bytes) throws(MemSnapError) in
+                let indexBytes = magicBytes + countBytes + rest
+                let decoded = try withBytes(indexBytes) { (bytes) throws(MemSnapError) in
                     try CheckpointIndex.decode(bytes, at: position, chunkSize: header.chunkSize, codec: header.codec, during: operation)
                 }
                 guard decoded == frames else { throw corrupt(operation, "index at \(at(position)): disagrees with the frames") }
                 indexPosition = position
+                countFrames()
+                identity.update(indexBytes)
+            } else if magic == CheckpointFormat.mapMagic && header.version >= 2 {
+                guard header.style == .v1 || indexPosition != nil else {
+                    throw corrupt(operation, "image map at \(at(position)): a \(header.style) stream has its index before it")
+                }
+                countFrames()
+                var decoder = ImageMapDecoder(flags: header.flags, at: position, during: operation)
+                let fixed = magicBytes + (try stream.read(CheckpointImageMap.fixedSize - 4))
+                // The image size comes with the footer: counts are bounded here, checked against it there.
+                try withBytes(fixed) { (bytes) throws(MemSnapError) in try decoder.fixedPart(bytes, pageLimit: CheckpointFormat.maxPageCount) }
+                let runs = try stream.read(decoder.runsLength)
+                try withBytes(runs) { (bytes) throws(MemSnapError) in try decoder.runs(bytes) }
+                identity.update(fixed)
+                identity.update(runs)
+                var remaining = decoder.hashesLength
+                while remaining > 0 {
+                    let piece = try stream.read(min(remaining, 1 << 20))
+                    piece.withUnsafeBytes { decoder.hashes($0) }
+                    identity.update(piece)
+                    remaining -= piece.count
+                }
+                let tail = try stream.read(decoder.tailLength)
+                _ = try withBytes(tail) { (bytes) throws(MemSnapError) in try decoder.tail(bytes) }
+                identity.update(tail)
+                map = (position, decoder)
             } else if magic == CheckpointFormat.footerMagic {
-                let footerBytes = magicBytes + (try stream.read(CheckpointFormat.footerSize - 4))
+                let footerBytes = magicBytes + (try stream.read(CheckpointFormat.footerSize(version: header.version) - 4))
                 let footer = try withBytes(footerBytes) { (bytes) throws(MemSnapError) in
-                    try CheckpointFooter.decode(bytes, at: position, during: operation)
+                    try CheckpointFooter.decode(bytes, at: position, version: header.version, during: operation)
                 }
                 let expectedIndexOffset = header.style == .v1 ? 0 : indexPosition
                 guard footer.indexOffset == expectedIndexOffset else {
                     throw corrupt(operation, "footer at \(at(position)): "
                                   + (expectedIndexOffset == nil ? "a \(header.style) stream has no index" : "index offset \(footer.indexOffset) is not where the index was"))
                 }
+                if header.version >= 2 {
+                    guard let map, footer.mapOffset == map.position else {
+                        throw corrupt(operation, "footer at \(at(position)): " + (map == nil ? "a version-2 stream has no image map"
+                                                                                     : "image map offset \(footer.mapOffset) is not where the image map was"))
+                    }
+                    try map.decoder.validate(imageSize: footer.imageSize)
+                }
                 guard footer.fileSize == stream.position, footer.frameCount == frames.count, footer.extentBytes == extentBytes,
                       footer.imageSize >= imageEnd.value, footer.style == header.style, footer.codec == header.codec,
-                      footer.chunkSize == header.chunkSize, footer.level == header.level else {
+                      footer.chunkSize == header.chunkSize, footer.level == header.level, footer.flags == header.flags else {
                     throw corrupt(operation, "footer at \(at(position)): totals or settings disagree with the stream")
                 }
                 guard try stream.atEnd() else { throw corrupt(operation, "bytes follow the footer at \(at(stream.position))") }
                 let framesSeen = frames
                 try coverage.checkDisjoint(place: { "checkpoint frame \($0) at \(at(framesSeen[$0].offset))" }, during: operation)
                 try target.commit(imageSize: footer.imageSize)
+                countFrames()
+                identity.update(footerBytes)
                 return CheckpointSummary(style: header.style, codec: header.codec, frameCount: frames.count,
-                                         imageSize: footer.imageSize, extentBytes: extentBytes, fileSize: footer.fileSize)
+                                         imageSize: footer.imageSize, extentBytes: extentBytes, fileSize: footer.fileSize,
+                                         identity: identity.digest(), changedPages: nil)
             } else {
-                throw corrupt(operation, "at \(at(position)): expected a frame, the index or the footer")
+                throw corrupt(operation, "at \(at(position)): expected a frame, the index\(header.version >= 2 ? ", the image map" : "") or the footer")
             }
         }
     }

@@ -2,17 +2,48 @@ import CMemSnapCodecs
 import MemSnap
 
 
-/// The checkpoint file format, version 1. docs/FORMAT.md describes it byte by byte.
+/// The checkpoint file format, versions 1 and 2. docs/FORMAT.md describes them byte by byte.
+///
+/// Version 2 adds, in the header's and footer's reserved bytes, flags and a parent's identity,
+/// and an image map section before the footer (whose footer is 8 bytes longer). Version 1 files
+/// are read exactly as before.
 enum CheckpointFormat {
     static let magic: UInt64 = 0x3130_5450_4B43_534D  // "MSCKPT01"
+    /// The version a reader of version 1 alone knew; `CheckpointFooter` of version 1 uses it.
     static let version: UInt16 = 1
+    /// The version writers produce by default.
+    static let currentVersion: UInt16 = 2
+    static let versions: ClosedRange<UInt16> = 1...2
     static let headerSize = 64
     static let frameHeaderSize = 48
     static let frameMagic: UInt32 = 0x4D41_5246  // "FRAM"
     static let indexMagic: UInt32 = 0x5844_4E49  // "INDX"
     static let indexEntrySize = 40
     static let footerMagic: UInt32 = 0x544F_4F46  // "FOOT"
+    /// The version-1 footer; version 2's is `footerSize(version: 2)`, 88 bytes.
     static let footerSize = 80
+    static func footerSize(version: UInt16) -> Int { version == 1 ? 80 : 88 }
+    static let mapMagic: UInt32 = 0x5041_4D49  // "IMAP"
+    /// The unit of changed pages and page hashes.
+    static let pageSize = 4096
+    /// Page numbers and counts in an image map stay at or below this (every page of an image
+    /// of up to `Int.max` bytes), so sums of them never overflow `Int`.
+    static let maxPageCount = Int.max / pageSize + 1
+    static let maxParentNameLength = 255
+    static let arenaStateSize = 40 + 32 * 8
+    /// Pages of `imageSize` bytes, the last one possibly partial.
+    static func pageCount(_ imageSize: Int) -> Int { imageSize / pageSize + (imageSize % pageSize == 0 ? 0 : 1) }
+    /// The byte offset where page `page` starts, `Int.max` when that is past `Int.max` (the end
+    /// of the last page of the largest images).
+    static func byteOffset(ofPage page: Int) -> Int {
+        let (offset, overflow) = max(0, page).multipliedReportingOverflow(by: pageSize)
+        return overflow ? Int.max : offset
+    }
+    /// Bytes of page `page` in an image of `imageSize` bytes (0 past the end).
+    static func pageLength(_ page: Int, imageSize: Int) -> Int {
+        let start = byteOffset(ofPage: page)
+        return start >= imageSize ? 0 : min(pageSize, imageSize - start)
+    }
     static let extentEntrySize = 24
     /// Upper bounds a reader enforces before allocating anything.
     static let maxInfoLength = 1 << 20
@@ -37,24 +68,31 @@ extension ByteWriter {
     mutating func checksum() { u64(CheckpointFormat.xxh3(bytes)) }
 }
 
-/// The fixed 64-byte header at offset 0.
+/// The fixed 64-byte header at offset 0. Version 2 uses the reserved bytes of version 1 for
+/// flags (32) and the parent's identity (40: low then high half).
 struct CheckpointHeader: Equatable {
+    var version: UInt16 = CheckpointFormat.version
     var style: CheckpointStyle
     var codec: CheckpointCodec
     var level: Int32
     var chunkSize: Int
     var infoLength: Int
+    var flags = CheckpointFlags()
+    var parent = CheckpointIdentity.none
 
     func encoded() -> [UInt8] {
         var writer = ByteWriter()
         writer.u64(CheckpointFormat.magic)
-        writer.u16(CheckpointFormat.version)
+        writer.u16(version)
         writer.u8(style.rawValue)
         writer.u8(codec.rawValue)
         writer.i32(level)
         writer.u64(UInt64(chunkSize))
         writer.u64(UInt64(infoLength))
-        writer.u64(0); writer.u64(0); writer.u64(0)
+        writer.u32(flags.rawValue)
+        writer.u32(0)
+        writer.u64(parent.low)
+        writer.u64(parent.high)
         writer.checksum()
         return writer.bytes
     }
@@ -72,8 +110,8 @@ struct CheckpointHeader: Equatable {
             throw corrupt(operation, "header at offset 0: checksum mismatch")
         }
         let version = reader.u16()
-        guard version == CheckpointFormat.version else {
-            throw corrupt(operation, "header at offset 0: unsupported format version \(version) (this build reads 1)")
+        guard CheckpointFormat.versions.contains(version) else {
+            throw corrupt(operation, "header at offset 0: unsupported format version \(version) (this build reads 1 and 2)")
         }
         let rawStyle = reader.u8()
         let rawCodec = reader.u8()
@@ -92,10 +130,22 @@ struct CheckpointHeader: Equatable {
         guard infoLength <= UInt64(CheckpointFormat.maxInfoLength) else {
             throw corrupt(operation, "header: info length \(infoLength) exceeds \(CheckpointFormat.maxInfoLength)")
         }
-        guard reader.u64() == 0, reader.u64() == 0, reader.u64() == 0 else {
+        let flags = CheckpointFlags(rawValue: reader.u32())
+        let reserved = reader.u32()
+        let parentLow = reader.u64(), parentHigh = reader.u64()
+        let parent = CheckpointIdentity(high: parentHigh, low: parentLow)
+        guard reserved == 0, version >= 2 || (flags.rawValue == 0 && parent == .none) else {
             throw corrupt(operation, "header: reserved bytes are not zero")
         }
-        return CheckpointHeader(style: style, codec: codec, level: level, chunkSize: Int(chunkSize), infoLength: Int(infoLength))
+        guard flags.isSubset(of: .known) else {
+            throw corrupt(operation, "header: unknown flags 0x\(String(flags.subtracting(.known).rawValue, radix: 16))")
+        }
+        guard flags.contains(.incremental) == (parent != .none) else {
+            throw corrupt(operation, "header: " + (parent == .none ? "an incremental checkpoint without a parent identity"
+                                                   : "a parent identity without the incremental flag"))
+        }
+        return CheckpointHeader(version: version, style: style, codec: codec, level: level, chunkSize: Int(chunkSize),
+                                infoLength: Int(infoLength), flags: flags, parent: parent)
     }
 }
 
@@ -277,9 +327,12 @@ enum CheckpointIndex {
     }
 }
 
-/// The fixed 80-byte footer at the end of the file: the header's settings again, the totals, and
-/// where the index is; it ends with the inverted magic.
+/// The footer at the end of the file: the header's settings again, the totals, and where the
+/// index (and in version 2, the image map) is; it ends with the inverted magic. 80 bytes in
+/// version 1; 88 in version 2, which adds the header's flags (in version 1's reserved word at
+/// 12) and the image map's offset (56).
 struct CheckpointFooter: Equatable {
+    var version: UInt16 = CheckpointFormat.version
     var style: CheckpointStyle
     var codec: CheckpointCodec
     var level: Int32
@@ -289,48 +342,76 @@ struct CheckpointFooter: Equatable {
     var frameCount: Int
     var indexOffset: Int  // 0 for v1 (no index)
     var fileSize: Int
+    var flags = CheckpointFlags()
+    var mapOffset = 0  // version 2 only
+
+    init(version: UInt16 = CheckpointFormat.version, style: CheckpointStyle, codec: CheckpointCodec, level: Int32, chunkSize: Int,
+         imageSize: Int, extentBytes: Int, frameCount: Int, indexOffset: Int, fileSize: Int,
+         flags: CheckpointFlags = CheckpointFlags(), mapOffset: Int = 0) {
+        self.version = version
+        self.style = style
+        self.codec = codec
+        self.level = level
+        self.chunkSize = chunkSize
+        self.imageSize = imageSize
+        self.extentBytes = extentBytes
+        self.frameCount = frameCount
+        self.indexOffset = indexOffset
+        self.fileSize = fileSize
+        self.flags = flags
+        self.mapOffset = mapOffset
+    }
+
+    var size: Int { CheckpointFormat.footerSize(version: version) }
 
     func encoded() -> [UInt8] {
         var writer = ByteWriter()
         writer.u32(CheckpointFormat.footerMagic)
-        writer.u16(CheckpointFormat.version)
+        writer.u16(version)
         writer.u8(style.rawValue)
         writer.u8(codec.rawValue)
         writer.i32(level)
-        writer.u32(0)
+        writer.u32(version >= 2 ? flags.rawValue : 0)
         writer.u64(UInt64(chunkSize))
         writer.u64(UInt64(imageSize))
         writer.u64(UInt64(extentBytes))
         writer.u64(UInt64(frameCount))
         writer.u64(UInt64(indexOffset))
+        if version >= 2 { writer.u64(UInt64(mapOffset)) }
         writer.u64(UInt64(fileSize))
         writer.checksum()
         writer.u64(~CheckpointFormat.magic)
         return writer.bytes
     }
 
-    static func decode(_ bytes: UnsafeRawBufferPointer, at offset: Int, during operation: String) throws(MemSnapError) -> CheckpointFooter {
+    /// Decodes the footer of a file of format `version` (from its header).
+    static func decode(
+        _ bytes: UnsafeRawBufferPointer, at offset: Int, version: UInt16 = CheckpointFormat.version, during operation: String
+    ) throws(MemSnapError) -> CheckpointFooter {
         let where_ = "footer at \(at(offset))"
-        guard bytes.count == CheckpointFormat.footerSize else { throw corrupt(operation, "\(where_): truncated") }
+        let size = CheckpointFormat.footerSize(version: version)
+        guard bytes.count == size else { throw corrupt(operation, "\(where_): truncated") }
         var reader = ByteReader(bytes)
-        guard UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: 72, as: UInt64.self)) == ~CheckpointFormat.magic else {
+        guard UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: size - 8, as: UInt64.self)) == ~CheckpointFormat.magic else {
             throw corrupt(operation, "\(where_): wrong closing magic (truncated or not a checkpoint)")
         }
         guard reader.u32() == CheckpointFormat.footerMagic else { throw corrupt(operation, "\(where_): not a footer") }
-        let stored = UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: 64, as: UInt64.self))
-        guard CheckpointFormat.xxh3(UnsafeRawBufferPointer(rebasing: bytes[0..<64])) == stored else {
+        let stored = UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: size - 16, as: UInt64.self))
+        guard CheckpointFormat.xxh3(UnsafeRawBufferPointer(rebasing: bytes[0..<size - 16])) == stored else {
             throw corrupt(operation, "\(where_): checksum mismatch")
         }
-        guard reader.u16() == CheckpointFormat.version else { throw corrupt(operation, "\(where_): unsupported version") }
+        guard reader.u16() == version else { throw corrupt(operation, "\(where_): unsupported version") }
         guard let style = CheckpointStyle(rawValue: reader.u8()), let codec = CheckpointCodec(rawValue: reader.u8()) else {
             throw corrupt(operation, "\(where_): unknown style or codec")
         }
         let level = reader.i32()
-        guard reader.u32() == 0 else { throw corrupt(operation, "\(where_): reserved bytes are not zero") }
-        let values = (0..<6).map { _ in reader.u64() }
+        let flags = CheckpointFlags(rawValue: reader.u32())
+        guard version >= 2 || flags.rawValue == 0 else { throw corrupt(operation, "\(where_): reserved bytes are not zero") }
+        let values = (0..<(version >= 2 ? 7 : 6)).map { _ in reader.u64() }
         guard values.allSatisfy({ $0 <= UInt64(Int.max) }) else { throw corrupt(operation, "\(where_): values out of range") }
-        return CheckpointFooter(style: style, codec: codec, level: level, chunkSize: Int(values[0]), imageSize: Int(values[1]),
-                                extentBytes: Int(values[2]), frameCount: Int(values[3]), indexOffset: Int(values[4]),
-                                fileSize: Int(values[5]))
+        return CheckpointFooter(version: version, style: style, codec: codec, level: level, chunkSize: Int(values[0]),
+                                imageSize: Int(values[1]), extentBytes: Int(values[2]), frameCount: Int(values[3]),
+                                indexOffset: Int(values[4]), fileSize: Int(values[values.count - 1]), flags: flags,
+                                mapOffset: version >= 2 ? Int(values[5]) : 0)
     }
 }

@@ -119,7 +119,7 @@ package enum CheckpointFrames {
                 try FrameCodec.decompress(payload, into: buffer, codec: codec, where: place, during: operation)
                 var coverage = ExtentCoverage()
                 let target = ChunkCollector(range: chunkStart..<chunkEnd)
-                _ = try applyExtents(UnsafeRawBufferPointer(buffer), count: record.extentCount, frame: index, imageSize: imageSize,
+                _ = try applyExtents(UnsafeRawBufferPointer(buffer), count: record.extentCount, frame: index, rules: .plain(imageSize: imageSize),
                                      target: target, coverage: &coverage, place: place, operation: operation)
                 if let outside = target.outside {
                     throw corrupt(operation, "\(place): an extent at offset \(outside) lies outside its chunk \(chunkStart)..<\(chunkEnd)")

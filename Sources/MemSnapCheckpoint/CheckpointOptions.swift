@@ -37,7 +37,8 @@ public enum CheckpointCodec: UInt8, Sendable, CaseIterable, CustomStringConverti
 }
 
 /// Everything that decides a checkpoint's bytes. The same options and input give the same file,
-/// whatever `threads` is.
+/// whatever `threads` is; with a fixed `info` (see `CheckpointInfo.current(application:time:)`
+/// and SOURCE_DATE_EPOCH), whenever it is written.
 public struct CheckpointOptions: Sendable {
     public var style: CheckpointStyle
     /// Ignored (`.none`) for v1 and v2; `.lz4` by default for v3.
@@ -54,10 +55,18 @@ public struct CheckpointOptions: Sendable {
     /// Stored in the info section (host, time, user, application); the only part of a file
     /// that differs between runs over the same input.
     public var info: CheckpointInfo
+    /// The file format (docs/FORMAT.md): 2 (the default) or 1, which readers before version 2
+    /// also read but which has no room for a parent, page hashes or an arena's state.
+    public var formatVersion: UInt16
+    /// Store a hash of every nonzero page (8 bytes per page, format version 2, images of one
+    /// address space only): a later incremental checkpoint by comparison then finds what
+    /// changed without reading this file's frames.
+    public var pageHashes: Bool
 
     public init(
         style: CheckpointStyle = .v3, codec: CheckpointCodec? = nil, level: Int32? = nil,
-        chunkSize: Int = 1 << 20, threads: Int = 2, info: CheckpointInfo = .current()
+        chunkSize: Int = 1 << 20, threads: Int = 2, info: CheckpointInfo = .current(),
+        formatVersion: UInt16 = 2, pageHashes: Bool = true
     ) {
         self.style = style
         self.codec = style == .v3 ? (codec ?? .lz4) : .none
@@ -65,6 +74,8 @@ public struct CheckpointOptions: Sendable {
         self.chunkSize = chunkSize
         self.threads = threads
         self.info = info
+        self.formatVersion = formatVersion
+        self.pageHashes = pageHashes
     }
 
     /// Checks every field, so a writer never traps on them nor writes a file no reader accepts.
@@ -76,6 +87,9 @@ public struct CheckpointOptions: Sendable {
         }
         guard (1...256).contains(threads) else {
             throw MemSnapError(operation, .invalidArgument("thread count \(threads) must be 1...256"))
+        }
+        guard CheckpointFormat.versions.contains(formatVersion) else {
+            throw MemSnapError(operation, .invalidArgument("format version \(formatVersion) must be 1 or 2"))
         }
         guard (style == .v3) == (codec != .none) else {
             throw MemSnapError(operation, .invalidArgument(style == .v3

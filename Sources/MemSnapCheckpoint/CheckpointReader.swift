@@ -4,14 +4,20 @@ import Glibc
 import MemSnap
 
 /// A checkpoint file opened for reading with pread (never mapped, so a file that shrinks while
-/// it is read is a thrown error, not SIGBUS): its header, info, footer and index are read and
-/// checked on open (a v1 file's frame headers are walked to build the index).
+/// it is read is a thrown error, not SIGBUS): its header, info, footer, index and (version 2)
+/// image map are read and checked on open (a v1 file's frame headers are walked to build the
+/// index), and its identity is computed.
+///
+/// An incremental file (`parent` is set) holds only the pages that changed since its parent:
+/// `verify` checks it alone, but it restores only with its chain (`CheckpointChain`).
 ///
 /// Ownership: owns the descriptor (closed in deinit).
 /// Thread safety: immutable after open; `verify` and `restore` may run from any thread, and
 /// several at once (each restore thread reads its frames into its own buffers).
 public final class CheckpointFile: @unchecked Sendable {
     public let path: String
+    /// 1 or 2 (docs/FORMAT.md); version 1 files have no parent, page hashes or arena state.
+    public let formatVersion: UInt16
     public let style: CheckpointStyle
     public let codec: CheckpointCodec
     public let level: Int32
@@ -20,10 +26,27 @@ public final class CheckpointFile: @unchecked Sendable {
     public let imageSize: Int
     public let extentBytes: Int
     public let fileSize: Int
+    /// What this file is, by content (see `CheckpointIdentity`).
+    public let identity: CheckpointIdentity
+    /// The file this one was written over, for an incremental checkpoint; nil for a full one.
+    public let parent: CheckpointParent?
+    /// What an arena checkpoint recorded besides the heap; nil for other images.
+    public let arenaState: CheckpointArenaState?
     let frames: [FrameRecord]
+    let flags: CheckpointFlags
+    let map: CheckpointImageMap
+    private let mapLocation: (offset: Int, checksum: UInt64)?
     private let input: InputFile
 
     public var frameCount: Int { frames.count }
+    public var isIncremental: Bool { parent != nil }
+    /// Whether the file stores a hash of every nonzero page it holds (what lets a later
+    /// incremental checkpoint find changed pages without reading this file's frames).
+    public var hasPageHashes: Bool { flags.contains(.pageHashes) }
+    /// An incremental file's changed pages (4096-byte pages, as sorted runs); empty for a full one.
+    public var changedPages: [Range<Int>] { map.changedRuns.runs }
+    /// The pages that hold a hash (the nonzero pages the file stores), as sorted runs.
+    public var hashedPages: [Range<Int>] { map.hashRuns.runs }
 
     /// One line of the index, for `memsnap info --verbose 2`.
     public struct FrameSummary: Sendable {
@@ -45,7 +68,8 @@ public final class CheckpointFile: @unchecked Sendable {
     /// - Throws: `.systemCall` if it cannot be opened or read; `.invalidArgument` if it is not a
     ///   regular file; `.corrupt` naming the part and offset for a wrong magic, a checksum
     ///   mismatch, a truncated file (also one that shrinks while it is read), an index pointing
-    ///   outside the file, or frames that do not tile the data section.
+    ///   outside the file, frames that do not tile the data section, or an image map whose
+    ///   counts, runs, name or arena state break the format's limits.
     public convenience init(path: String) throws(MemSnapError) {
         let operation = "open checkpoint \(path)"
         let input = try InputFile(path: path, blocking: false, during: operation)
@@ -63,30 +87,57 @@ public final class CheckpointFile: @unchecked Sendable {
         guard size >= minimum else {
             throw corrupt(operation, "\(size) bytes is shorter than the smallest checkpoint (\(minimum)): truncated")
         }
-        (style, codec, level, chunkSize, info, imageSize, extentBytes, frames) =
-            try CheckpointFile.parse(input, during: operation)
+        let parsed = try CheckpointFile.parse(input, during: operation)
+        formatVersion = parsed.header.version
+        style = parsed.header.style
+        codec = parsed.header.codec
+        level = parsed.header.level
+        chunkSize = parsed.header.chunkSize
+        flags = parsed.header.flags
+        info = parsed.info
+        imageSize = parsed.footer.imageSize
+        extentBytes = parsed.footer.extentBytes
+        frames = parsed.frames
+        identity = parsed.identity
+        map = parsed.map
+        mapLocation = parsed.mapLocation
+        parent = parsed.header.flags.contains(.incremental)
+            ? CheckpointParent(identity: parsed.header.parent, imageSize: parsed.map.parentImageSize, name: parsed.map.parentName) : nil
+        arenaState = parsed.map.arenaState
         self.path = input.path
         self.fileSize = size
         self.input = input
     }
 
-    private static func parse(_ input: InputFile, during operation: String) throws(MemSnapError) -> (
-        CheckpointStyle, CheckpointCodec, Int32, Int, CheckpointInfo, Int, Int, [FrameRecord]
-    ) {
+    private struct Parsed {
+        var header: CheckpointHeader
+        var footer: CheckpointFooter
+        var info: CheckpointInfo
+        var frames: [FrameRecord]
+        var identity: CheckpointIdentity
+        var map: CheckpointImageMap
+        var mapLocation: (offset: Int, checksum: UInt64)?
+    }
+
+    private static func parse(_ input: InputFile, during operation: String) throws(MemSnapError) -> Parsed {
         let size = input.size
+        let identity = IdentityHasher()
         let headerBytes = try input.read(CheckpointFormat.headerSize, at: 0, place: "header at offset 0", during: operation)
         let header = try withBytes(headerBytes) { (bytes) throws(MemSnapError) in try CheckpointHeader.decode(bytes, during: operation) }
-        let footerOffset = size - CheckpointFormat.footerSize
-        let footerBytes = try input.read(CheckpointFormat.footerSize, at: footerOffset, place: "footer at \(at(footerOffset))",
-                                         during: operation)
+        let footerSize = CheckpointFormat.footerSize(version: header.version)
+        guard size >= CheckpointFormat.headerSize + 8 + footerSize else {
+            throw corrupt(operation, "\(size) bytes is shorter than the smallest version-\(header.version) checkpoint: truncated")
+        }
+        let footerOffset = size - footerSize
+        let footerBytes = try input.read(footerSize, at: footerOffset, place: "footer at \(at(footerOffset))", during: operation)
         let footer = try withBytes(footerBytes) { (bytes) throws(MemSnapError) in
-            try CheckpointFooter.decode(bytes, at: footerOffset, during: operation)
+            try CheckpointFooter.decode(bytes, at: footerOffset, version: header.version, during: operation)
         }
         guard footer.fileSize == size else {
             throw corrupt(operation, "footer at \(at(footerOffset)): records \(footer.fileSize) bytes but the file has \(size)")
         }
         guard footer.style == header.style, footer.codec == header.codec, footer.level == header.level,
-              footer.chunkSize == header.chunkSize else {
+              footer.chunkSize == header.chunkSize, footer.flags == header.flags else {
             throw corrupt(operation, "footer at \(at(footerOffset)): settings differ from the header")
         }
         // infoLength is at most 1 MiB (checked by the header), so none of this overflows.
@@ -100,15 +151,28 @@ public final class CheckpointFile: @unchecked Sendable {
                                       checksum: UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: header.infoLength, as: UInt64.self)),
                                       during: operation)
         }
+        identity.update(headerBytes)
+        identity.update(infoBytes)
+        // Version 2: the image map sits between the frames (or the index) and the footer.
+        let sectionEnd: Int
+        if header.version >= 2 {
+            guard footer.mapOffset >= dataStart, footer.mapOffset <= footerOffset else {
+                throw corrupt(operation, "footer: image map offset \(footer.mapOffset) points outside the data section")
+            }
+            sectionEnd = footer.mapOffset
+        } else {
+            sectionEnd = footerOffset
+        }
         var frames: [FrameRecord]
         let dataEnd: Int
+        var indexBytes: [UInt8] = []
         if header.style == .v1 {
             guard footer.indexOffset == 0 else { throw corrupt(operation, "footer: a v1 stream has no index") }
             frames = []
             var position = dataStart
-            while position < footerOffset {
+            while position < sectionEnd {
                 let place = "checkpoint frame \(frames.count) at \(at(position))"
-                guard footerOffset - position >= CheckpointFormat.frameHeaderSize else {
+                guard sectionEnd - position >= CheckpointFormat.frameHeaderSize else {
                     throw corrupt(operation, "\(place): header truncated")
                 }
                 let headerBytes = try input.read(CheckpointFormat.frameHeaderSize, at: position, place: place, during: operation)
@@ -117,7 +181,7 @@ public final class CheckpointFile: @unchecked Sendable {
                                                  codec: header.codec, during: operation)
                 }
                 // The stored size is at most a compress bound of twice 64 MiB (checked), so `end` cannot overflow.
-                guard frame.end <= footerOffset else {
+                guard frame.end <= sectionEnd else {
                     throw corrupt(operation, "\(place): payload runs past the end (truncated)")
                 }
                 frames.append(frame)
@@ -125,12 +189,12 @@ public final class CheckpointFile: @unchecked Sendable {
             }
             dataEnd = position
         } else {
-            guard footer.indexOffset >= dataStart, footer.indexOffset <= footerOffset else {
+            guard footer.indexOffset >= dataStart, footer.indexOffset <= sectionEnd else {
                 throw corrupt(operation, "footer: index offset \(footer.indexOffset) points outside the data section")
             }
             // Check the index's length against the frames it could list before reading it, so a
             // damaged footer cannot make this allocate more than the data section could need.
-            let indexLength = footerOffset - footer.indexOffset
+            let indexLength = sectionEnd - footer.indexOffset
             let entriesLength = indexLength - CheckpointIndex.size(frameCount: 0)
             guard entriesLength >= 0, entriesLength % CheckpointFormat.indexEntrySize == 0,
                   entriesLength / CheckpointFormat.indexEntrySize <= (footer.indexOffset - dataStart) / CheckpointFormat.frameHeaderSize else {
@@ -139,10 +203,11 @@ public final class CheckpointFile: @unchecked Sendable {
             }
             let place = "index at \(at(footer.indexOffset))"
             let indexBuffer = ReusableBuffer()
-            let indexBytes = try indexBuffer.bytes(count: indexLength, during: "\(operation): \(place)")
-            try input.read(into: indexBytes, at: footer.indexOffset, place: place, during: operation)
-            frames = try CheckpointIndex.decode(UnsafeRawBufferPointer(indexBytes), at: footer.indexOffset, chunkSize: header.chunkSize,
+            let indexMemory = try indexBuffer.bytes(count: indexLength, during: "\(operation): \(place)")
+            try input.read(into: indexMemory, at: footer.indexOffset, place: place, during: operation)
+            frames = try CheckpointIndex.decode(UnsafeRawBufferPointer(indexMemory), at: footer.indexOffset, chunkSize: header.chunkSize,
                                                 codec: header.codec, during: operation)
+            indexBytes = [UInt8](UnsafeRawBufferPointer(indexMemory))
             var expected = dataStart
             for frame in frames {
                 guard frame.offset == expected, frame.storedSize <= footer.indexOffset - frame.offset - CheckpointFormat.frameHeaderSize else {
@@ -159,33 +224,120 @@ public final class CheckpointFile: @unchecked Sendable {
         guard frames.count == footer.frameCount else {
             throw corrupt(operation, "footer: records \(footer.frameCount) frames, found \(frames.count)")
         }
-        return (header.style, header.codec, header.level, header.chunkSize, info, footer.imageSize, footer.extentBytes, frames)
+        identity.update(frames: frames)
+        identity.update(indexBytes)
+        var map = CheckpointImageMap.none
+        var mapLocation: (offset: Int, checksum: UInt64)?
+        if header.version >= 2 {
+            let read = try readImageMap(input, at: footer.mapOffset, length: footerOffset - footer.mapOffset, flags: header.flags,
+                                        imageSize: footer.imageSize, identity: identity, collectHashes: false, during: operation)
+            map = read.map
+            mapLocation = (footer.mapOffset, read.checksum)
+        }
+        identity.update(footerBytes)
+        return Parsed(header: header, footer: footer, info: info, frames: frames, identity: identity.digest(), map: map,
+                      mapLocation: mapLocation)
+    }
+
+    /// Reads and checks the image map of `length` bytes at `offset`, passing its bytes to
+    /// `identity`; with `collectHashes`, returns the page hashes too.
+    private static func readImageMap(
+        _ input: InputFile, at offset: Int, length: Int, flags: CheckpointFlags, imageSize: Int, identity: IdentityHasher?,
+        collectHashes: Bool, during operation: String
+    ) throws(MemSnapError) -> (map: CheckpointImageMap, checksum: UInt64, hashes: [UInt64]) {
+        var decoder = ImageMapDecoder(flags: flags, at: offset, during: operation)
+        let place = "image map at \(at(offset))"
+        guard length >= CheckpointImageMap.fixedSize else { throw corrupt(operation, "\(place): truncated") }
+        let fixed = try input.read(CheckpointImageMap.fixedSize, at: offset, place: place, during: operation)
+        try withBytes(fixed) { (bytes) throws(MemSnapError) in
+            try decoder.fixedPart(bytes, pageLimit: CheckpointFormat.pageCount(imageSize))
+        }
+        guard decoder.length == length else {
+            throw corrupt(operation, "\(place): its counts need \(decoder.length) bytes but it has \(length) before the footer")
+        }
+        identity?.update(fixed)
+        // Every length below is within the section, which is within the file.
+        var position = offset + CheckpointImageMap.fixedSize
+        let runs = try input.read(decoder.runsLength, at: position, place: place, during: operation)
+        try withBytes(runs) { (bytes) throws(MemSnapError) in try decoder.runs(bytes) }
+        identity?.update(runs)
+        position += runs.count
+        var hashes: [UInt64] = []
+        if collectHashes { hashes.reserveCapacity(decoder.hashCount) }
+        let buffer = ReusableBuffer()
+        var remaining = decoder.hashesLength
+        while remaining > 0 {
+            let piece = try buffer.bytes(count: min(remaining, 1 << 20), during: "\(operation): \(place)")
+            try input.read(into: piece, at: position, place: place, during: operation)
+            let bytes = UnsafeRawBufferPointer(piece)
+            decoder.hashes(bytes)
+            identity?.update(bytes)
+            if collectHashes {
+                for slot in 0..<bytes.count / 8 { hashes.append(UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: slot * 8, as: UInt64.self))) }
+            }
+            position += piece.count
+            remaining -= piece.count
+        }
+        let tail = try input.read(decoder.tailLength, at: position, place: place, during: operation)
+        let checksum = try withBytes(tail) { (bytes) throws(MemSnapError) in try decoder.tail(bytes) }
+        identity?.update(tail)
+        try decoder.validate(imageSize: imageSize)
+        return (decoder.map, checksum, hashes)
+    }
+
+    /// The stored page hashes, one per page of `hashedPages` in order, read from the file again
+    /// and checked against the checksum seen when it was opened.
+    /// - Throws: `.corrupt` if the file has none, or changed since it was opened; read failures.
+    func pageHashes() throws(MemSnapError) -> [UInt64] {
+        let operation = "read the page hashes of checkpoint \(path)"
+        guard let mapLocation, flags.contains(.pageHashes) else {
+            throw MemSnapError(operation, .invalidArgument("the file stores no page hashes"))
+        }
+        let footerOffset = fileSize - CheckpointFormat.footerSize(version: formatVersion)
+        let read = try CheckpointFile.readImageMap(input, at: mapLocation.offset, length: footerOffset - mapLocation.offset,
+                                                   flags: flags, imageSize: imageSize, identity: nil, collectHashes: true,
+                                                   during: operation)
+        guard read.checksum == mapLocation.checksum, read.map == map else {
+            throw corrupt(operation, "image map at \(at(mapLocation.offset)): the file changed since it was opened")
+        }
+        return read.hashes
     }
 
     /// Reads, decompresses and checks every frame without writing anything, including that no
-    /// two extents overlap, within a frame or across frames.
+    /// two extents overlap, within a frame or across frames, and (for an incremental file) that
+    /// every extent lies in its changed pages.
     /// - Throws: `.invalidArgument` for a thread count outside 1...256; the first `.corrupt` by
     ///   frame order (a file that shrank since it was opened: "truncated while reading: the file
     ///   shrank"); `.systemCall` for a failed read or buffer allocation.
     public func verify(threads: Int = 2) throws(MemSnapError) {
-        try process(threads: threads, target: nil, progress: nil)
+        try ChainRestore.run([RestoreLink(self, owned: nil)], imageSize: imageSize, target: nil, threads: threads, progress: nil,
+                             operation: "verify checkpoint \(path)")
     }
 
     /// Restores every extent into `target` with `threads` threads (a work queue over frames; any
     /// thread count, whatever the checkpoint was written with), then commits the target. Nothing
     /// is committed unless every frame verified and no two extents overlap; on error the target
     /// is discarded (`CheckpointRestoreTarget.discard()`) and never committed.
-    /// - Throws: as `verify`, plus whatever the target's `prepare`, `write` and `commit` throw.
+    /// - Throws: `.invalidArgument` for an incremental file (restore its `CheckpointChain`, or
+    ///   use `Checkpoint.restore(contentsOfFileAt:into:)`, which resolves it), before the target
+    ///   is prepared; as `verify`, plus whatever the target's `prepare`, `write` and `commit` throw.
     public func restore(
         into target: CheckpointRestoreTarget, threads: Int = 2,
         progress: (@Sendable (CheckpointProgress) -> Void)? = nil
     ) throws(MemSnapError) {
-        guard (1...256).contains(threads) else {
-            throw MemSnapError("restore checkpoint \(path)", .invalidArgument("thread count \(threads) must be 1...256"))
-        }
+        let operation = "restore checkpoint \(path)"
         do throws(MemSnapError) {
+            guard (1...256).contains(threads) else {
+                throw MemSnapError(operation, .invalidArgument("thread count \(threads) must be 1...256"))
+            }
+            if let parent {
+                throw MemSnapError(operation, .invalidArgument(
+                    "an incremental checkpoint over \(parent.name) (identity \(parent.identity)) restores only with its chain "
+                    + "(CheckpointChain, or Checkpoint.restore(contentsOfFileAt:into:), which finds it)"))
+            }
             try target.prepare(imageSize: imageSize)
-            try process(threads: threads, target: target, progress: progress)
+            try ChainRestore.run([RestoreLink(self, owned: nil)], imageSize: imageSize, target: target, threads: threads,
+                                 progress: progress, operation: operation)
             try target.commit(imageSize: imageSize)
         } catch {
             target.discard()
@@ -193,149 +345,8 @@ public final class CheckpointFile: @unchecked Sendable {
         }
     }
 
-    private func process(
-        threads: Int, target: CheckpointRestoreTarget?, progress: (@Sendable (CheckpointProgress) -> Void)?
-    ) throws(MemSnapError) {
-        let operation = target == nil ? "verify checkpoint \(path)" : "restore checkpoint \(path)"
-        guard (1...256).contains(threads) else {
-            throw MemSnapError(operation, .invalidArgument("thread count \(threads) must be 1...256"))
-        }
-        let counter = ParallelWork.Counter(count: frames.count)
-        let failures = Locked<(frame: Int, error: MemSnapError)?>(nil)
-        let restored = Locked((extentBytes: 0, rawBytes: 0))
-        let coverage = Locked(ExtentCoverage())
-        let context = FrameContext(file: self, target: target, operation: operation)
-        let totalRaw = frames.reduce(0) { $0 &+ $1.rawSize }  // each is at most 2 x chunk size (checked on open)
-        try ParallelWork.run(threads: min(threads, max(1, frames.count))) { _ in
-            let workspace = FrameWorkspace()
-            var covered = ExtentCoverage()
-            while let index = counter.claim() {
-                if let failed = failures.withLock({ $0 }), failed.frame < index { break }
-                do throws(MemSnapError) {
-                    let bytes = try context.restoreFrame(index, workspace: workspace, coverage: &covered)
-                    let done = restored.withLock { totals in
-                        totals.extentBytes &+= bytes
-                        totals.rawBytes &+= context.file.frames[index].rawSize
-                        return totals.rawBytes
-                    }
-                    progress?(CheckpointProgress(bytesDone: done, bytesTotal: totalRaw))
-                } catch {
-                    failures.withLock { current in
-                        if let current, current.frame < index { return }
-                        current = (index, error)
-                    }
-                }
-            }
-            let finished = covered
-            coverage.withLock { $0.merge(finished) }
-        }
-        if let failed = failures.withLock({ $0 }) { throw failed.error }
-        try coverage.withLock { $0 }.checkDisjoint(place: { "checkpoint frame \($0) at \(at(frames[$0].offset))" }, during: operation)
-        let stored = restored.withLock { $0.extentBytes }
-        guard stored == extentBytes else {
-            throw corrupt(operation, "frames hold \(stored) extent bytes, the footer records \(extentBytes)")
-        }
-    }
-}
-
-/// One restore thread's buffers, reused from frame to frame: the frame as read (header and
-/// stored payload), and its decompressed payload (v3 only).
-private final class FrameWorkspace {
-    let stored = ReusableBuffer()
-    let raw = ReusableBuffer()
-}
-
-/// What a restore thread needs; the file and target outlive the threads.
-private struct FrameContext: @unchecked Sendable {
-    let file: CheckpointFile
-    let target: CheckpointRestoreTarget?
-    let operation: String
-
-    /// Reads, checks, decompresses and (with a target) writes frame `index`; returns its extent
-    /// bytes and adds its extents to `coverage`.
-    func restoreFrame(_ index: Int, workspace: FrameWorkspace, coverage: inout ExtentCoverage) throws(MemSnapError) -> Int {
-        let expected = file.frames[index]
-        let place = "checkpoint frame \(index) at \(at(expected.offset))"
-        // The frame's sizes were checked on open: 48 + stored size, within the file.
-        let frameBytes = try workspace.stored.bytes(count: CheckpointFormat.frameHeaderSize + expected.storedSize,
-                                                    during: "\(operation): \(place)")
-        try file.readFrame(into: frameBytes, at: expected.offset, place: place, during: operation)
-        let header = try FrameRecord.decodeHeader(
-            UnsafeRawBufferPointer(rebasing: frameBytes[0..<CheckpointFormat.frameHeaderSize]),
-            at: expected.offset, expectedIndex: index, chunkSize: file.chunkSize, codec: file.codec, during: operation)
-        guard header == expected else { throw corrupt(operation, "\(place): header disagrees with the index") }
-        let payload = UnsafeRawBufferPointer(rebasing: frameBytes[CheckpointFormat.frameHeaderSize...])
-        guard CheckpointFormat.xxh3(payload) == expected.payloadChecksum else {
-            throw corrupt(operation, "\(place): checksum mismatch")
-        }
-        let raw: UnsafeRawBufferPointer
-        if file.codec == .none {
-            raw = payload  // stored size equals raw size without a codec (checked on open)
-        } else {
-            let output = try workspace.raw.bytes(count: expected.rawSize, during: "\(operation): \(place)")
-            try FrameCodec.decompress(payload, into: output, codec: file.codec, where: place, during: operation)
-            raw = UnsafeRawBufferPointer(output)
-        }
-        return try applyExtents(raw, count: expected.extentCount, frame: index, imageSize: file.imageSize, target: target,
-                                coverage: &coverage, place: place, operation: operation)
-    }
-}
-
-extension CheckpointFile {
-    fileprivate func readFrame(
-        into buffer: UnsafeMutableRawBufferPointer, at offset: Int, place: String, during operation: String
-    ) throws(MemSnapError) {
+    /// Reads the frame at `offset` (header and stored payload) into `buffer`.
+    func readFrame(into buffer: UnsafeMutableRawBufferPointer, at offset: Int, place: String, during operation: String) throws(MemSnapError) {
         try input.read(into: buffer, at: offset, place: place, during: operation)
     }
-}
-
-/// Parses a frame's raw payload (extent table, then data), checks it, adds its extents to
-/// `coverage` and writes each extent to `target`. Returns the extent bytes. Every length and
-/// offset is checked before anything is written.
-func applyExtents(
-    _ raw: UnsafeRawBufferPointer, count: Int, frame: Int, imageSize: Int?, target: CheckpointRestoreTarget?,
-    coverage: inout ExtentCoverage, place: String, operation: String
-) throws(MemSnapError) -> Int {
-    // count is at most raw size / 25 (checked with the frame header), so this cannot overflow.
-    let tableSize = count * CheckpointFormat.extentEntrySize
-    guard count >= 0, tableSize <= raw.count else { throw corrupt(operation, "\(place): extent table runs past the frame") }
-    var reader = ByteReader(raw)
-    var extents: [(tag: UInt64, offset: Int, length: Int)] = []
-    extents.reserveCapacity(count)
-    var total = 0
-    for entry in 0..<count {
-        let tag = reader.u64(), offset = reader.u64(), length = reader.u64()
-        guard offset <= UInt64(Int.max), length <= UInt64(raw.count), offset <= UInt64(Int.max) - length else {
-            throw corrupt(operation, "\(place): extent \(entry) has an impossible offset or length")
-        }
-        if let imageSize, offset + length > UInt64(imageSize) {
-            throw corrupt(operation, "\(place): extent \(entry) ends at \(offset + length), past the image size \(imageSize)")
-        }
-        extents.append((tag, Int(offset), Int(length)))
-        total += Int(length)  // at most count x raw size: far from overflowing
-    }
-    guard !reader.overran, tableSize + total == raw.count else {
-        throw corrupt(operation, "\(place): extents hold \(total) bytes but the frame has \(raw.count - tableSize)")
-    }
-    // No two extents may overlap: not in one frame (checked here), nor across frames (the
-    // coverage, checked before anything is committed), so the result never depends on which
-    // restore thread writes first.
-    // Empty extents cover nothing; sorted non-empty ones overlap only if two neighbours do.
-    var sorted = extents.filter { $0.length > 0 }
-    if !sorted.indices.dropFirst().allSatisfy({ (sorted[$0 - 1].tag, sorted[$0 - 1].offset) <= (sorted[$0].tag, sorted[$0].offset) }) {
-        sorted.sort { ($0.tag, $0.offset) < ($1.tag, $1.offset) }
-    }
-    for (previous, next) in zip(sorted, sorted.dropFirst()) where previous.tag == next.tag && previous.offset + previous.length > next.offset {
-        throw corrupt(operation, "\(place): extents overlap at offset \(next.offset) of tag \(next.tag)")
-    }
-    coverage.add(frame: frame, sortedExtents: sorted)
-    if let target {
-        var position = tableSize
-        for extent in extents {
-            try target.write(tag: extent.tag, offset: extent.offset,
-                             bytes: UnsafeRawBufferPointer(rebasing: raw[position..<position + extent.length]))
-            position += extent.length
-        }
-    }
-    return total
 }

@@ -8,7 +8,9 @@
 ///
 /// Thread safety: `exercise` may be called from any thread; each call is independent.
 public enum FuzzTarget: String, CaseIterable, Sendable {
-    /// `CheckpointFile`: open, verify and restore a checkpoint file.
+    /// `CheckpointFile` and `CheckpointChain`: open, verify and restore a checkpoint file, or a
+    /// chain of them (input `MSCHAIN1`, a count, then length-prefixed files; see
+    /// CheckpointFileFuzzing), and compare an image with it.
     case checkpointFile = "checkpoint-file"
     /// `Checkpoint.restore(readingFrom:into:)`: restore a checkpoint stream in one pass.
     case checkpointStream = "checkpoint-stream"

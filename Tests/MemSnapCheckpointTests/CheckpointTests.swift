@@ -16,8 +16,10 @@ func heapImage(size: Int, seed: UInt64 = 7) -> [UInt8] {
 
 let fixedInfo = CheckpointInfo([("host", "test"), ("time", "2026-11-21T00:00:00Z"), ("user", "tester"), ("application", "tests")])
 
-func options(_ style: CheckpointStyle, _ codec: CheckpointCodec? = nil, threads: Int = 2, chunk: Int = 64 << 10) -> CheckpointOptions {
-    CheckpointOptions(style: style, codec: codec, chunkSize: chunk, threads: threads, info: fixedInfo)
+func options(
+    _ style: CheckpointStyle, _ codec: CheckpointCodec? = nil, threads: Int = 2, chunk: Int = 64 << 10, format: UInt16 = 2
+) -> CheckpointOptions {
+    CheckpointOptions(style: style, codec: codec, chunkSize: chunk, threads: threads, info: fixedInfo, formatVersion: format)
 }
 
 /// Records every extent restored, for exact comparisons.
@@ -203,12 +205,12 @@ struct CheckpointRoundTripTests {
 @Suite("Checkpoint integrity: damage is detected, never applied")
 struct CheckpointIntegrityTests {
     /// A small v3 checkpoint with a few frames.
-    func smallCheckpoint(_ directory: TemporaryDirectory, style: CheckpointStyle = .v3) throws -> (path: String, image: [UInt8]) {
+    func smallCheckpoint(_ directory: TemporaryDirectory, style: CheckpointStyle = .v3, format: UInt16 = 2) throws -> (path: String, image: [UInt8]) {
         let image = heapImage(size: 40 << 10, seed: 17)
         let path = directory.file("small.ckpt")
         try image.withUnsafeBytes { bytes in
             _ = try Checkpoint.write([CheckpointExtent(offset: 0, bytes: bytes)], to: path,
-                                     options: options(style, style == .v3 ? .lz4 : nil, chunk: 8192))
+                                     options: options(style, style == .v3 ? .lz4 : nil, chunk: 8192, format: format))
         }
         return (path, image)
     }
@@ -231,13 +233,14 @@ struct CheckpointIntegrityTests {
         #expect(directory.entries == ["damaged.ckpt", "existing.raw", "small.ckpt"], "no temporary file left: \(comment)")
     }
 
-    @Test(arguments: [CheckpointStyle.v1, .v2, .v3])
-    func everyByteFlipInHeaderIndexAndFooterIsDetected(style: CheckpointStyle) throws {
+    /// Every byte after the frames: the index, the image map (format 2) and the footer.
+    @Test(arguments: [CheckpointStyle.v1, .v2, .v3], [UInt16(1), 2])
+    func everyByteFlipInHeaderIndexAndFooterIsDetected(style: CheckpointStyle, format: UInt16) throws {
         let directory = TemporaryDirectory()
-        let (path, _) = try smallCheckpoint(directory, style: style)
+        let (path, _) = try smallCheckpoint(directory, style: style, format: format)
         let original = fileBytes(path)
         let file = try CheckpointFile(path: path)
-        let metadataStart = style == .v1 ? original.count - CheckpointFormat.footerSize : file.frames.last!.end
+        let metadataStart = file.frames.last!.end
         let positions = Array(0..<(CheckpointFormat.headerSize + 8)) + Array(metadataStart..<original.count)
         for position in positions {
             var damaged = original
@@ -322,7 +325,10 @@ struct CheckpointCraftedFileTests {
     func v2Checkpoint(_ directory: TemporaryDirectory) throws -> (path: String, bytes: [UInt8], file: CheckpointFile) {
         let image = heapImage(size: 40 << 10, seed: 31)
         let path = directory.file("v2.ckpt")
-        try image.withUnsafeBytes { _ = try Checkpoint.write([CheckpointExtent(offset: 0, bytes: $0)], to: path, options: options(.v2, chunk: 8192)) }
+        // Version 1: the positions below are those of its layout (the index ends at the footer).
+        try image.withUnsafeBytes {
+            _ = try Checkpoint.write([CheckpointExtent(offset: 0, bytes: $0)], to: path, options: options(.v2, chunk: 8192, format: 1))
+        }
         return (path, fileBytes(path), try CheckpointFile(path: path))
     }
 

@@ -6,8 +6,9 @@ import MemSnap
 @testable import MemSnapCheckpoint
 
 /// A real checkpoint taken apart into its frames' extents, to be changed by a test and put back
-/// together with every checksum re-sealed (frame payload and header, index, footer), so a reader
-/// gets past the checksums to the structural check under test.
+/// together with every checksum re-sealed (frame payload and header, index, image map, footer),
+/// so a reader gets past the checksums to the structural check under test. Works for format
+/// versions 1 and 2 (whose image map is kept as bytes: `map`, re-sealed by `encoded()`).
 struct CraftedCheckpoint {
     struct Extent {
         var tag: UInt64
@@ -17,6 +18,12 @@ struct CraftedCheckpoint {
 
     /// Header and info section (with its checksum), kept as they were.
     var prefix: [UInt8]
+    var version: UInt16
+    var flags: CheckpointFlags
+    /// Version 2: the image map section, its checksum (the last 8 bytes) re-sealed on encoding.
+    var map: [UInt8]
+    /// Version 2: the footer's flags, when a test wants them to differ from the header's.
+    var footerFlags: CheckpointFlags?
     var style: CheckpointStyle
     var codec: CheckpointCodec
     var level: Int32
@@ -29,6 +36,14 @@ struct CraftedCheckpoint {
         let bytes = fileBytes(path)
         let infoLength = bytes.withUnsafeBytes { Int($0.loadUnaligned(fromByteOffset: 24, as: UInt64.self)) }
         prefix = Array(bytes[0..<CheckpointFormat.headerSize + infoLength + 8])
+        version = file.formatVersion
+        flags = file.flags
+        if version >= 2 {
+            let mapOffset = bytes.withUnsafeBytes { Int($0.loadUnaligned(fromByteOffset: bytes.count - 88 + 56, as: UInt64.self)) }
+            map = Array(bytes[mapOffset..<bytes.count - 88])
+        } else {
+            map = []
+        }
         style = file.style
         codec = file.codec
         level = file.level
@@ -79,10 +94,22 @@ struct CraftedCheckpoint {
         }
         let indexOffset = style == .v1 ? 0 : bytes.count
         if style != .v1 { bytes += CheckpointIndex.encoded(records) }
-        let footer = CheckpointFooter(style: style, codec: codec, level: level, chunkSize: chunkSize, imageSize: imageSize,
+        let mapOffset = bytes.count
+        if version >= 2 { bytes += CraftedCheckpoint.sealed(map) }
+        let footer = CheckpointFooter(version: version, style: style, codec: codec, level: level, chunkSize: chunkSize, imageSize: imageSize,
                                       extentBytes: extentBytes, frameCount: records.count, indexOffset: indexOffset,
-                                      fileSize: bytes.count + CheckpointFormat.footerSize)
+                                      fileSize: bytes.count + CheckpointFormat.footerSize(version: version),
+                                      flags: footerFlags ?? flags, mapOffset: version >= 2 ? mapOffset : 0)
         return bytes + footer.encoded()
+    }
+
+    /// `section` with its last 8 bytes replaced by the XXH3 of the rest.
+    static func sealed(_ section: [UInt8]) -> [UInt8] {
+        guard section.count >= 8 else { return section }
+        var bytes = section
+        let checksum = CheckpointFormat.xxh3(Array(bytes[0..<bytes.count - 8]))
+        withUnsafeBytes(of: checksum.littleEndian) { bytes.replaceSubrange(bytes.count - 8..<bytes.count, with: $0) }
+        return bytes
     }
 
     /// Writes `encoded()` to `path` and returns the frame offsets, for expected error texts.

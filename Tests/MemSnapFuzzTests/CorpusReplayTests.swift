@@ -49,4 +49,19 @@ struct CorpusReplayTests {
             #expect(accepted == name.hasPrefix("accept-"), "\(name) was \(accepted ? "accepted" : "refused")")
         }
     }
+
+    /// The format-2 checkpoint seeds (full files of every style, an arena's, incremental ones,
+    /// chains bundled as `MSCHAIN1`, crafted damage; written by CheckpointFuzzSeeds): `accept-`
+    /// ones restore, `reject-` ones are refused with an error.
+    @Test(arguments: [FuzzTarget.checkpointFile, .checkpointStream])
+    func theCheckpointSeedsAreAcceptedOrRefusedAsNamed(target: FuzzTarget) throws {
+        let directory = "\(Self.packageRoot)/\(target.corpusDirectory)"
+        let names = try FileManager.default.contentsOfDirectory(atPath: directory).sorted()
+        #expect(names.filter { $0.hasPrefix("accept-") }.count >= 5 && names.filter { $0.hasPrefix("reject-") }.count >= 4)
+        for name in names where name.hasPrefix("accept-") || name.hasPrefix("reject-") {
+            let bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: "\(directory)/\(name)")))
+            let accepted = bytes.withUnsafeBytes { target.exercise($0) }
+            #expect(accepted == name.hasPrefix("accept-"), "\(name) was \(accepted ? "accepted" : "refused")")
+        }
+    }
 }

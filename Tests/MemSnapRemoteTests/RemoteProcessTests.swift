@@ -6,7 +6,7 @@ import Testing
 
 /// Real processes: `memsnap serve` hosts on loopback addresses, this process as the main host.
 @Suite("Fork/join across memsnap serve processes on loopback",
-       .enabled(if: memsnapExecutable != nil, "the memsnap executable is not built next to the tests (swift build builds it)"),
+       .enabled(if: MemsnapExecutable.path != nil, Comment(rawValue: MemsnapExecutable.notBuiltReason)),
        .timeLimit(.minutes(3)))
 struct RemoteProcessTests {
     @Test func threeHostsAddUpASumRegionOverManyRoundsExactly() async throws {

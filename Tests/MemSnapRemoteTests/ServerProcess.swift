@@ -19,7 +19,7 @@ final class ServerProcess: @unchecked Sendable {
 
     /// Starts a server on `address` and waits (at most 30 s) for it to listen.
     init(address: String, extraArguments: [String] = []) throws {
-        let executable = try #require(memsnapExecutable, "the memsnap executable is built next to the tests")
+        let executable = try #require(MemsnapExecutable.path, "the memsnap executable is built next to the tests")
         directory = TemporaryDirectory(prefix: "memsnap-serve")
         let tokenFile = directory.file("token")
         try Self.token.write(toFile: tokenFile, atomically: true, encoding: .utf8)

@@ -42,11 +42,3 @@ public func expectReason(
     let error = expectMemSnapError(body, sourceLocation: sourceLocation)
     #expect(error?.reason == reason, sourceLocation: sourceLocation)
 }
-
-/// The `memsnap` executable built next to this test bundle (SwiftPM puts every product of the
-/// package in one directory), nil if it was not built.
-public let memsnapExecutable: String? = {
-    let bundle = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-    let path = bundle.deletingLastPathComponent().appendingPathComponent("memsnap").path
-    return access(path, X_OK) == 0 ? path : nil
-}()

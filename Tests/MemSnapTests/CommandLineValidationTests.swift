@@ -9,7 +9,7 @@ import Testing
 /// status 64 and a message naming the option), never a trap, an out-of-memory kill or a crash
 /// minutes into a run. Only bad values are passed, so nothing here starts a benchmark.
 @Suite("memsnap command-line values are validated",
-       .enabled(if: memsnapExecutable != nil, "the memsnap executable is not built next to the tests (swift build builds it)"))
+       .enabled(if: MemsnapExecutable.path != nil, Comment(rawValue: MemsnapExecutable.notBuiltReason)))
 struct CommandLineValidationTests {
     struct Case: Sendable, CustomTestStringConvertible {
         var arguments: [String]
@@ -39,6 +39,16 @@ struct CommandLineValidationTests {
         Case(arguments: ["bench", "arena", "--batches", "0"], message: "'0' is not a batch size from 1 to 1000000"),
         Case(arguments: ["bench", "arena", "--batches", "99999999999999"], message: "is not a batch size from 1 to 1000000"),
         Case(arguments: ["bench", "arena", "--batches", ","], message: "--batches names no batch size"),
+        Case(arguments: ["bench", "checkpoint", "--incremental", "--links", "1"], message: "--links must be 2...64"),
+        Case(arguments: ["bench", "checkpoint", "--incremental", "--dirty", "0%"], message: "'0%' is not a percentage between 0 and 100"),
+        Case(arguments: ["bench", "checkpoint", "--incremental", "--size", "8191TiB"], message: "times that in memory"),
+        Case(arguments: ["checkpoint", "a.raw", "a.ckpt", "--format-version", "3"], message: "--format-version 3 must be 1 or 2"),
+        Case(arguments: ["checkpoint", "a.raw", "a.ckpt", "--parent", "p.ckpt", "--format-version", "1"],
+             message: "--parent needs --format-version 2"),
+        Case(arguments: ["checkpoint", "a.raw", "a.ckpt", "--time", "soon"], message: "\"soon\" is not seconds since 1970"),
+        Case(arguments: ["restore", "a.ckpt"], message: "give either OUT or --arena PATH"),
+        Case(arguments: ["restore", "a.ckpt", "a.raw", "--arena", "b.arena"], message: "give either OUT or --arena PATH"),
+        Case(arguments: ["squash", "a.ckpt", "b.ckpt", "--chunk-size", "1000"], message: "--chunk-size 1000 must be a multiple of"),
         Case(arguments: ["demo", "--size", "4096"], message: "--size 4.0 KiB is below the minimum of 16 pages (64.0 KiB)"),
         Case(arguments: ["demo", "--size", "9223372036854775807"], message: "times that in memory"),
         Case(arguments: ["demo", "--workers", "0"], message: "--workers must be between 1 and 64"),
@@ -46,7 +56,7 @@ struct CommandLineValidationTests {
 
     @Test(arguments: cases)
     func aBadValueIsAUsageErrorNamingIt(_ testCase: Case) throws {
-        let executable = try #require(memsnapExecutable)
+        let executable = try #require(MemsnapExecutable.path)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = testCase.arguments

@@ -9,11 +9,25 @@ import MemSnapCheckpoint
 struct CheckpointBenchmarkCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "checkpoint",
-        abstract: "Checkpoint and restore a large heap-like image; compare with lz4 -1, zstd -1 -T2 and memcpy in the same run."
+        abstract: "Checkpoint and restore a large heap-like image; compare with lz4 -1, zstd -1 -T2 and memcpy in the same run.",
+        discussion: """
+        With --incremental: a heap-like image (1 GiB by default) of which --dirty of the pages change between \
+        checkpoints; a full checkpoint, incremental ones with a dirty tracker's pages, one by comparison from a \
+        file (the command line's way), and the restore of a --links-link chain against one full file.
+        """
     )
 
-    @Option(help: "Image size.", transform: parseByteCount)
-    var size: Int = 512 << 20
+    @Option(help: "Image size (default 512 MiB, or 1 GiB with --incremental).", transform: parseByteCount)
+    var size: Int?
+
+    @Flag(help: "Measure incremental checkpoints and chain restores instead.")
+    var incremental = false
+
+    @Option(help: "With --incremental: pages changed between checkpoints (default 1%).", transform: parsePercentage)
+    var dirty: Double = 0.01
+
+    @Option(help: "With --incremental: links of the restored chain (a full checkpoint and links - 1 incremental ones).")
+    var links: Int = 10
 
     @Option(help: "Threads for memsnap checkpoint and restore.")
     var threads: Int = 2
@@ -27,17 +41,33 @@ struct CheckpointBenchmarkCommand: ParsableCommand {
     @Flag(help: "Print JSON instead of a table.")
     var json = false
 
+    var imageSize: Int { size ?? (incremental ? 1 << 30 : 512 << 20) }
+
     func validate() throws {
         guard (1...256).contains(threads) else { throw ValidationError("--threads must be 1...256") }
         guard (1...50).contains(repetitions) else { throw ValidationError("--repetitions must be 1...50") }
+        if incremental {
+            guard (2...64).contains(links) else { throw ValidationError("--links must be 2...64") }
+            // The image and its memcpy copy in memory; in --directory: the raw image, two full
+            // checkpoints, the links and a restored copy.
+            try validateSize(imageSize, memoryCopies: 2)
+            try validateFreeSpace(Double(imageSize) * 3, in: directory, for: "--size \(ByteCount(imageSize))")
+            return
+        }
         // The image and its memcpy copy in memory; in --directory at once: the raw image, the
         // v1 and v2 checkpoints (about its size), the compressed ones and two restored copies.
-        try validateSize(size, memoryCopies: 2)
-        try validateFreeSpace(Double(size) * 6, in: directory, for: "--size \(ByteCount(size))")
+        try validateSize(imageSize, memoryCopies: 2)
+        try validateFreeSpace(Double(imageSize) * 6, in: directory, for: "--size \(ByteCount(imageSize))")
     }
 
     func run() throws {
-        let report = try CheckpointBenchmark(size: size, threads: threads, directory: directory, repetitions: repetitions).run()
+        if incremental {
+            let report = try IncrementalCheckpointBenchmark(size: imageSize, dirtyFraction: dirty, links: links, threads: threads,
+                                                            directory: directory, repetitions: repetitions).run()
+            try report.emit(json: json)
+            return
+        }
+        let report = try CheckpointBenchmark(size: imageSize, threads: threads, directory: directory, repetitions: repetitions).run()
         try report.emit(json: json)
     }
 }
