@@ -186,6 +186,12 @@ int memsnap_segv_add(memsnap_page_record *record);
 /// Stops handling `record` and waits until no handler is still using it.
 void memsnap_segv_remove(memsnap_page_record *record);
 
+/// 1 if memsnap's SIGSEGV handler is the process's current one (the first to see a fault),
+/// 0 if another handler was installed after it, or it was never installed. A handler installed
+/// later that does not chain back for faults in memsnap's records (WebAssembly engines turn
+/// every fault in their memory into a trap) would hide the faults that segfault tracking needs.
+int memsnap_segv_is_outermost(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -8,13 +8,13 @@ import CMemSnap
 ///
 /// Ownership: the thread must be joined exactly once; `join()` does it and is idempotent.
 /// Thread safety: `join` may be called from any one thread other than the spawned one.
-final class OSThread: @unchecked Sendable {
+package final class OSThread: @unchecked Sendable {
     private var handle: pthread_t
     private var joined = false
 
     /// Starts `body` on a new thread.
     /// - Throws: `.systemCall("pthread_create", ...)`, e.g. EAGAIN when out of threads.
-    init(name: String, _ body: @escaping @Sendable () -> Void) throws(MemSnapError) {
+    package init(name: String, _ body: @escaping @Sendable () -> Void) throws(MemSnapError) {
         let context = Unmanaged.passRetained(Box(body)).toOpaque()
         var thread = pthread_t()
         let status = pthread_create(&thread, nil, { raw in
@@ -34,7 +34,7 @@ final class OSThread: @unchecked Sendable {
     }
 
     /// Waits for the thread to finish.
-    func join() {
+    package func join() {
         guard !joined else { return }
         joined = true
         pthread_join(handle, nil)
