@@ -1,7 +1,7 @@
 # memsnap: the two quick-start commands are `make demo` and `make test`.
 SWIFT ?= swift
 
-.PHONY: demo test build release test-tsan test-asan sanitize benchmarks fuzz fuzz-build fuzz-run fuzz-smoke deps clean
+.PHONY: demo test build release test-tsan test-asan sanitize benchmarks fuzz fuzz-build fuzz-run fuzz-smoke deps clean wasm-guests
 
 demo: deps
 	$(SWIFT) build -c release --product memsnap
@@ -54,6 +54,12 @@ fuzz-smoke: fuzz-build
 # The package-benchmark suite (its own package, so `make test` never builds the harness).
 benchmarks: deps
 	cd Benchmarks && $(SWIFT) package --allow-writing-to-package-directory benchmark
+
+# The WebAssembly guests (Guests/*.c -> Guests/*.wasm, and the bytes MemSnapWasm embeds), built by
+# the toolchain's clang for wasm32 without libc. The built modules are committed: only run this
+# after changing a guest (GuestBinaryTests checks they match their sources).
+wasm-guests:
+	scripts/build-wasm-guests.sh
 
 deps:
 	@scripts/install-deps.sh

@@ -8,11 +8,14 @@ let package = Package(
         .library(name: "MemSnap", targets: ["MemSnap"]),
         .library(name: "MemSnapCheckpoint", targets: ["MemSnapCheckpoint"]),
         .library(name: "MemSnapArena", targets: ["MemSnapArena"]),
+        .library(name: "MemSnapWasm", targets: ["MemSnapWasm"]),
         .executable(name: "memsnap", targets: ["memsnap"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        // The WebAssembly interpreter MemSnapWasm forks instances of (used as released, never patched).
+        .package(url: "https://github.com/swiftwasm/WasmKit", from: "0.4.2"),
     ],
     targets: [
         // Only what Swift cannot express: variadic syscalls, ioctl request numbers built by
@@ -40,12 +43,25 @@ let package = Package(
             name: "MemSnapArena",
             dependencies: ["MemSnap", "CMemSnap", .product(name: "SystemPackage", package: "swift-system")]
         ),
+        // WebAssembly instances forked from a snapshot of their linear memory, run as workers and
+        // merged back (WasmKit's memory adopted as a foreign reservation).
+        .target(
+            name: "MemSnapWasm",
+            dependencies: [
+                "MemSnap",
+                "CMemSnap",
+                .product(name: "WasmKit", package: "WasmKit"),
+                .product(name: "WasmParser", package: "WasmKit"),
+            ]
+        ),
         .executableTarget(
             name: "memsnap",
             dependencies: [
                 "MemSnap",
                 "MemSnapCheckpoint",
                 "MemSnapArena",
+                "MemSnapWasm",
+                .product(name: "WasmKit", package: "WasmKit"),
                 "CLMDB",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
@@ -79,6 +95,11 @@ let package = Package(
             name: "MemSnapArenaTests",
             dependencies: ["MemSnapArena", "MemSnap", "CMemSnap", "MemSnapTestSupport",
                            .product(name: "SystemPackage", package: "swift-system")]
+        ),
+        .testTarget(
+            name: "MemSnapWasmTests",
+            dependencies: ["MemSnapWasm", "MemSnap", "CMemSnap", "MemSnapTestSupport",
+                           .product(name: "WasmKit", package: "WasmKit")]
         ),
         .testTarget(
             name: "MemSnapFuzzTests",
