@@ -11,7 +11,7 @@ struct MemsnapCommand: ParsableCommand {
         abstract: "Fast memory snapshots, dirty-page tracking and restore on Linux.",
         subcommands: [
             DoctorCommand.self, DemoCommand.self, CheckpointCommand.self, RestoreCommand.self, InfoCommand.self,
-            VerifyCommand.self, StylesCommand.self, ArenaCommand.self, BenchCommand.self,
+            VerifyCommand.self, StylesCommand.self, ArenaCommand.self, BenchCommand.self, WasmCommand.self,
         ]
     )
 

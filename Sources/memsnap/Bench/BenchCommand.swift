@@ -9,7 +9,8 @@ struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Benchmarks that also measure the physical limit (memcpy) in the same run.",
-        subcommands: [TrackingBenchmarkCommand.self, DiffBenchmarkCommand.self, CheckpointBenchmarkCommand.self, ArenaBenchmarkCommand.self]
+        subcommands: [TrackingBenchmarkCommand.self, DiffBenchmarkCommand.self, CheckpointBenchmarkCommand.self, ArenaBenchmarkCommand.self,
+                      WasmBenchmarkCommand.self]
     )
 }
 
