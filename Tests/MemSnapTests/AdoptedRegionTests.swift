@@ -142,5 +142,13 @@ struct AdoptedRegionTests {
         #expect(ProcessMapping.parse(Array("not a mapping".utf8)) == nil)
         let mappings = try ProcessMapping.current()
         #expect(mappings.contains { $0.path == "[stack]" })
+        // The ioctl and the text agree on a range (the kernel's PROCMAP_QUERY, or its fallback).
+        let owner = try ForeignReservation(size: 16 * page, committed: 4 * page)
+        let start = UInt(bitPattern: owner.base)
+        let queried = try ProcessMapping.overlapping(start..<start + UInt(16 * page))
+        #expect(queried.first?.start ?? .max <= start && queried.last?.end ?? 0 >= start + UInt(16 * page))
+        #expect(queried.allSatisfy { $0.isPrivateAnonymous })
+        let stack = try #require(mappings.first { $0.path == "[stack]" })
+        #expect(try ProcessMapping.overlapping(stack.start..<stack.end) == [stack])
     }
 }

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CMemSnap
 
 /// One line of /proc/self/maps: a virtual memory area of this process, as the kernel reports it.
 ///
@@ -76,6 +77,55 @@ package struct ProcessMapping: Sendable, Equatable, CustomStringConvertible {
                 throw MemSnapError(operation, .corrupt("line \(index + 1) does not parse: \"\(String(decoding: line.prefix(200), as: UTF8.self))\""))
             }
             mappings.append(mapping)
+        }
+        return mappings
+    }
+
+    /// The areas that overlap `range`, in address order: asked of the kernel one area at a time
+    /// with the PROCMAP_QUERY ioctl (Linux 6.11; a few microseconds, whatever the number of
+    /// areas), or read from the whole of /proc/self/maps where the kernel lacks it.
+    /// - Throws: as `current()`.
+    package static func overlapping(_ range: Range<UInt>) throws(MemSnapError) -> [ProcessMapping] {
+        let operation = "query /proc/self/maps"
+        let descriptor = open("/proc/self/maps", O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { throw MemSnapError.systemCall("open", during: operation) }
+        defer { close(descriptor) }
+        var mappings: [ProcessMapping] = []
+        var cursor = range.lowerBound
+        var name = [UInt8](repeating: 0, count: 4096)
+        while cursor < range.upperBound {
+            var query = memsnap_procmap_query()
+            query.size = UInt64(MemoryLayout<memsnap_procmap_query>.size)
+            query.query_flags = MEMSNAP_PROCMAP_QUERY_COVERING_OR_NEXT_VMA
+            query.query_addr = UInt64(cursor)
+            let result = name.withUnsafeMutableBytes { buffer -> Int32 in
+                query.vma_name_size = UInt32(buffer.count)
+                query.vma_name_addr = UInt64(UInt(bitPattern: buffer.baseAddress))
+                return memsnap_ioctl(descriptor, MEMSNAP_PROCMAP_QUERY, &query)
+            }
+            if result != 0 {
+                let error = errno
+                if error == ENOENT { break }  // no area at or after the cursor
+                if error == ENOTTY || error == EINVAL || error == EOPNOTSUPP {
+                    return try current().filter { $0.end > range.lowerBound && $0.start < range.upperBound }
+                }
+                throw MemSnapError.systemCall("ioctl(PROCMAP_QUERY)", during: operation)
+            }
+            guard let start = UInt(exactly: query.vma_start), let end = UInt(exactly: query.vma_end), start < end,
+                  end > cursor else {
+                throw MemSnapError(operation, .corrupt("PROCMAP_QUERY at 0x\(String(cursor, radix: 16)) answered "
+                    + "0x\(String(query.vma_start, radix: 16))-0x\(String(query.vma_end, radix: 16))"))
+            }
+            if start >= range.upperBound { break }
+            let nameLength = Int(query.vma_name_size) > 0 ? Int(query.vma_name_size) - 1 : 0  // without its NUL
+            let path = String(decoding: name.prefix(min(nameLength, name.count)), as: UTF8.self)
+            let flags = query.vma_flags
+            mappings.append(ProcessMapping(
+                start: start, end: end, readable: flags & MEMSNAP_PROCMAP_QUERY_VMA_READABLE != 0,
+                writable: flags & MEMSNAP_PROCMAP_QUERY_VMA_WRITABLE != 0,
+                executable: flags & MEMSNAP_PROCMAP_QUERY_VMA_EXECUTABLE != 0,
+                shared: flags & MEMSNAP_PROCMAP_QUERY_VMA_SHARED != 0, inode: query.inode, path: path))
+            cursor = end
         }
         return mappings
     }

@@ -125,7 +125,8 @@ public final class VirtualRegion: @unchecked Sendable {
     /// engine reserves a linear memory (WasmKit: 4 GiB + a guard with `PROT_NONE`, committed by
     /// `mprotect` as the memory grows, the base never moving).
     ///
-    /// The claim is checked against /proc/self/maps before anything is touched: every page of
+    /// The claim is checked against /proc/self/maps (the PROCMAP_QUERY ioctl where the kernel has
+    /// it: a few microseconds) before anything is touched: every page of
     /// the range must be private anonymous memory (no file, no shared mapping, not `[heap]` or
     /// `[stack]`), read-write below `committedSize` and inaccessible from there to the end. A
     /// malloc'd buffer (what WasmKit uses with software bounds checking, under AddressSanitizer,
@@ -177,7 +178,7 @@ public final class VirtualRegion: @unchecked Sendable {
         let (end, overflow) = start.addingReportingOverflow(UInt(reservedSize))
         guard !overflow else { throw MemSnapError(operation, .invalidRange(offset: Int(bitPattern: start), length: reservedSize)) }
         try VirtualRegion.verifyReservation(start..<end, committedEnd: start + UInt(committedSize),
-                                            in: try ProcessMapping.current(), during: operation)
+                                            in: try ProcessMapping.overlapping(start..<end), during: operation)
         self.base = address
         self.maxSize = reservedSize
         self.hugePages = hugePages
