@@ -27,15 +27,16 @@ unsigned MEMSNAP_EXPORT(zygote)(int mebibytes) {
     return heap_start;
 }
 
-/* Worker `worker` writes one value on every heap page whose index is worker modulo `stride`
- * (stride 100: 1 % of the pages, disjoint between workers 0..99); returns the pages written. */
-int MEMSNAP_EXPORT(touch)(int worker, int workers, int stride) {
-    (void)workers;
+/* Worker `worker` writes one value, new for each `salt` (a round number, say), on every heap page
+ * whose index is worker modulo `stride` (stride 100: 1 % of the pages, disjoint between workers
+ * 0..99); returns the pages written. */
+int MEMSNAP_EXPORT(touch)(int worker, int salt, int stride) {
     if (stride <= 0 || worker < 0) __builtin_trap();
     int written = 0;
     unsigned first = heap_start + (unsigned)(worker % stride) * PAGE;
     for (unsigned page = first; page < heap_end; page += (unsigned)stride * PAGE) {
-        *(unsigned long long *)(unsigned long)(page + 64) = ((unsigned long long)worker << 32) | page;
+        *(unsigned long long *)(unsigned long)(page + 64) =
+            ((unsigned long long)(unsigned)(salt * 1024 + worker) << 32) | page;
         written += 1;
     }
     return written;

@@ -137,8 +137,8 @@ struct WasmBenchmark {
         // memsnap: restore an instance that wrote its share of pages.
         let instance = try zygote.fork(label: "bench restore")
         var restoreSamples: [Double] = []
-        for _ in 0..<repetitions {
-            try instance.call("touch", [.i32(0), .i32(1), .i32(UInt32(pageStride))])
+        for repetition in 0..<repetitions {
+            try instance.call("touch", [.i32(0), .i32(UInt32(repetition + 1)), .i32(UInt32(pageStride))])
             restoreSamples.append(try Stopwatch.time { try zygote.restore(instance) }.seconds)
         }
         forks.removeAll()
@@ -169,8 +169,9 @@ struct WasmBenchmark {
         var totals: [Double] = [], runs: [Double] = [], merges: [Double] = []
         var last: WasmRound?
         for _ in 0..<repetitions {
+            // A new value each round (the salt), so that every round's writes are real changes.
             let (round, seconds) = try Stopwatch.time {
-                try pool.run("touch") { worker, _ in [.i32(UInt32(worker)), .i32(0), .i32(UInt32(pageStride))] }
+                try pool.run("touch") { worker, round in [.i32(UInt32(worker)), .i32(UInt32(round + 1)), .i32(UInt32(pageStride))] }
             }
             totals.append(seconds)
             runs.append(round.runSeconds)
