@@ -11,6 +11,8 @@ struct WasmCommandLineTests {
         var arguments: [String]
         var status: Int32
         var message: String
+        /// The refusal comes after the module is loaded, which needs reserved memory.
+        var loadsTheModule = false
         var testDescription: String { arguments.joined(separator: " ") }
     }
 
@@ -27,12 +29,12 @@ struct WasmCommandLineTests {
              message: "'fast' is not a tracking mode"),
         Case(arguments: ["wasm", "run", module, "--function", "work", "--zygote-arg", "x"], status: 64, message: "zygote-arg"),
         Case(arguments: ["wasm", "run", "/nonexistent.wasm", "--function", "work"], status: 1, message: "open failed: ENOENT"),
-        Case(arguments: ["wasm", "run", "/etc/hostname", "--function", "work"], status: 1, message: "not a valid WebAssembly module"),
-        Case(arguments: ["wasm", "run", module, "--function", "nope"], status: 1, message: "the module exports no function named \"nope\""),
+        Case(arguments: ["wasm", "run", "/etc/hostname", "--function", "work"], status: 1, message: "not a valid WebAssembly module", loadsTheModule: true),
+        Case(arguments: ["wasm", "run", module, "--function", "nope"], status: 1, message: "the module exports no function named \"nope\"", loadsTheModule: true),
         Case(arguments: ["wasm", "run", module, "--function", "visits_of", "--zygote", "zygote", "--result", "nope"], status: 64,
-             message: "--result nope: the module exports no function of that name"),
+             message: "--result nope: the module exports no function of that name", loadsTheModule: true),
         Case(arguments: ["wasm", "run", module, "--function", "halves_total", "--zygote", "missing"], status: 1,
-             message: "the module exports no function named \"missing\""),
+             message: "the module exports no function named \"missing\"", loadsTheModule: true),
         Case(arguments: ["bench", "wasm", "--size", "1000"], status: 64, message: "--size must be a whole number of MiB"),
         Case(arguments: ["bench", "wasm", "--size", "8GiB"], status: 64, message: "--size must be a whole number of MiB from 1 MiB to 3 GiB"),
         Case(arguments: ["bench", "wasm", "--workers", "0"], status: 64, message: "--workers must be 1...64"),
@@ -40,8 +42,23 @@ struct WasmCommandLineTests {
         Case(arguments: ["bench", "wasm", "--repetitions", "0"], status: 64, message: "--repetitions must be 1...50"),
     ]
 
-    @Test(arguments: cases)
+    @Test(arguments: cases.filter { !$0.loadsTheModule })
     func aBadValueIsRefusedNamingIt(_ testCase: Case) throws {
+        try check(testCase)
+    }
+
+    @Test(.enabled(if: reservedMemoryAvailable, reservedMemoryUnavailableReason), arguments: cases.filter { $0.loadsTheModule })
+    func aModuleThatCannotDoWhatIsAskedIsRefusedNamingWhy(_ testCase: Case) throws {
+        try check(testCase)
+    }
+
+    @Test(.disabled(if: reservedMemoryAvailable, "WasmKit keeps memory in reservations in this build"))
+    func withoutReservedMemoryTheCommandSaysWhy() throws {
+        let run = try runMemsnap(["wasm", "run", Self.module, "--function", "work"])
+        #expect(run.status == 1 && run.output.contains("memoryBoundsChecking: .mprotect"), "\(run.output)")
+    }
+
+    private func check(_ testCase: Case) throws {
         let run = try runMemsnap(testCase.arguments)
         #expect(!run.signalled, "killed by a signal: \(run.output)")
         #expect(run.status == testCase.status, "\(run.output)")
