@@ -1,7 +1,7 @@
 # memsnap: the two quick-start commands are `make demo` and `make test`.
 SWIFT ?= swift
 
-.PHONY: proto demo test build release test-tsan test-asan sanitize benchmarks fuzz fuzz-build fuzz-run fuzz-smoke deps clean
+.PHONY: proto demo test build release test-tsan test-asan sanitize benchmarks fuzz fuzz-build fuzz-run fuzz-smoke deps clean wasm-guests
 
 demo: deps
 	$(SWIFT) build -c release --product memsnap
@@ -58,6 +58,12 @@ benchmarks: deps
 # Regenerates the gRPC service's Swift code from Protos/ (committed; CI never needs protoc).
 proto:
 	scripts/generate-proto.sh
+
+# The WebAssembly guests (Guests/*.c -> Guests/*.wasm, and the bytes MemSnapWasm embeds), built by
+# the toolchain's clang for wasm32 without libc. The built modules are committed: only run this
+# after changing a guest (GuestBinaryTests checks they match their sources).
+wasm-guests:
+	scripts/build-wasm-guests.sh
 
 deps:
 	@scripts/install-deps.sh

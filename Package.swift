@@ -10,6 +10,7 @@ let package = Package(
         .library(name: "MemSnapArena", targets: ["MemSnapArena"]),
         .library(name: "MemSnapArenaCheckpoint", targets: ["MemSnapArenaCheckpoint"]),
         .library(name: "MemSnapRemote", targets: ["MemSnapRemote"]),
+        .library(name: "MemSnapWasm", targets: ["MemSnapWasm"]),
         .executable(name: "memsnap", targets: ["memsnap"]),
     ],
     dependencies: [
@@ -23,6 +24,8 @@ let package = Package(
         // Test certificates for the mutual-TLS test (already in the graph through the transport).
         .package(url: "https://github.com/apple/swift-certificates", from: "1.21.1"),
         .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
+        // The WebAssembly interpreter MemSnapWasm forks instances of (used as released, never patched).
+        .package(url: "https://github.com/swiftwasm/WasmKit", from: "0.4.2"),
     ],
     targets: [
         // Only what Swift cannot express: variadic syscalls, ioctl request numbers built by
@@ -67,6 +70,17 @@ let package = Package(
             name: "MemSnapArenaCheckpoint",
             dependencies: ["MemSnap", "MemSnapCheckpoint", "MemSnapArena"]
         ),
+        // WebAssembly instances forked from a snapshot of their linear memory, run as workers and
+        // merged back (WasmKit's memory adopted as a foreign reservation).
+        .target(
+            name: "MemSnapWasm",
+            dependencies: [
+                "MemSnap",
+                "CMemSnap",
+                .product(name: "WasmKit", package: "WasmKit"),
+                .product(name: "WasmParser", package: "WasmKit"),
+            ]
+        ),
         .executableTarget(
             name: "memsnap",
             dependencies: [
@@ -75,6 +89,8 @@ let package = Package(
                 "MemSnapArena",
                 "MemSnapArenaCheckpoint",
                 "MemSnapRemote",
+                "MemSnapWasm",
+                .product(name: "WasmKit", package: "WasmKit"),
                 "CLMDB",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
@@ -122,6 +138,11 @@ let package = Package(
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
+        ),
+        .testTarget(
+            name: "MemSnapWasmTests",
+            dependencies: ["MemSnapWasm", "MemSnap", "CMemSnap", "MemSnapTestSupport",
+                           .product(name: "WasmKit", package: "WasmKit")]
         ),
         .testTarget(
             name: "MemSnapFuzzTests",

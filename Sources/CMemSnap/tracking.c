@@ -278,6 +278,12 @@ int memsnap_segv_install(void) {
     return result;
 }
 
+int memsnap_segv_is_outermost(void) {
+    struct sigaction current;
+    if (sigaction(SIGSEGV, NULL, &current) != 0) return 0;
+    return (current.sa_flags & SA_SIGINFO) && current.sa_sigaction == segv_handler;
+}
+
 int memsnap_segv_add(memsnap_page_record *record) {
     for (size_t i = 0; i < MEMSNAP_SEGV_MAX_RECORDS; i++) {
         memsnap_page_record *expected = NULL;

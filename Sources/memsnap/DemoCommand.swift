@@ -7,6 +7,8 @@ import MemSnap
 import MemSnapArena
 import MemSnapCheckpoint
 import MemSnapRemote
+import MemSnapWasm
+import WasmKit
 
 struct DemoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -42,6 +44,8 @@ struct DemoCommand: AsyncParsableCommand {
         try arenaStage()
         print("\n6. Across hosts: a second host (memsnap serve on 127.0.0.2) runs half the workers; sums add up across both\n")
         try await remoteStage()
+        print("\n7. WebAssembly: instances forked from a snapshot of an initialised \(ByteCount(size)) heap, workers merged back\n")
+        try wasmStage()
     }
 
     /// Starts `memsnap serve` on 127.0.0.2, runs rounds of 2 local and 2 remote workers adding
@@ -72,6 +76,61 @@ struct DemoCommand: AsyncParsableCommand {
         let sums = snapshot.withUnsafeBytes { image in (0..<8).map { image.load(fromByteOffset: $0 * 8, as: Int64.self) } }
         print("the 8 sums are \(Set(sums).sorted()): \(rounds) rounds x (1 + 2 + 3 + 4), from 2 local and 2 remote workers")
         guard sums.allSatisfy({ $0 == expected }) else { throw DemoFailure("the sums are not \(expected)") }
+    }
+
+    /// A WasmKit instance initialises a heap of the demo's size once; forks start from its
+    /// snapshot (against instantiating and copying); then faabric's repeated reduction and a
+    /// Monte Carlo pi run as rounds of workers, with exact totals.
+    private func wasmStage() throws {
+        let engine = Engine()
+        guard engine.configuration.memoryBoundsChecking == .mprotect else {
+            print("skipped: WasmKit uses software bounds checking in this build (malloc'd memory memsnap cannot map over)")
+            return
+        }
+        var table = Table(columns: ["step", "time", "note"])
+        let heap = try WasmGuest.heap.program(engine: engine)
+        let mebibytes = max(1, size >> 20)
+        let (zygote, zygoteSeconds) = try Stopwatch.time {
+            try WasmZygote(program: heap, arguments: [.i32(UInt32(clamping: mebibytes))])
+        }
+        table.append(["zygote: instantiate, fill the heap, snapshot", formatDuration(zygoteSeconds),
+                      "\(ByteCount(zygote.snapshot.size)) of linear memory, run once"])
+        var forks: [WasmInstance] = []
+        let (_, forkSeconds) = try Stopwatch.time {
+            for index in 0..<workers { forks.append(try zygote.fork(label: "fork \(index)")) }
+        }
+        let checksum = try forks[0].call("result")
+        let equal = try forks.allSatisfy { try $0.call("result") == checksum }
+        table.append(["fork \(workers) instances (copy-on-write)", formatDuration(forkSeconds),
+                      "\(formatDuration(forkSeconds / Double(workers))) each; every fork's heap checksum equal: \(equal ? "yes" : "NO")"])
+        forks.removeAll()
+        let (_, copySeconds) = try Stopwatch.time {
+            let instance = try WasmInstance(program: heap, label: "copy")
+            try instance.growMemory(toAtLeast: zygote.snapshot.size)
+            zygote.snapshot.withUnsafeBytes { image in
+                instance.memory.withUnsafeMutableBytes { _ = memcpy($0.baseAddress!, image.baseAddress!, image.count) }
+            }
+        }
+        table.append(["without memsnap: instantiate and copy one", formatDuration(copySeconds),
+                      "fork is \(format(copySeconds / max(forkSeconds / Double(workers), 1e-9), decimals: 0))x faster"])
+
+        let reduction = try WasmWorkers(zygote: try WasmZygote(program: try WasmGuest.reduction.program(engine: engine)),
+                                        count: workers)
+        let rounds = 20
+        let (_, reductionSeconds) = try Stopwatch.time { for _ in 0..<rounds { try reduction.run("work") } }
+        let count = try reduction.callMain("result").first.map(WasmRunCommand.text) ?? "?"
+        let indexSum = try reduction.callMain("index_total").first.map(WasmRunCommand.text) ?? "?"
+        let exact = count == "\(rounds * workers)" && indexSum == "\(rounds * workers * (workers - 1) / 2)"
+        table.append(["reduction: \(rounds) rounds of \(workers) workers", formatDuration(reductionSeconds),
+                      "count \(count), index sum \(indexSum) (exact: \(exact ? "yes" : "NO")); tracking \(reduction.trackingMode)"])
+        let pi = try WasmWorkers(zygote: try WasmZygote(program: try WasmGuest.pi.program(engine: engine)), count: workers)
+        let (_, piSeconds) = try Stopwatch.time { for _ in 0..<3 { try pi.run("work") } }
+        let estimate = try pi.callMain("result").first.map(WasmRunCommand.text) ?? "?"
+        table.append(["Monte Carlo pi: 3 rounds of \(workers) workers", formatDuration(piSeconds),
+                      "pi ~ \(estimate) from \(try pi.callMain("sample_count").first.map(WasmRunCommand.text) ?? "?") samples"])
+        print(table.rendered())
+        print("`memsnap wasm run Guests/NAME.wasm --zygote zygote --function work` runs any of the guests; `memsnap bench wasm` measures")
+        if !equal || !exact { throw DemoFailure("the WebAssembly stage did not behave as expected (see the table)") }
     }
 
     /// Builds a linked list in an arena, syncs it as events, writes more without syncing,

@@ -12,6 +12,7 @@ struct MemsnapCommand: AsyncParsableCommand {
         subcommands: [
             DoctorCommand.self, DemoCommand.self, CheckpointCommand.self, RestoreCommand.self, InfoCommand.self,
             VerifyCommand.self, SquashCommand.self, StylesCommand.self, ArenaCommand.self, ServeCommand.self, BenchCommand.self,
+            WasmCommand.self,
         ]
     )
 

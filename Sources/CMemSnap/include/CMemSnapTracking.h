@@ -106,6 +106,34 @@ static const unsigned long MEMSNAP_PAGEMAP_SCAN =
 /// and more regions than that match; never pass more.
 #define MEMSNAP_PAGEMAP_SCAN_MAX_VEC 512
 
+// ---- PROCMAP_QUERY (include/uapi/linux/fs.h, Linux 6.11): one VMA of /proc/PID/maps ----------
+static const uint64_t MEMSNAP_PROCMAP_QUERY_VMA_READABLE = 0x01;
+static const uint64_t MEMSNAP_PROCMAP_QUERY_VMA_WRITABLE = 0x02;
+static const uint64_t MEMSNAP_PROCMAP_QUERY_VMA_EXECUTABLE = 0x04;
+static const uint64_t MEMSNAP_PROCMAP_QUERY_VMA_SHARED = 0x08;
+static const uint64_t MEMSNAP_PROCMAP_QUERY_COVERING_OR_NEXT_VMA = 0x10;
+
+struct memsnap_procmap_query {
+    uint64_t size;
+    uint64_t query_flags;
+    uint64_t query_addr;
+    uint64_t vma_start;
+    uint64_t vma_end;
+    uint64_t vma_flags;
+    uint64_t vma_page_size;
+    uint64_t vma_offset;
+    uint64_t inode;
+    uint32_t dev_major;
+    uint32_t dev_minor;
+    uint32_t vma_name_size;
+    uint32_t build_id_size;
+    uint64_t vma_name_addr;
+    uint64_t build_id_addr;
+};
+
+static const unsigned long MEMSNAP_PROCMAP_QUERY =
+    MEMSNAP_IOC(MEMSNAP_IOC_READ | MEMSNAP_IOC_WRITE, 'f', 17, sizeof(struct memsnap_procmap_query));
+
 /// Bit 55 of a /proc/PID/pagemap entry: the page is soft-dirty.
 static const uint64_t MEMSNAP_PAGEMAP_SOFT_DIRTY_BIT = 1ULL << 55;
 
@@ -185,6 +213,12 @@ int memsnap_segv_add(memsnap_page_record *record);
 
 /// Stops handling `record` and waits until no handler is still using it.
 void memsnap_segv_remove(memsnap_page_record *record);
+
+/// 1 if memsnap's SIGSEGV handler is the process's current one (the first to see a fault),
+/// 0 if another handler was installed after it, or it was never installed. A handler installed
+/// later that does not chain back for faults in memsnap's records (WebAssembly engines turn
+/// every fault in their memory into a trap) would hide the faults that segfault tracking needs.
+int memsnap_segv_is_outermost(void);
 
 #ifdef __cplusplus
 }

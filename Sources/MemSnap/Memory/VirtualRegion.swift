@@ -14,7 +14,11 @@ import CMemSnap
 ///
 /// Invariant: the accessible part is always the prefix `0..<committedSize`, a page multiple.
 ///
-/// Ownership: the region is the only owner of its reservation and unmaps all of it in `deinit`.
+/// Ownership: the region is the only owner of its reservation and unmaps all of it in `deinit`,
+/// except an adopted region (`init(adoptingReservationAt:...)`): that one works on a reservation
+/// some other code made (a WebAssembly engine's linear memory), may remap and track its pages,
+/// but never unmaps it, never changes which pages are accessible (the foreign owner commits, the
+/// region follows with `followOwnerGrowth(to:)`), and keeps the object given as its owner alive.
 /// Memory reached through `withUnsafeMutableBytes` is valid only inside the closure.
 ///
 /// Huge pages: with `.disabled` (the default) every mapping in the region gets `MADV_NOHUGEPAGE`,
@@ -41,6 +45,15 @@ public final class VirtualRegion: @unchecked Sendable {
     /// The tracker watching this region, told before any mapping in it is replaced. A leaf lock:
     /// the observer must not call back into the region.
     private let mappingObserver = Locked<(@Sendable (MappingChange) -> Void)?>(nil)
+    /// Set for an adopted region: who owns the reservation. nil: the region owns it.
+    private let foreignOwner: ForeignOwner?
+
+    /// The owner of an adopted reservation: kept alive as long as the region, and named in errors.
+    private struct ForeignOwner {
+        let name: String
+        /// Never read: holding it is the point (the owner must not unmap the reservation first).
+        let keepAlive: AnyObject?
+    }
 
     /// A change to the region's mappings, reported to its tracker: replacements and releases
     /// just before they happen, commits just after.
@@ -51,6 +64,10 @@ public final class VirtualRegion: @unchecked Sendable {
         case replaced(Range<Int>)
         /// The byte range and everything after it becomes inaccessible.
         case released(Range<Int>)
+        /// The foreign owner of an adopted region committed the byte range (readable, writable)
+        /// at some point before `followOwnerGrowth(to:)` reported it: its pages may already hold
+        /// writes.
+        case committedByOwner(Range<Int>)
     }
 
     /// Reserves `maxSize` bytes (rounded up to a page) and commits the first `initialSize` bytes
@@ -95,6 +112,7 @@ public final class VirtualRegion: @unchecked Sendable {
         self.maxSize = reserved
         self.hugePages = hugePages
         self.committed = Locked(0)
+        self.foreignOwner = nil
         applyHugePagePolicy(0..<reserved)
         if initial > 0 {
             // deinit runs on throw and releases the reservation.
@@ -102,8 +120,164 @@ public final class VirtualRegion: @unchecked Sendable {
         }
     }
 
+    /// Adopts a reservation memsnap did not make: `reservedSize` bytes at `address`, of which the
+    /// first `committedSize` are readable and writable and the rest inaccessible, as a WebAssembly
+    /// engine reserves a linear memory (WasmKit: 4 GiB + a guard with `PROT_NONE`, committed by
+    /// `mprotect` as the memory grows, the base never moving).
+    ///
+    /// The claim is checked against /proc/self/maps (the PROCMAP_QUERY ioctl where the kernel has
+    /// it: a few microseconds) before anything is touched: every page of
+    /// the range must be private anonymous memory (no file, no shared mapping, not `[heap]` or
+    /// `[stack]`), read-write below `committedSize` and inaccessible from there to the end. A
+    /// malloc'd buffer (what WasmKit uses with software bounds checking, under AddressSanitizer,
+    /// or when its reservation fails) is refused: the memory around it is the allocator's, and
+    /// mapping over it would corrupt the heap. The kernel merges neighbouring areas of the same
+    /// kind, so memsnap cannot see where a reservation ends: that the range is one reservation
+    /// of exactly this size remains the caller's promise.
+    ///
+    /// What changes with adoption: the region may map files over the committed prefix
+    /// (`Snapshot.mapCopyOnWrite(into:)`, `MemoryFile.map`), a `DirtyTracker` may track it, and
+    /// it is diffed like any region; but it never unmaps the reservation (not in `deinit` either),
+    /// never commits or releases pages (`grow` past `committedSize` and `decommit` are refused:
+    /// the owner's bookkeeping of its size would be wrong), and a mapping may not extend past the
+    /// owner's committed prefix. Restoring a snapshot smaller than the committed prefix leaves
+    /// the rest of it accessible and zero-filled. When the owner commits more, call
+    /// `followOwnerGrowth(to:)` so that trackers and diffs see it.
+    ///
+    /// Lifetime: the foreign owner must keep the reservation mapped for as long as the region
+    /// lives; the region keeps `owner` alive for exactly that reason (pass the object whose
+    /// lifetime decides the reservation's, e.g. WasmKit's `Store`). Unmapping it earlier would
+    /// let the region map files over address space that belongs to someone else.
+    ///
+    /// - Parameters:
+    ///   - ownerName: names the owner in errors ("WasmKit linear memory").
+    ///   - hugePages: `.disabled` applies `MADV_NOHUGEPAGE` to the whole range (advisory).
+    /// - Throws: `.unaligned` if `address`, `reservedSize` or `committedSize` is not a page
+    ///   multiple; `.invalidRange` for negative or overflowing sizes or `reservedSize` 0;
+    ///   `.exceedsMaximum` if `committedSize > reservedSize`; `.invalidArgument` naming the first
+    ///   page that is not as claimed (unmapped, shared, file-backed, a special area, or with the
+    ///   wrong protection); errors reading /proc/self/maps.
+    public init(
+        adoptingReservationAt address: UnsafeMutableRawPointer, reservedSize: Int, committedSize: Int,
+        owner: AnyObject?, ownerName: String, hugePages: HugePages = .disabled
+    ) throws(MemSnapError) {
+        let start = UInt(bitPattern: address)
+        let operation = "adopt \(ownerName) at 0x\(String(start, radix: 16)) (\(ByteCount(reservedSize)) reserved, "
+            + "\(ByteCount(committedSize)) committed)"
+        guard start % UInt(Page.size) == 0 else {
+            throw MemSnapError(operation, .unaligned(what: "address", value: Int(bitPattern: start), alignment: Page.size))
+        }
+        guard reservedSize > 0, committedSize >= 0 else {
+            throw MemSnapError(operation, .invalidRange(offset: 0, length: min(reservedSize, committedSize)))
+        }
+        try Page.requireAligned(reservedSize, "reserved size", during: operation)
+        try Page.requireAligned(committedSize, "committed size", during: operation)
+        guard committedSize <= reservedSize else {
+            throw MemSnapError(operation, .exceedsMaximum(what: "committed size", requested: committedSize, maximum: reservedSize))
+        }
+        let (end, overflow) = start.addingReportingOverflow(UInt(reservedSize))
+        guard !overflow else { throw MemSnapError(operation, .invalidRange(offset: Int(bitPattern: start), length: reservedSize)) }
+        try VirtualRegion.verifyReservation(start..<end, committedEnd: start + UInt(committedSize),
+                                            in: try ProcessMapping.overlapping(start..<end), during: operation)
+        self.base = address
+        self.maxSize = reservedSize
+        self.hugePages = hugePages
+        self.committed = Locked(committedSize)
+        self.foreignOwner = ForeignOwner(name: ownerName, keepAlive: owner)
+        applyHugePagePolicy(0..<reservedSize)
+    }
+
+    /// Checks that `mappings` cover `range` with private anonymous memory, read-write up to
+    /// `committedEnd` and inaccessible after it; throws `.invalidArgument` naming the first
+    /// offset that is not.
+    static func verifyReservation(
+        _ range: Range<UInt>, committedEnd: UInt, in mappings: [ProcessMapping], during operation: String
+    ) throws(MemSnapError) {
+        func offsetText(_ address: UInt) -> String { "offset \(ByteCount(Int(bitPattern: address &- range.lowerBound)))" }
+        var cursor = range.lowerBound
+        for mapping in mappings.sorted(by: { $0.start < $1.start }) where mapping.end > cursor && mapping.start < range.upperBound {
+            guard mapping.start <= cursor else {
+                throw MemSnapError(operation, .invalidArgument(
+                    "nothing is mapped at \(offsetText(cursor)) (up to \(offsetText(min(mapping.start, range.upperBound)))): "
+                    + "the claimed reservation is not one mapping of that size"))
+            }
+            guard mapping.isPrivateAnonymous else {
+                throw MemSnapError(operation, .invalidArgument(
+                    "\(offsetText(cursor)) lies in \(mapping), which is not private anonymous memory: "
+                    + (mapping.path == "[heap]"
+                        ? "it is malloc's heap (a malloc'd buffer, not a reservation; mapping over it would corrupt the heap)"
+                        : "only a reservation can be adopted")))
+            }
+            let overlapEnd = min(mapping.end, range.upperBound)
+            // The part below the committed end must be read-write, the part above inaccessible:
+            // an area straddling the committed end fails one of the two.
+            if cursor < committedEnd {
+                guard mapping.readable && mapping.writable else {
+                    throw MemSnapError(operation, .invalidArgument(
+                        "\(offsetText(cursor)) lies in \(mapping), but the committed prefix must be readable and writable"))
+                }
+            }
+            if overlapEnd > committedEnd {
+                guard !mapping.readable && !mapping.writable && !mapping.executable else {
+                    throw MemSnapError(operation, .invalidArgument(
+                        "\(offsetText(max(cursor, committedEnd))) lies in \(mapping), but past the committed prefix a "
+                        + "reservation is inaccessible: this is other memory (a malloc'd buffer is followed by more of the "
+                        + "allocator's memory), not a reservation"))
+                }
+            }
+            cursor = overlapEnd
+            if cursor >= range.upperBound { return }
+        }
+        guard cursor >= range.upperBound else {
+            throw MemSnapError(operation, .invalidArgument(
+                "nothing is mapped at \(offsetText(cursor)) (up to the claimed end, \(offsetText(range.upperBound))): "
+                + "the claimed reservation is not one mapping of that size"))
+        }
+    }
+
     deinit {
-        munmap(base, maxSize)
+        if foreignOwner == nil { munmap(base, maxSize) }
+    }
+
+    /// Whether the region adopted a reservation it does not own (see
+    /// `init(adoptingReservationAt:...)`).
+    public var isAdopted: Bool { foreignOwner != nil }
+
+    /// Tells an adopted region that its owner committed the reservation up to `newSize` bytes
+    /// (readable, writable; a page multiple). The tracker, if any, arms the new pages and reports
+    /// those that may have been written before this call (exactly with `uffd-async` and
+    /// `compare`; all of them, to be safe, with `segfault` and `uffd`). Sizes equal to
+    /// `committedSize` change nothing. Thread-safe.
+    /// - Throws: `.invalidArgument` for a region memsnap owns (use `grow(to:)`) or a size below
+    ///   `committedSize` (owners of adopted memory never give pages back while it is adopted);
+    ///   `.unaligned` for a size that is not a page multiple; `.exceedsMaximum` past `maxSize`.
+    public func followOwnerGrowth(to newSize: Int) throws(MemSnapError) {
+        let operation = "follow owner growth of region to \(ByteCount(newSize))"
+        guard foreignOwner != nil else {
+            throw MemSnapError(operation, .invalidArgument("the region owns its reservation; grow it with grow(to:)"))
+        }
+        try Page.requireAligned(newSize, "size", during: operation)
+        guard newSize <= maxSize else {
+            throw MemSnapError(operation, .exceedsMaximum(what: "size", requested: newSize, maximum: maxSize))
+        }
+        try committed.withLock { (current: inout Int) throws(MemSnapError) in
+            guard newSize >= current else {
+                throw MemSnapError(operation, .invalidArgument(
+                    "the region already follows \(ByteCount(current)) committed; an adopted reservation never shrinks"))
+            }
+            guard newSize > current else { return }
+            notifyMappingChange(.committedByOwner(current..<newSize))
+            current = newSize
+        }
+    }
+
+    /// Throws for an adopted region: only its owner commits or releases its pages.
+    private func refuseForeignCommitChange(_ what: String, during operation: String) throws(MemSnapError) {
+        if let foreignOwner {
+            throw MemSnapError(operation, .invalidArgument(
+                "the region adopts memory owned by \(foreignOwner.name), which alone \(what) its pages; "
+                + "do it through the owner, then call followOwnerGrowth(to:)"))
+        }
     }
 
     /// Bytes currently readable and writable, from the start of the region (a page multiple).
@@ -124,7 +298,8 @@ public final class VirtualRegion: @unchecked Sendable {
     ///
     /// Sizes at or below `committedSize` change nothing. New pages read as zero.
     /// - Throws: `.exceedsMaximum` if `size > maxSize` (nothing changes); `.invalidRange` for a
-    ///   negative size; `.systemCall("mprotect", ...)` if the kernel refuses (nothing changes).
+    ///   negative size; `.systemCall("mprotect", ...)` if the kernel refuses (nothing changes);
+    ///   `.invalidArgument` for an adopted region (its owner commits; see `followOwnerGrowth`).
     public func grow(to size: Int) throws(MemSnapError) {
         let operation = "grow region to \(ByteCount(size))"
         let target = try Page.roundUp(size, during: operation)
@@ -133,6 +308,7 @@ public final class VirtualRegion: @unchecked Sendable {
         }
         try committed.withLock { (current: inout Int) throws(MemSnapError) in
             guard target > current else { return }
+            try refuseForeignCommitChange("commits", during: operation)
             guard mprotect(base + current, target - current, PROT_READ | PROT_WRITE) == 0 else {
                 throw MemSnapError.systemCall("mprotect", during: operation)
             }
@@ -146,12 +322,13 @@ public final class VirtualRegion: @unchecked Sendable {
     /// when they read as zero. The reservation itself is kept.
     ///
     /// - Throws: `.invalidRange` for a negative size; `.systemCall("mmap", ...)` if the kernel
-    ///   refuses.
+    ///   refuses; `.invalidArgument` for an adopted region (only its owner releases pages).
     public func decommit(from size: Int) throws(MemSnapError) {
         let operation = "decommit region from \(ByteCount(size))"
         let start = try Page.roundUp(size, during: operation)
         try committed.withLock { (current: inout Int) throws(MemSnapError) in
             guard start < current else { return }
+            try refuseForeignCommitChange("releases", during: operation)
             try releasePages(start..<current, during: operation)
             current = start
         }
@@ -238,7 +415,9 @@ public final class VirtualRegion: @unchecked Sendable {
     }
 
     /// Makes the region's whole committed content the first `length` bytes of `descriptor`:
-    /// maps them at offset 0 and releases every committed page after them.
+    /// maps them at offset 0 and releases every committed page after them. An adopted region
+    /// keeps its owner's committed size: `length` must fit in it, and the pages after `length`
+    /// are replaced with zero-filled ones instead of released.
     func replaceContents(
         with descriptor: Int32, length: Int, shared: Bool, during operation: String
     ) throws(MemSnapError) {
@@ -247,6 +426,19 @@ public final class VirtualRegion: @unchecked Sendable {
             throw MemSnapError(operation, .tooSmall(what: "region", required: length, capacity: maxSize))
         }
         try committed.withLock { (current: inout Int) throws(MemSnapError) in
+            if let foreignOwner {
+                guard length <= current else {
+                    throw MemSnapError(operation, .tooSmall(
+                        what: "memory committed by its owner (\(foreignOwner.name); grow it there first)",
+                        required: length, capacity: current))
+                }
+                if length > 0 {
+                    try mapFileLocked(descriptor, fileOffset: 0, at: 0, length: length, shared: shared,
+                                      committed: &current, during: operation)
+                }
+                if current > length { try zeroFillLocked(length..<current, during: operation) }
+                return
+            }
             if length > 0 {
                 try mapFileLocked(descriptor, fileOffset: 0, at: 0, length: length, shared: shared,
                                   committed: &current, during: operation)
@@ -271,11 +463,22 @@ public final class VirtualRegion: @unchecked Sendable {
             throw MemSnapError(operation, .invalidArgument(
                 "mapping at offset \(offset) would leave a hole after the committed \(current) bytes"))
         }
+        if let foreignOwner, range.upperBound > current {
+            throw MemSnapError(operation, .invalidArgument(
+                "the mapping would end at \(range.upperBound), past the \(current) bytes \(foreignOwner.name) committed; "
+                + "an adopted region never extends its owner's memory"))
+        }
         let flags = (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_FIXED
         notifyMappingChange(.replaced(range))
         let result = mmap(base + offset, length, PROT_READ | PROT_WRITE, flags, descriptor, off_t(fileOffset))
         guard result != MAP_FAILED else {
             let error = MemSnapError.systemCall("mmap", during: operation)
+            if foreignOwner != nil {
+                // The owner's memory must stay accessible: put zero-filled pages back instead
+                // of a hole (the previous contents may be gone already).
+                _ = mmap(base + offset, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0)
+                throw error
+            }
             // Older kernels may unmap the target before failing: take the hole back so no other
             // mapping can land inside the reservation, and stop counting those pages committed.
             notifyMappingChange(.released(offset..<Swift.max(current, offset + length)))
@@ -285,6 +488,18 @@ public final class VirtualRegion: @unchecked Sendable {
         }
         applyHugePagePolicy(range)
         current = max(current, range.upperBound)
+    }
+
+    /// Replaces the committed pages of `range` with fresh zero-filled private anonymous ones
+    /// (an adopted region's pages stay accessible). Call with the commit lock held.
+    private func zeroFillLocked(_ range: Range<Int>, during operation: String) throws(MemSnapError) {
+        notifyMappingChange(.replaced(range))
+        let result = mmap(base + range.lowerBound, range.count, PROT_READ | PROT_WRITE,
+                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0)
+        guard result != MAP_FAILED else {
+            throw MemSnapError.systemCall("mmap", during: operation)
+        }
+        applyHugePagePolicy(range)
     }
 
     private func releasePages(_ range: Range<Int>, during operation: String) throws(MemSnapError) {

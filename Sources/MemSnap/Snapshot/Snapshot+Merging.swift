@@ -121,7 +121,7 @@ extension Snapshot {
     /// Applies `batches` in order as one `apply` (all or nothing, atomic for readers).
     /// `source(i)` names batch `i` in errors ("worker 2's ", "queued batch 1, "): the text goes
     /// right before "diff N". The fork/join merge uses it directly, never the public queue.
-    func apply(batches: [[SnapshotDiff]], source: (Int) -> String) throws(MemSnapError) -> [Range<Int>] {
+    package func apply(batches: [[SnapshotDiff]], source: (Int) -> String) throws(MemSnapError) -> [Range<Int>] {
         try lock.withWriteLock { () throws(MemSnapError) -> [Range<Int>] in
             try applyLocked(batches, source: source)
         }

@@ -48,7 +48,13 @@ final class AsyncWriteProtectMechanism: DirtyTrackingMechanism {
     }
 
     func regionMappingChanged(_ change: VirtualRegion.MappingChange) {
-        guard case let .committed(range) = change else { return }
+        // Pages an adopted region's owner committed earlier may hold writes already: the scan
+        // below finds exactly those (they hold data), as it does for any fresh page.
+        let range: Range<Int>
+        switch change {
+        case let .committed(committed), let .committedByOwner(committed): range = committed
+        case .replaced, .released: return
+        }
         let pages = UnsafeRawBufferPointer(start: region.base + range.lowerBound, count: range.count)
         let firstPage = range.lowerBound >> Page.shift
         let found: [Range<Int>]

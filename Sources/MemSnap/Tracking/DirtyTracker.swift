@@ -11,7 +11,9 @@ import CMemSnap
 /// - Every write is reported by the collect-and-reset that follows it or by a later one; none is
 ///   lost between collect and reset (for `uffd-async`, `segfault` and `uffd` also while other
 ///   threads keep writing; `compare` and `soft-dirty` need writers paused around the call).
-/// - Growth is tracked: pages the region commits while tracked are armed as they are committed.
+/// - Growth is tracked: pages the region commits while tracked are armed as they are committed;
+///   pages the owner of an adopted region committed are armed when `followOwnerGrowth(to:)`
+///   reports them, and those possibly written before that are reported too.
 /// - Regions are independent: each tracker has its own mechanism state (a second tracker on the
 ///   same region is refused), except `soft-dirty`, whose reset is process-wide.
 /// - When the region is remapped or decommitted (`Snapshot.mapCopyOnWrite(into:)` onto it,
@@ -265,7 +267,10 @@ private struct MappingObserver: @unchecked Sendable {
     let mappingChanged: Locked<Bool>
 
     func mappingChanged(_ change: VirtualRegion.MappingChange) {
-        if case .committed = change {} else { mappingChanged.withLock { $0 = true } }
+        switch change {
+        case .committed, .committedByOwner: break  // armed by the mechanism as they come
+        case .replaced, .released: mappingChanged.withLock { $0 = true }
+        }
         mechanism.regionMappingChanged(change)
     }
 }

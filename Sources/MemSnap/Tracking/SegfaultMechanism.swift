@@ -97,6 +97,11 @@ final class SegfaultMechanism: DirtyTrackingMechanism {
         case .replaced:
             // Fresh writable mappings never fault; the rest of the region stays tracked.
             break
+        case let .committedByOwner(range):
+            // Written or not before the owner's growth was reported: nothing tells; say written,
+            // then track the pages from now on as grown ones.
+            record.markWritten(range)
+            regionMappingChanged(.committed(range))
         case let .committed(range):
             // Grown pages join the tracked range if they extend it; otherwise (tracking was cut
             // short by a release or a failure) they are reported as written.

@@ -88,7 +88,15 @@ final class SyncWriteProtectMechanism: DirtyTrackingMechanism {
     }
 
     func regionMappingChanged(_ change: VirtualRegion.MappingChange) {
-        guard case let .committed(range) = change else { return }
+        let range: Range<Int>
+        switch change {
+        case let .committed(committed): range = committed
+        case let .committedByOwner(committed):
+            // Written or not before the owner's growth was reported: nothing tells; say written.
+            range = committed
+            record.markWritten(range)
+        case .replaced, .released: return
+        }
         let pages = UnsafeRawBufferPointer(start: region.base + range.lowerBound, count: range.count)
         do {
             try userfaultfd.writeProtect(pages, protect: true, during: "arm uffd tracking of grown pages")

@@ -10,7 +10,7 @@ struct BenchCommand: AsyncParsableCommand {
         commandName: "bench",
         abstract: "Benchmarks that also measure the physical limit (memcpy) in the same run.",
         subcommands: [TrackingBenchmarkCommand.self, DiffBenchmarkCommand.self, CheckpointBenchmarkCommand.self, ArenaBenchmarkCommand.self,
-                      RemoteBenchmarkCommand.self]
+                      RemoteBenchmarkCommand.self, WasmBenchmarkCommand.self]
     )
 }
 
