@@ -29,8 +29,9 @@ struct RemoteBenchmarkCommand: AsyncParsableCommand {
     @Option(help: "Repetitions per measurement; medians are reported.")
     var repetitions: Int = 3
 
-    @Option(help: "Codec of the whole push's frames: none, lz4 or zstd.")
-    var codec: CheckpointCodec = .lz4
+    @Option(name: .customLong("codec"), help: "Codec of the whole push's frames: lz4 or zstd. (default: lz4)")
+    var codecArgument: CheckpointCodec?
+    var codec: CheckpointCodec { codecArgument ?? .lz4 }
 
     @Option(help: "Codec level: LZ4 acceleration (1 = best ratio), zstd level (1...22).")
     var level: Int32?

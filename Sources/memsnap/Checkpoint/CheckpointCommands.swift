@@ -56,11 +56,15 @@ struct CheckpointCommand: ParsableCommand {
     @Option(help: "A checkpoint of BASE's chain that is not next to it (repeatable).")
     var link: [String] = []
 
-    @Option(help: "v1 (stream), v2 (framed) or v3 (framed, compressed).")
-    var style: CheckpointStyle = .v3
+    // Optional with the default in the help text: for a raw-valued enum, ArgumentParser would
+    // print the raw value ("default: 3", "default: 1").
+    @Option(name: .customLong("style"), help: "v1 (stream), v2 (framed) or v3 (framed, compressed). (default: v3)")
+    var styleArgument: CheckpointStyle?
+    var style: CheckpointStyle { styleArgument ?? .v3 }
 
-    @Option(help: "v3 compressor: lz4 or zstd.")
-    var codec: CheckpointCodec = .lz4
+    @Option(name: .customLong("codec"), help: "v3 compressor: lz4 or zstd. (default: lz4)")
+    var codecArgument: CheckpointCodec?
+    var codec: CheckpointCodec { codecArgument ?? .lz4 }
 
     @Option(help: "zstd level (1-22, default 3) or lz4 acceleration (default 1).")
     var level: Int32?
