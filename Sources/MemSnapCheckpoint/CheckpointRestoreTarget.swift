@@ -54,7 +54,7 @@ public final class MemoryImageTarget: CheckpointRestoreTarget, @unchecked Sendab
         guard !discarded else { throw MemSnapError(operation, .invalidArgument("the target was discarded")) }
         guard imageSize >= 0 else { throw MemSnapError(operation, .invalidRange(offset: 0, length: imageSize)) }
         try file.resize(to: imageSize)
-        staging = try SharedStaging(descriptor: file.descriptor.rawValue, size: imageSize, during: operation)
+        staging = try SharedStaging(descriptor: file.descriptor, size: imageSize, during: operation)
     }
 
     /// - Throws: `.invalidArgument` for a tag other than 0 or after `discard()`; `.outOfBounds`
@@ -66,7 +66,7 @@ public final class MemoryImageTarget: CheckpointRestoreTarget, @unchecked Sendab
             guard !discarded else {
                 throw MemSnapError("restore into memory image", .invalidArgument("the target was discarded"))
             }
-            try writeImage(file.descriptor.rawValue, tag: tag, offset: offset, bytes: bytes, during: "restore into memory image")
+            try writeImage(file.descriptor, tag: tag, offset: offset, bytes: bytes, during: "restore into memory image")
         }
     }
 
@@ -94,12 +94,12 @@ public final class MemoryImageTarget: CheckpointRestoreTarget, @unchecked Sendab
 final class SharedStaging: @unchecked Sendable {
     let memory: UnsafeMutableRawBufferPointer
 
-    init(descriptor: Int32, size: Int, during operation: String) throws(MemSnapError) {
+    init(descriptor: FileDescriptor, size: Int, during operation: String) throws(MemSnapError) {
         guard size > 0 else {
             memory = UnsafeMutableRawBufferPointer(start: nil, count: 0)
             return
         }
-        guard let address = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, descriptor, 0), address != MAP_FAILED else {
+        guard let address = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, descriptor.rawValue, 0), address != MAP_FAILED else {
             throw MemSnapError.systemCall("mmap", during: operation)
         }
         memory = UnsafeMutableRawBufferPointer(start: address, count: size)
@@ -151,7 +151,7 @@ public final class ImageFileTarget: CheckpointRestoreTarget, @unchecked Sendable
         if imageSize > 0 {
             // Through a shared mapping, a page the file system cannot allocate is SIGBUS at the
             // store; reserved blocks make a full disk an error here instead.
-            let result = posix_fallocate(descriptor, 0, off_t(imageSize))
+            let result = posix_fallocate(descriptor.rawValue, 0, off_t(imageSize))
             guard result == 0 else {
                 output.discard()
                 throw MemSnapError(operation, .systemCall("posix_fallocate \(ByteCount(imageSize))", Errno(rawValue: result)))
@@ -179,9 +179,7 @@ public final class ImageFileTarget: CheckpointRestoreTarget, @unchecked Sendable
         staging = nil
         let descriptor = try output.liveDescriptor(during: operation)
         guard imageSize >= 0 else { throw MemSnapError(operation, .invalidRange(offset: 0, length: imageSize)) }
-        guard ftruncate(descriptor, off_t(imageSize)) == 0 else {
-            throw MemSnapError.systemCall("ftruncate", during: operation)
-        }
+        _ = try systemCall("ftruncate", during: operation) { ftruncate(descriptor.rawValue, off_t(imageSize)) }
         try output.commit(during: operation)
     }
 
@@ -194,14 +192,14 @@ public final class ImageFileTarget: CheckpointRestoreTarget, @unchecked Sendable
 
 /// pwrite of an extent into a raw image (tag 0 only), retrying short writes.
 private func writeImage(
-    _ descriptor: Int32, tag: UInt64, offset: Int, bytes: UnsafeRawBufferPointer,
+    _ descriptor: FileDescriptor, tag: UInt64, offset: Int, bytes: UnsafeRawBufferPointer,
     during operation: @autoclosure () -> String
 ) throws(MemSnapError) {
     guard tag == 0 else {
         throw MemSnapError(operation(), .invalidArgument("an extent with tag \(tag) cannot be restored into a raw image"))
     }
     do throws(PartialWriteFailure) {
-        try writeAll(descriptor, [bytes], at: offset)
+        try writeAll(descriptor.rawValue, [bytes], at: offset)
     } catch {
         throw MemSnapError(operation(), .systemCall("pwrite", error.errno))
     }
