@@ -88,10 +88,10 @@ enum ChainRestore {
 }
 
 /// One restore thread's buffers, reused from frame to frame: the frame as read (header and
-/// stored payload), and its decompressed payload (v3 only).
+/// stored payload), and what decompresses it (v3 only).
 private final class FrameWorkspace {
     let stored = ReusableBuffer()
-    let raw = ReusableBuffer()
+    let decode = FrameDecodeScratch()
 }
 
 /// What a restore thread needs for the frames of one link; the file and target outlive the threads.
@@ -116,7 +116,7 @@ private struct FrameContext: @unchecked Sendable {
             at: expected.offset, expectedIndex: index, chunkSize: file.chunkSize, codec: file.codec, during: operation)
         try file.structure.checkFrameHeader(header, matches: expected, place: place, during: operation)
         return try file.structure.verifyFrame(
-            expected, payload: UnsafeRawBufferPointer(rebasing: frameBytes[CheckpointFormat.frameHeaderSize...]), raw: workspace.raw,
+            expected, payload: UnsafeRawBufferPointer(rebasing: frameBytes[CheckpointFormat.frameHeaderSize...]), scratch: workspace.decode,
             rules: rules, target: target, coverage: &coverage, place: place, during: operation)
     }
 }

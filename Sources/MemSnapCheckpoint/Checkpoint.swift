@@ -309,7 +309,7 @@ private struct StreamRestore {
             framesCounted = true
         }
         var extentBytes = 0
-        let raw = ReusableBuffer()
+        let scratch = FrameDecodeScratch()
         var coverage = ExtentCoverage()
         let imageEnd = ImageEnd()
         let counting = CountingTarget(target, end: imageEnd)
@@ -334,7 +334,7 @@ private struct StreamRestore {
                 let payload = try stream.read(frame.storedSize)
                 let place = "checkpoint frame \(frame.index) at \(at(position))"
                 let frameBytes = try withBytes(payload) { (stored) throws(MemSnapError) in
-                    try structure.verifyFrame(frame, payload: stored, raw: raw, rules: .plain(imageSize: nil), target: counting,
+                    try structure.verifyFrame(frame, payload: stored, scratch: scratch, rules: .plain(imageSize: nil), target: counting,
                                               coverage: &coverage, place: place, during: operation)
                 }
                 let (total, overflow) = extentBytes.addingReportingOverflow(frameBytes)

@@ -58,12 +58,12 @@ struct CheckpointStructure {
     }
 
     /// Verifies a frame's stored payload and applies its extents: the payload checksum, that it
-    /// decompresses to exactly the raw size (into `raw`, reused frame after frame; without a
+    /// decompresses to exactly the raw size (with `scratch`, reused frame after frame; without a
     /// codec the payload is used as it is), then everything `applyExtents` checks, before it
     /// writes them to `target` (nil to verify only). Returns the frame's extent bytes.
     /// - Throws: `.corrupt` naming `place`; buffer allocation failures; the target's errors.
     func verifyFrame(
-        _ frame: FrameRecord, payload: UnsafeRawBufferPointer, raw: ReusableBuffer, rules: ExtentRules,
+        _ frame: FrameRecord, payload: UnsafeRawBufferPointer, scratch: FrameDecodeScratch, rules: ExtentRules,
         target: CheckpointRestoreTarget?, coverage: inout ExtentCoverage, place: String, during operation: String
     ) throws(MemSnapError) -> Int {
         guard payload.count == frame.storedSize, CheckpointFormat.xxh3(payload) == frame.payloadChecksum else {
@@ -77,9 +77,7 @@ struct CheckpointStructure {
             }
             bytes = payload
         } else {
-            let output = try raw.bytes(count: frame.rawSize, during: "\(operation): \(place)")
-            try FrameCodec.decompress(payload, into: output, codec: header.codec, where: place, during: operation)
-            bytes = UnsafeRawBufferPointer(output)
+            bytes = try scratch.decompress(payload, rawSize: frame.rawSize, codec: header.codec, where: place, during: operation)
         }
         return try applyExtents(bytes, count: frame.extentCount, frame: frame.index, rules: rules, target: target,
                                 coverage: &coverage, place: place, operation: operation)
