@@ -93,13 +93,15 @@ let package = Package(
                 .product(name: "WasmKit", package: "WasmKit"),
                 "CLMDB",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
         // The fuzz targets (a library, so the test suite replays their corpora) and the
         // executable `make fuzz` builds with -sanitize=fuzzer.
         .target(
             name: "MemSnapFuzzTargets",
-            dependencies: ["MemSnap", "MemSnapCheckpoint", "MemSnapArena", "CMemSnap"]
+            dependencies: ["MemSnap", "MemSnapCheckpoint", "MemSnapArena", "CMemSnap",
+                           .product(name: "SystemPackage", package: "swift-system")]
         ),
         .executableTarget(
             name: "memsnap-fuzz",
@@ -118,7 +120,8 @@ let package = Package(
         ),
         .testTarget(
             name: "MemSnapCheckpointTests",
-            dependencies: ["MemSnapCheckpoint", "MemSnap", "MemSnapTestSupport"]
+            dependencies: ["MemSnapCheckpoint", "MemSnap", "MemSnapTestSupport",
+                           .product(name: "SystemPackage", package: "swift-system")]
         ),
         .testTarget(
             name: "MemSnapArenaTests",

@@ -81,18 +81,17 @@ enum ChainRestore {
         let stored = restored.withLock { $0.extentBytes }
         for (index, link) in links.enumerated() {
             try covered[index].checkDisjoint(place: { link.place($0) }, during: operation)
-            guard stored[index] == link.file.extentBytes else {
-                throw corrupt(operation, "\(link.placePrefix)frames hold \(stored[index]) extent bytes, the footer records \(link.file.extentBytes)")
-            }
+            try CheckpointStructure.checkExtentBytes(recorded: link.file.extentBytes, found: stored[index], placePrefix: link.placePrefix,
+                                                     during: operation)
         }
     }
 }
 
 /// One restore thread's buffers, reused from frame to frame: the frame as read (header and
-/// stored payload), and its decompressed payload (v3 only).
+/// stored payload), and what decompresses it (v3 only).
 private final class FrameWorkspace {
     let stored = ReusableBuffer()
-    let raw = ReusableBuffer()
+    let decode = FrameDecodeScratch()
 }
 
 /// What a restore thread needs for the frames of one link; the file and target outlive the threads.
@@ -115,21 +114,10 @@ private struct FrameContext: @unchecked Sendable {
         let header = try FrameRecord.decodeHeader(
             UnsafeRawBufferPointer(rebasing: frameBytes[0..<CheckpointFormat.frameHeaderSize]),
             at: expected.offset, expectedIndex: index, chunkSize: file.chunkSize, codec: file.codec, during: operation)
-        guard header == expected else { throw corrupt(operation, "\(place): header disagrees with the index") }
-        let payload = UnsafeRawBufferPointer(rebasing: frameBytes[CheckpointFormat.frameHeaderSize...])
-        guard CheckpointFormat.xxh3(payload) == expected.payloadChecksum else {
-            throw corrupt(operation, "\(place): checksum mismatch")
-        }
-        let raw: UnsafeRawBufferPointer
-        if file.codec == .none {
-            raw = payload  // stored size equals raw size without a codec (checked on open)
-        } else {
-            let output = try workspace.raw.bytes(count: expected.rawSize, during: "\(operation): \(place)")
-            try FrameCodec.decompress(payload, into: output, codec: file.codec, where: place, during: operation)
-            raw = UnsafeRawBufferPointer(output)
-        }
-        return try applyExtents(raw, count: expected.extentCount, frame: index, rules: rules, target: target,
-                                coverage: &coverage, place: place, operation: operation)
+        try file.structure.checkFrameHeader(header, matches: expected, place: place, during: operation)
+        return try file.structure.verifyFrame(
+            expected, payload: UnsafeRawBufferPointer(rebasing: frameBytes[CheckpointFormat.frameHeaderSize...]), scratch: workspace.decode,
+            rules: rules, target: target, coverage: &coverage, place: place, during: operation)
     }
 }
 

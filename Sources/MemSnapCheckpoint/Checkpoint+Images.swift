@@ -1,4 +1,5 @@
 import MemSnap
+import SystemPackage
 
 /// Checkpoints of one image (tag 0): full ones, and incremental ones that hold only the pages
 /// that changed since a parent (format version 2, docs/FORMAT.md).
@@ -150,10 +151,10 @@ extension Checkpoint {
     /// - Throws: as `write(readingFrom:to:options:progress:)` and `write(image:comparingWith:...)`.
     @discardableResult
     public static func write(
-        readingFrom input: Int32, comparingWith chain: CheckpointChain, to output: CheckpointOutputDestination,
+        readingFrom input: FileDescriptor, comparingWith chain: CheckpointChain, to output: CheckpointOutputDestination,
         options: CheckpointOptions = CheckpointOptions(), progress: (@Sendable (CheckpointProgress) -> Void)? = nil
     ) throws(MemSnapError) -> CheckpointSummary {
-        let operation = "write incremental checkpoint of descriptor \(input) over \(chain.tip.path) to \(output)"
+        let operation = "write incremental checkpoint of descriptor \(input.rawValue) over \(chain.tip.path) to \(output)"
         try options.validate(during: operation)
         let comparison = try ParentComparison(chain: chain, threads: options.threads)
         return try write(windowsOf: .stream(input), to: output, options: options, comparingWith: comparison, operation: operation,

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import MemSnap
+import SystemPackage
 
 /// Checkpoint and restore: portable, checksummed, parallel, compressed files (docs/FORMAT.md).
 ///
@@ -34,14 +35,14 @@ public enum Checkpoint {
     }
 
     /// Checkpoints `extents` to a descriptor (a pipe, a socket, stdout), sequentially. The
-    /// descriptor is not closed.
+    /// descriptor stays the caller's: it is written from its current position and not closed.
     /// - Throws: as `write(_:to:options:force:progress:)`, and write failures of the descriptor.
     @discardableResult
     public static func write(
-        _ extents: [CheckpointExtent], toDescriptor descriptor: Int32, options: CheckpointOptions = CheckpointOptions(),
+        _ extents: [CheckpointExtent], toDescriptor descriptor: FileDescriptor, options: CheckpointOptions = CheckpointOptions(),
         progress: (@Sendable (CheckpointProgress) -> Void)? = nil
     ) throws(MemSnapError) -> CheckpointSummary {
-        let operation = "write checkpoint to descriptor \(descriptor)"
+        let operation = "write checkpoint to descriptor \(descriptor.rawValue)"
         let totalBytes = try checkExtents(extents, during: operation)
         return try write(extents, totalBytes: totalBytes, output: .stream(descriptor), options: options,
                          operation: operation, progress: progress)
@@ -67,10 +68,10 @@ public enum Checkpoint {
     ///   `.systemCall` for read or write failures (nothing is left behind).
     @discardableResult
     public static func write(
-        readingFrom input: Int32, to output: CheckpointOutputDestination, options: CheckpointOptions = CheckpointOptions(),
+        readingFrom input: FileDescriptor, to output: CheckpointOutputDestination, options: CheckpointOptions = CheckpointOptions(),
         progress: (@Sendable (CheckpointProgress) -> Void)? = nil
     ) throws(MemSnapError) -> CheckpointSummary {
-        let operation = "write checkpoint of descriptor \(input) to \(output)"
+        let operation = "write checkpoint of descriptor \(input.rawValue) to \(output)"
         return try write(windowsOf: .stream(input), to: output, options: options, operation: operation, progress: progress)
     }
 
@@ -99,7 +100,7 @@ public enum Checkpoint {
     /// Where windows of a raw image come from.
     enum WindowSource {
         /// read() from the current position to the end.
-        case stream(Int32)
+        case stream(FileDescriptor)
         /// pread() up to the size the file had when opened.
         case regularFile(InputFile)
     }
@@ -245,14 +246,15 @@ public enum Checkpoint {
     /// - Throws: `.corrupt` naming the frame and offset; read failures; whatever the target throws.
     @discardableResult
     public static func restore(
-        readingFrom input: Int32, into target: CheckpointRestoreTarget,
+        readingFrom input: FileDescriptor, into target: CheckpointRestoreTarget,
         progress: (@Sendable (CheckpointProgress) -> Void)? = nil
     ) throws(MemSnapError) -> CheckpointSummary {
-        try restore(readingFrom: input, into: target, progress: progress, operation: "restore checkpoint from descriptor \(input)")
+        try restore(readingFrom: input, into: target, progress: progress,
+                    operation: "restore checkpoint from descriptor \(input.rawValue)")
     }
 
     private static func restore(
-        readingFrom input: Int32, into target: CheckpointRestoreTarget,
+        readingFrom input: FileDescriptor, into target: CheckpointRestoreTarget,
         progress: (@Sendable (CheckpointProgress) -> Void)?, operation: String
     ) throws(MemSnapError) -> CheckpointSummary {
         do throws(MemSnapError) {
@@ -273,7 +275,7 @@ private struct StreamRestore {
     let operation: String
     var stream: InputStream
 
-    init(input: Int32, target: CheckpointRestoreTarget, progress: (@Sendable (CheckpointProgress) -> Void)?, operation: String) {
+    init(input: FileDescriptor, target: CheckpointRestoreTarget, progress: (@Sendable (CheckpointProgress) -> Void)?, operation: String) {
         self.target = target
         self.progress = progress
         self.operation = operation
@@ -285,6 +287,7 @@ private struct StreamRestore {
         let identity = IdentityHasher()
         let headerBytes = try stream.read(CheckpointFormat.headerSize)
         let header = try withBytes(headerBytes) { (bytes) throws(MemSnapError) in try CheckpointHeader.decode(bytes, during: operation) }
+        let structure = CheckpointStructure(header: header)
         if header.flags.contains(.incremental) {
             throw MemSnapError(operation, .invalidArgument(
                 "an incremental checkpoint (over parent identity \(header.parent)) restores only from a file, with its chain; "
@@ -306,7 +309,7 @@ private struct StreamRestore {
             framesCounted = true
         }
         var extentBytes = 0
-        let raw = ReusableBuffer()
+        let scratch = FrameDecodeScratch()
         var coverage = ExtentCoverage()
         let imageEnd = ImageEnd()
         let counting = CountingTarget(target, end: imageEnd)
@@ -330,16 +333,10 @@ private struct StreamRestore {
                 }
                 let payload = try stream.read(frame.storedSize)
                 let place = "checkpoint frame \(frame.index) at \(at(position))"
-                guard CheckpointFormat.xxh3(payload) == frame.payloadChecksum else {
-                    throw corrupt(operation, "\(place): checksum mismatch")
+                let frameBytes = try withBytes(payload) { (stored) throws(MemSnapError) in
+                    try structure.verifyFrame(frame, payload: stored, scratch: scratch, rules: .plain(imageSize: nil), target: counting,
+                                              coverage: &coverage, place: place, during: operation)
                 }
-                let output = try raw.bytes(count: frame.rawSize, during: "\(operation): \(place)")
-                try withBytes(payload) { (stored) throws(MemSnapError) in
-                    try FrameCodec.decompress(stored, into: output, codec: header.codec, where: place, during: operation)
-                }
-                let frameBytes = try applyExtents(UnsafeRawBufferPointer(output), count: frame.extentCount, frame: frame.index,
-                                                  rules: .plain(imageSize: nil), target: counting, coverage: &coverage, place: place,
-                                                  operation: operation)
                 let (total, overflow) = extentBytes.addingReportingOverflow(frameBytes)
                 guard !overflow else { throw corrupt(operation, "\(place): the stream's extent bytes pass Int.max") }
                 extentBytes = total
@@ -357,7 +354,10 @@ private struct StreamRestore {
                 let decoded = try withBytes(indexBytes) { (bytes) throws(MemSnapError) in
                     try CheckpointIndex.decode(bytes, at: position, chunkSize: header.chunkSize, codec: header.codec, during: operation)
                 }
-                guard decoded == frames else { throw corrupt(operation, "index at \(at(position)): disagrees with the frames") }
+                for (frame, entry) in zip(frames, decoded) {
+                    try structure.checkFrameHeader(frame, matches: entry, place: "checkpoint frame \(frame.index) at \(at(frame.offset))",
+                                                   during: operation)
+                }
                 indexPosition = position
                 countFrames()
                 identity.update(indexBytes)
@@ -390,10 +390,13 @@ private struct StreamRestore {
                 let footer = try withBytes(footerBytes) { (bytes) throws(MemSnapError) in
                     try CheckpointFooter.decode(bytes, at: position, version: header.version, during: operation)
                 }
-                let expectedIndexOffset = header.style == .v1 ? 0 : indexPosition
-                guard footer.indexOffset == expectedIndexOffset else {
-                    throw corrupt(operation, "footer at \(at(position)): "
-                                  + (expectedIndexOffset == nil ? "a \(header.style) stream has no index" : "index offset \(footer.indexOffset) is not where the index was"))
+                try structure.checkNoIndex(in: footer, at: position, during: operation)
+                if header.style != .v1 {
+                    guard let indexPosition, footer.indexOffset == indexPosition else {
+                        throw corrupt(operation, "footer at \(at(position)): "
+                                      + (indexPosition == nil ? "a \(header.style) stream has no index"
+                                                              : "index offset \(footer.indexOffset) is not where the index was"))
+                    }
                 }
                 if header.version >= 2 {
                     guard let map, footer.mapOffset == map.position else {
@@ -402,10 +405,14 @@ private struct StreamRestore {
                     }
                     try map.decoder.validate(imageSize: footer.imageSize)
                 }
-                guard footer.fileSize == stream.position, footer.frameCount == frames.count, footer.extentBytes == extentBytes,
-                      footer.imageSize >= imageEnd.value, footer.style == header.style, footer.codec == header.codec,
-                      footer.chunkSize == header.chunkSize, footer.level == header.level, footer.flags == header.flags else {
-                    throw corrupt(operation, "footer at \(at(position)): totals or settings disagree with the stream")
+                try structure.checkSettings(of: footer, at: position, during: operation)
+                try structure.checkSize(of: footer, at: position, actual: stream.position, during: operation)
+                try structure.checkFrameCount(of: footer, at: position, found: frames.count, during: operation)
+                try CheckpointStructure.checkExtentBytes(recorded: footer.extentBytes, found: extentBytes, during: operation)
+                // A file checks each extent against the image size as it comes; a stream learns it only here.
+                guard footer.imageSize >= imageEnd.value else {
+                    throw corrupt(operation, "footer at \(at(position)): image size \(footer.imageSize) ends before the extents, "
+                                  + "which reach \(imageEnd.value)")
                 }
                 guard try stream.atEnd() else { throw corrupt(operation, "bytes follow the footer at \(at(stream.position))") }
                 let framesSeen = frames
@@ -426,7 +433,8 @@ private struct StreamRestore {
 /// Where `Checkpoint.write(readingFrom:to:)` writes.
 public enum CheckpointOutputDestination: CustomStringConvertible, Sendable {
     case file(path: String, force: Bool)
-    case descriptor(Int32)
+    /// Written sequentially from its current position; stays the caller's (never closed).
+    case descriptor(FileDescriptor)
 
     func open() throws(MemSnapError) -> CheckpointOutput {
         switch self {
@@ -438,18 +446,18 @@ public enum CheckpointOutputDestination: CustomStringConvertible, Sendable {
     public var description: String {
         switch self {
         case let .file(path, _): path
-        case let .descriptor(descriptor): "descriptor \(descriptor)"
+        case let .descriptor(descriptor): "descriptor \(descriptor.rawValue)"
         }
     }
 }
 
 /// Sequential reads of exact sizes from a descriptor.
 private struct InputStream {
-    let descriptor: Int32
+    let descriptor: FileDescriptor
     let operation: String
     private(set) var position = 0
 
-    init(descriptor: Int32, operation: String) {
+    init(descriptor: FileDescriptor, operation: String) {
         self.descriptor = descriptor
         self.operation = operation
     }
@@ -461,14 +469,14 @@ private struct InputStream {
         var filled = 0
         while filled < count {
             if bytes.count == filled { bytes += [UInt8](repeating: 0, count: min(count - filled, 1 << 20)) }
-            let limit = bytes.count
-            let got = bytes.withUnsafeMutableBytes { buffer in
-                buffer.baseAddress.map { Glibc.read(descriptor, $0 + filled, limit - filled) } ?? 0
-            }
-            if got < 0 {
-                if errno == EINTR { continue }
-                throw MemSnapError.systemCall("read", during: "\(operation) at \(at(position + filled))")
-            }
+            let limit = bytes.count, start = filled
+            let got = try bytes.withUnsafeMutableBytes { buffer in
+                Result { () throws(MemSnapError) -> Int in
+                    guard let base = buffer.baseAddress else { return 0 }
+                    return try InputFile.readStream(descriptor, into: UnsafeMutableRawBufferPointer(start: base + start, count: limit - start),
+                                                    offset: position + start, during: operation)
+                }
+            }.get()
             if got == 0 { throw corrupt(operation, "stream ends at \(at(position + filled)) inside a \(count)-byte read: truncated") }
             filled += got
         }
@@ -476,19 +484,13 @@ private struct InputStream {
         return bytes
     }
 
-    /// Reads a little-endian u64.
-    mutating func readU64() throws(MemSnapError) -> UInt64 {
-        try read(8).reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
-    }
-
+    /// Whether the input has ended (reads one byte to find out).
     mutating func atEnd() throws(MemSnapError) -> Bool {
         var byte: UInt8 = 0
-        while true {
-            let got = Glibc.read(descriptor, &byte, 1)
-            if got < 0 && errno == EINTR { continue }
-            if got < 0 { throw MemSnapError.systemCall("read", during: operation) }
-            return got == 0
-        }
+        let got = try withUnsafeMutableBytes(of: &byte) { buffer in
+            Result { () throws(MemSnapError) -> Int in try InputFile.readStream(descriptor, into: buffer, offset: position, during: operation) }
+        }.get()
+        return got == 0
     }
 }
 

@@ -36,7 +36,7 @@ public struct CheckpointInfo: Sendable, Equatable {
     /// SOURCE_DATE_EPOCH as a date: nil when it is unset or empty.
     /// - Throws: `.invalidArgument` when it is set to anything but a whole number of seconds
     ///   since 1970 from 0 to 253402300799 (9999-12-31T23:59:59Z).
-    public static func sourceDateEpoch() throws(MemSnapError) -> Date? {
+    package static func sourceDateEpoch() throws(MemSnapError) -> Date? {
         guard let value = getenv("SOURCE_DATE_EPOCH").map({ String(cString: $0) }), !value.isEmpty else { return nil }
         return try parseTime(value, what: "SOURCE_DATE_EPOCH")
     }
@@ -44,7 +44,7 @@ public struct CheckpointInfo: Sendable, Equatable {
     /// A time given as seconds since 1970 (as SOURCE_DATE_EPOCH) or as ISO 8601 in UTC
     /// (2026-11-21T00:00:00Z).
     /// - Throws: `.invalidArgument` naming `what` for anything else, or a time before 1970 or after 9999.
-    public static func parseTime(_ text: String, what: String = "time") throws(MemSnapError) -> Date {
+    package static func parseTime(_ text: String, what: String = "time") throws(MemSnapError) -> Date {
         if let seconds = Int64(text), (0...253_402_300_799).contains(seconds) {
             return Date(timeIntervalSince1970: TimeInterval(seconds))
         }

@@ -12,7 +12,8 @@ public enum CheckpointStyle: UInt8, Sendable, CaseIterable, CustomStringConverti
 
     public var description: String { "v\(rawValue)" }
 
-    public var summary: String {
+    /// One line for the command line's help.
+    package var summary: String {
         switch self {
         case .v1: "single sequential stream, uncompressed, no index (pipes, O(1) memory)"
         case .v2: "framed, uncompressed, indexed (parallel restore)"

@@ -17,7 +17,10 @@ import SystemPackage
 ///
 /// Ownership: owns the temporary file's descriptor; never closes a descriptor it was given.
 final class CheckpointOutput {
-    private var descriptor: Int32
+    /// A caller's descriptor (a stream), never closed here.
+    private let given: FileDescriptor?
+    /// The temporary file's descriptor, until `discard()` or `commit` closes it.
+    private var temporary: OwnedFileDescriptor?
     private(set) var position = 0
     let finalPath: String?
     private let temporaryPath: String?
@@ -26,8 +29,10 @@ final class CheckpointOutput {
     /// The temporary file was renamed (committed) or removed (discarded): nothing more to do.
     private var finished = false
 
-    private init(descriptor: Int32, finalPath: String?, temporaryPath: String?, force: Bool) {
-        self.descriptor = descriptor
+    private init(given: FileDescriptor?, temporary: consuming OwnedFileDescriptor?, finalPath: String?, temporaryPath: String?,
+                 force: Bool) {
+        self.given = given
+        self.temporary = temporary
         self.finalPath = finalPath
         self.temporaryPath = temporaryPath
         self.force = force
@@ -48,29 +53,33 @@ final class CheckpointOutput {
             // signal would leave it. (Should the name be taken, it is unregistered at once: only a
             // signal in that instant, on a random name another writer happens to use, could hit it.)
             let registration = TemporaryFileCleanup.register(temporary)
-            let fd = open(temporary, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-            if fd >= 0 {
-                let output = CheckpointOutput(descriptor: fd, finalPath: path, temporaryPath: temporary, force: force)
+            switch valueOrErrno({ open(temporary, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o644) }) {
+            case let .success(fd):
+                let output = CheckpointOutput(given: nil, temporary: OwnedFileDescriptor(taking: FileDescriptor(rawValue: fd)),
+                                              finalPath: path, temporaryPath: temporary, force: force)
                 output.registration = registration
                 return output
+            case let .failure(errno):
+                if let registration { TemporaryFileCleanup.unregister(registration) }
+                if errno != .fileExists { throw MemSnapError(operation, .systemCall("open \(temporary)", errno)) }
             }
-            let failure = MemSnapError.systemCall("open \(temporary)", during: operation)
-            if let registration { TemporaryFileCleanup.unregister(registration) }
-            if failure.errno != .fileExists { throw failure }
         }
         throw MemSnapError(operation, .invalidArgument("could not find a free temporary name next to \(path)"))
     }
 
-    static func stream(_ descriptor: Int32) -> CheckpointOutput {
-        CheckpointOutput(descriptor: descriptor, finalPath: nil, temporaryPath: nil, force: false)
+    static func stream(_ descriptor: FileDescriptor) -> CheckpointOutput {
+        CheckpointOutput(given: descriptor, temporary: nil, finalPath: nil, temporaryPath: nil, force: false)
     }
 
     deinit { discard() }
 
     /// The descriptor to write to, unless the temporary file was already removed or renamed.
     /// - Throws: `.invalidArgument` after `discard()` or `commit`.
-    func liveDescriptor(during operation: @autoclosure () -> String) throws(MemSnapError) -> Int32 {
-        guard !finished else { throw MemSnapError(operation(), .invalidArgument("the output was already discarded or committed")) }
+    func liveDescriptor(during operation: @autoclosure () -> String) throws(MemSnapError) -> FileDescriptor {
+        if let given { return given }
+        guard !finished, let descriptor = temporary?.descriptor else {
+            throw MemSnapError(operation(), .invalidArgument("the output was already discarded or committed"))
+        }
         return descriptor
     }
 
@@ -78,8 +87,7 @@ final class CheckpointOutput {
     func discard() {
         guard let temporaryPath, !finished else { return }
         finished = true
-        close(descriptor)
-        descriptor = -1
+        temporary.take()?.close()
         unlink(temporaryPath)
         // Only after the unlink: a signal in between finds the path gone, which is harmless.
         if let registration { TemporaryFileCleanup.unregister(registration) }
@@ -90,7 +98,7 @@ final class CheckpointOutput {
     func write(_ buffers: [UnsafeRawBufferPointer], during operation: @autoclosure () -> String) throws(MemSnapError) {
         let descriptor = try liveDescriptor(during: operation())
         do throws(PartialWriteFailure) {
-            try writeAll(descriptor, buffers, at: nil)
+            try writeAll(descriptor.rawValue, buffers, at: nil)
             for buffer in buffers { position += buffer.count }
         } catch {
             position += error.bytesWritten
@@ -107,26 +115,26 @@ final class CheckpointOutput {
     func commit(during operation: String) throws(MemSnapError) {
         guard let temporaryPath, let finalPath else { return }
         let descriptor = try liveDescriptor(during: operation)
-        guard fsync(descriptor) == 0 else { throw MemSnapError.systemCall("fsync", during: operation) }
-        let renamed = force ? rename(temporaryPath, finalPath) : memsnap_rename_noreplace(temporaryPath, finalPath)
-        guard renamed == 0 else {
-            if errno == EEXIST {
+        _ = try systemCall("fsync", during: operation) { fsync(descriptor.rawValue) }
+        let force = force
+        let renamed = valueOrErrno { force ? rename(temporaryPath, finalPath) : memsnap_rename_noreplace(temporaryPath, finalPath) }
+        if case let .failure(errno) = renamed {
+            if errno == .fileExists {
                 throw MemSnapError(operation, .invalidArgument("\(finalPath) appeared while writing; pass --force to replace it"))
             }
-            throw MemSnapError.systemCall("rename", during: operation)
+            throw MemSnapError(operation, .systemCall("rename", errno))
         }
         finished = true
-        close(descriptor)
-        self.descriptor = -1
+        temporary.take()?.close()
         // After the rename: a signal in between unlinks a name that no longer exists.
         if let registration { TemporaryFileCleanup.unregister(registration) }
         registration = nil
         // Make the rename itself durable.
         let directory = finalPath.lastIndex(of: "/").map { String(finalPath[...$0]) } ?? "."
-        let directoryDescriptor = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if directoryDescriptor >= 0 {
-            fsync(directoryDescriptor)
-            close(directoryDescriptor)
+        if case let .success(directoryDescriptor) = valueOrErrno({ open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }) {
+            let owned = OwnedFileDescriptor(taking: FileDescriptor(rawValue: directoryDescriptor))
+            _ = valueOrErrno { fsync(directoryDescriptor) }
+            owned.close()
         }
     }
 }

@@ -34,6 +34,8 @@ public final class CheckpointFile: @unchecked Sendable {
     public let arenaState: CheckpointArenaState?
     let frames: [FrameRecord]
     let flags: CheckpointFlags
+    /// The rules shared with the stream reader, with this file's header.
+    let structure: CheckpointStructure
     let map: CheckpointImageMap
     private let mapLocation: (offset: Int, checksum: UInt64)?
     private let input: InputFile
@@ -49,16 +51,16 @@ public final class CheckpointFile: @unchecked Sendable {
     public var hashedPages: [Range<Int>] { map.hashRuns.runs }
 
     /// One line of the index, for `memsnap info --verbose 2`.
-    public struct FrameSummary: Sendable {
-        public let index: Int
-        public let offset: Int
-        public let storedSize: Int
-        public let rawSize: Int
-        public let extentCount: Int
-        public let checksum: UInt64
+    package struct FrameSummary: Sendable {
+        package let index: Int
+        package let offset: Int
+        package let storedSize: Int
+        package let rawSize: Int
+        package let extentCount: Int
+        package let checksum: UInt64
     }
 
-    public var frameSummaries: [FrameSummary] {
+    package var frameSummaries: [FrameSummary] {
         frames.map { FrameSummary(index: $0.index, offset: $0.offset, storedSize: $0.storedSize, rawSize: $0.rawSize,
                                   extentCount: $0.extentCount, checksum: $0.payloadChecksum) }
     }
@@ -94,6 +96,7 @@ public final class CheckpointFile: @unchecked Sendable {
         level = parsed.header.level
         chunkSize = parsed.header.chunkSize
         flags = parsed.header.flags
+        structure = CheckpointStructure(header: parsed.header)
         info = parsed.info
         imageSize = parsed.footer.imageSize
         extentBytes = parsed.footer.extentBytes
@@ -133,13 +136,10 @@ public final class CheckpointFile: @unchecked Sendable {
         let footer = try withBytes(footerBytes) { (bytes) throws(MemSnapError) in
             try CheckpointFooter.decode(bytes, at: footerOffset, version: header.version, during: operation)
         }
-        guard footer.fileSize == size else {
-            throw corrupt(operation, "footer at \(at(footerOffset)): records \(footer.fileSize) bytes but the file has \(size)")
-        }
-        guard footer.style == header.style, footer.codec == header.codec, footer.level == header.level,
-              footer.chunkSize == header.chunkSize, footer.flags == header.flags else {
-            throw corrupt(operation, "footer at \(at(footerOffset)): settings differ from the header")
-        }
+        let structure = CheckpointStructure(header: header)
+        try structure.checkSize(of: footer, at: footerOffset, actual: size, during: operation)
+        try structure.checkSettings(of: footer, at: footerOffset, during: operation)
+        try structure.checkNoIndex(in: footer, at: footerOffset, during: operation)
         // infoLength is at most 1 MiB (checked by the header), so none of this overflows.
         let infoEnd = CheckpointFormat.headerSize + header.infoLength
         let dataStart = infoEnd + 8
@@ -167,7 +167,6 @@ public final class CheckpointFile: @unchecked Sendable {
         let dataEnd: Int
         var indexBytes: [UInt8] = []
         if header.style == .v1 {
-            guard footer.indexOffset == 0 else { throw corrupt(operation, "footer: a v1 stream has no index") }
             frames = []
             var position = dataStart
             while position < sectionEnd {
@@ -221,9 +220,7 @@ public final class CheckpointFile: @unchecked Sendable {
                 throw corrupt(operation, "index at \(at(footer.indexOffset)): frames end at \(at(dataEnd)), not at the index")
             }
         }
-        guard frames.count == footer.frameCount else {
-            throw corrupt(operation, "footer: records \(footer.frameCount) frames, found \(frames.count)")
-        }
+        try structure.checkFrameCount(of: footer, at: footerOffset, found: frames.count, during: operation)
         identity.update(frames: frames)
         identity.update(indexBytes)
         var map = CheckpointImageMap.none

@@ -36,10 +36,14 @@ extension CheckpointRestoreTarget {
 
 /// Stages a raw image in a memfd: for restoring into a Snapshot or out to a stream.
 ///
-/// Ownership: owns the memfd (`file`) and its staging mapping.
+/// Restore threads write with pwrite (the memfd's pages are allocated by the writes, never
+/// zeroed first and never mapped here), so a write the memory cannot back is a thrown error.
+///
+/// Ownership: owns the memfd (`file`).
 public final class MemoryImageTarget: CheckpointRestoreTarget, @unchecked Sendable {
     public let file: MemoryFile
-    private var staging: SharedStaging?
+    /// The size given to `prepare`, which writes must stay within; nil before it (stream restores).
+    private var preparedSize: Int?
     private var discarded = false
 
     /// - Throws: `.systemCall` if the memfd cannot be created.
@@ -47,91 +51,55 @@ public final class MemoryImageTarget: CheckpointRestoreTarget, @unchecked Sendab
         file = try MemoryFile(name: name)
     }
 
-    /// Sizes the memfd and maps it for parallel writes.
-    /// - Throws: `.invalidArgument` for a negative size or after `discard()`; resize or mmap failures.
+    /// Sizes the memfd.
+    /// - Throws: `.invalidArgument` after `discard()`; `.invalidRange` for a negative size; resize failures.
     public func prepare(imageSize: Int) throws(MemSnapError) {
         let operation = "restore into memory image"
         guard !discarded else { throw MemSnapError(operation, .invalidArgument("the target was discarded")) }
         guard imageSize >= 0 else { throw MemSnapError(operation, .invalidRange(offset: 0, length: imageSize)) }
         try file.resize(to: imageSize)
-        staging = try SharedStaging(descriptor: file.descriptor.rawValue, size: imageSize, during: operation)
+        preparedSize = imageSize
     }
 
     /// - Throws: `.invalidArgument` for a tag other than 0 or after `discard()`; `.outOfBounds`
     ///   past a prepared size; pwrite failures.
     public func write(tag: UInt64, offset: Int, bytes: UnsafeRawBufferPointer) throws(MemSnapError) {
-        if let staging {
-            try staging.write(tag: tag, offset: offset, bytes: bytes, during: "restore into memory image")
-        } else {
-            guard !discarded else {
-                throw MemSnapError("restore into memory image", .invalidArgument("the target was discarded"))
-            }
-            try writeImage(file.descriptor.rawValue, tag: tag, offset: offset, bytes: bytes, during: "restore into memory image")
+        let operation = "restore into memory image"
+        guard !discarded else { throw MemSnapError(operation, .invalidArgument("the target was discarded")) }
+        if let preparedSize {
+            try checkBounds(offset: offset, count: bytes.count, size: preparedSize, during: operation)
         }
+        try writeImage(file.descriptor, tag: tag, offset: offset, bytes: bytes, during: operation)
     }
 
     /// - Throws: `.invalidArgument` after `discard()`; resize failures.
     public func commit(imageSize: Int) throws(MemSnapError) {
         guard !discarded else { throw MemSnapError("restore into memory image", .invalidArgument("the target was discarded")) }
-        staging = nil
         try file.resize(to: imageSize)
     }
 
-    /// Unmaps the staging and empties the memfd, giving its memory back.
+    /// Empties the memfd, giving its memory back.
     public func discard() {
         discarded = true
-        staging = nil
         try? file.resize(to: 0)
     }
 }
 
-/// A staging file mapped shared: restore threads copy into it in parallel (pwrite to one file
-/// serialises on the inode lock, which halved restore speed on tmpfs). The file's blocks must be
-/// allocated before it is mapped (see `ImageFileTarget.prepare`): a store to a page the file
-/// system cannot back is SIGBUS, not an error.
-///
-/// Ownership: owns the mapping (not the descriptor).
-final class SharedStaging: @unchecked Sendable {
-    let memory: UnsafeMutableRawBufferPointer
-
-    init(descriptor: Int32, size: Int, during operation: String) throws(MemSnapError) {
-        guard size > 0 else {
-            memory = UnsafeMutableRawBufferPointer(start: nil, count: 0)
-            return
-        }
-        guard let address = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, descriptor, 0), address != MAP_FAILED else {
-            throw MemSnapError.systemCall("mmap", during: operation)
-        }
-        memory = UnsafeMutableRawBufferPointer(start: address, count: size)
-    }
-
-    deinit {
-        if let base = memory.baseAddress { munmap(base, memory.count) }
-    }
-
-    func write(tag: UInt64, offset: Int, bytes: UnsafeRawBufferPointer, during operation: @autoclosure () -> String) throws(MemSnapError) {
-        guard tag == 0 else {
-            throw MemSnapError(operation(), .invalidArgument("an extent with tag \(tag) cannot be restored into a raw image"))
-        }
-        guard offset >= 0, offset <= memory.count - bytes.count else {
-            throw MemSnapError(operation(), .outOfBounds(offset: offset, length: bytes.count, size: memory.count))
-        }
-        if let destination = memory.baseAddress, let source = bytes.baseAddress, !bytes.isEmpty {
-            (destination + offset).copyMemory(from: source, byteCount: bytes.count)
-        }
-    }
-}
-
 /// Stages a raw image in a temporary file next to `path` and renames it into place on commit
-/// (replacing an existing file only with `force`). `prepare` reserves every block of the image
-/// first (posix_fallocate), so a full disk is a thrown ENOSPC before anything is written, and the
-/// restored file is fully allocated (not sparse).
+/// (replacing an existing file only with `force`).
 ///
-/// Ownership: owns the temporary file (through `CheckpointOutput`) and its staging mapping.
+/// Restore threads write with pwrite, each first reserving the file's blocks under what it
+/// writes (posix_fallocate, in slices of `BlockReservation.sliceSize`), so reserving overlaps
+/// decompressing instead of preceding it; `commit` reserves the slices no extent touched. A full
+/// disk is therefore a thrown ENOSPC naming `posix_fallocate` and the image size (never a fault:
+/// nothing is written through a mapping), and the restored file is fully allocated (not sparse).
+///
+/// Ownership: owns the temporary file (through `CheckpointOutput`).
 public final class ImageFileTarget: CheckpointRestoreTarget, @unchecked Sendable {
     public let path: String
     private let output: CheckpointOutput
-    private var staging: SharedStaging?
+    /// Set by `prepare`; nil for stream restores, which write without reserving.
+    private var reservation: BlockReservation?
 
     /// Creates the temporary file.
     /// - Throws: `.invalidArgument` if `path` exists and `force` is false; open failures.
@@ -140,68 +108,117 @@ public final class ImageFileTarget: CheckpointRestoreTarget, @unchecked Sendable
         output = try CheckpointOutput.file(path, force: force)
     }
 
-    /// Reserves `imageSize` bytes for the temporary file and maps it for parallel writes.
-    /// - Throws: `.systemCall("posix_fallocate", ENOSPC)` when the file system cannot hold the
-    ///   image (the temporary file is then removed at once); `.invalidArgument` after `discard()`;
-    ///   `.invalidRange` for a negative size; mmap failures.
+    /// Makes ready to write `imageSize` bytes: later writes reserve the blocks they need.
+    /// - Throws: `.invalidArgument` after `discard()`; `.invalidRange` for a negative size.
     public func prepare(imageSize: Int) throws(MemSnapError) {
         let operation = "restore into \(path)"
         guard imageSize >= 0 else { throw MemSnapError(operation, .invalidRange(offset: 0, length: imageSize)) }
-        let descriptor = try output.liveDescriptor(during: operation)
-        if imageSize > 0 {
-            // Through a shared mapping, a page the file system cannot allocate is SIGBUS at the
-            // store; reserved blocks make a full disk an error here instead.
-            let result = posix_fallocate(descriptor, 0, off_t(imageSize))
-            guard result == 0 else {
-                output.discard()
-                throw MemSnapError(operation, .systemCall("posix_fallocate \(ByteCount(imageSize))", Errno(rawValue: result)))
-            }
-        }
-        staging = try SharedStaging(descriptor: descriptor, size: imageSize, during: operation)
+        reservation = BlockReservation(descriptor: try output.liveDescriptor(during: operation), imageSize: imageSize)
     }
 
     /// - Throws: `.invalidArgument` for a tag other than 0 or after `discard()`; `.outOfBounds`
-    ///   past the prepared size; pwrite failures (stream restores, which do not prepare).
+    ///   past the prepared size; `.systemCall("posix_fallocate IMAGE-SIZE", ENOSPC)` when the
+    ///   file system cannot hold the image; pwrite failures.
     public func write(tag: UInt64, offset: Int, bytes: UnsafeRawBufferPointer) throws(MemSnapError) {
-        if let staging {
-            try staging.write(tag: tag, offset: offset, bytes: bytes, during: "restore into \(path)")
-        } else {
-            let descriptor = try output.liveDescriptor(during: "restore into \(path)")
-            try writeImage(descriptor, tag: tag, offset: offset, bytes: bytes, during: "restore into \(path)")
+        let operation = "restore into \(path)"
+        let descriptor = try output.liveDescriptor(during: operation)
+        guard tag == 0 else {
+            throw MemSnapError(operation, .invalidArgument("an extent with tag \(tag) cannot be restored into a raw image"))
         }
+        if let reservation {
+            try checkBounds(offset: offset, count: bytes.count, size: reservation.imageSize, during: operation)
+            try reservation.reserve(offset..<offset + bytes.count, during: operation)
+        }
+        try writeImage(descriptor, tag: tag, offset: offset, bytes: bytes, during: operation)
     }
 
-    /// Sets the final size, makes the file durable and renames it to `path`.
+    /// Reserves what no write did, sets the final size, makes the file durable and renames it to `path`.
     /// - Throws: `.invalidArgument` after `discard()` or if `path` appeared meanwhile (without
-    ///   `force`); ftruncate, fsync or rename failures.
+    ///   `force`); posix_fallocate (ENOSPC), ftruncate, fsync or rename failures.
     public func commit(imageSize: Int) throws(MemSnapError) {
         let operation = "restore into \(path)"
-        staging = nil
         let descriptor = try output.liveDescriptor(during: operation)
         guard imageSize >= 0 else { throw MemSnapError(operation, .invalidRange(offset: 0, length: imageSize)) }
-        guard ftruncate(descriptor, off_t(imageSize)) == 0 else {
-            throw MemSnapError.systemCall("ftruncate", during: operation)
-        }
+        try reservation?.reserveRemaining(during: operation)
+        _ = try systemCall("ftruncate", during: operation) { ftruncate(descriptor.rawValue, off_t(imageSize)) }
         try output.commit(during: operation)
     }
 
-    /// Unmaps the staging and removes the temporary file.
+    /// Removes the temporary file.
     public func discard() {
-        staging = nil
         output.discard()
+    }
+}
+
+/// The file blocks of a staged image, reserved slice by slice with posix_fallocate as restore
+/// threads reach them. Reserving a slice twice (two threads at once) is harmless: the second
+/// call finds the blocks allocated.
+///
+/// Thread safety: `reserve` may be called from several threads at once.
+final class BlockReservation: Sendable {
+    /// Large enough that a 512 MiB image takes 256 calls, small enough that two threads writing
+    /// neighbouring frames rarely wait for each other's.
+    static let sliceSize = 2 << 20
+    let imageSize: Int
+    private let descriptor: FileDescriptor
+    private let reserved: Locked<[Bool]>
+
+    init(descriptor: FileDescriptor, imageSize: Int) {
+        self.descriptor = descriptor
+        self.imageSize = imageSize
+        reserved = Locked([Bool](repeating: false, count: imageSize / Self.sliceSize + 1))
+    }
+
+    /// Reserves every slice that `range` (within the image) touches.
+    func reserve(_ range: Range<Int>, during operation: @autoclosure () -> String) throws(MemSnapError) {
+        guard !range.isEmpty else { return }
+        for slice in range.lowerBound / Self.sliceSize...(range.upperBound - 1) / Self.sliceSize {
+            try reserveSlice(slice, during: operation())
+        }
+    }
+
+    /// Reserves the slices no write reserved (an image's all-zero stretches).
+    func reserveRemaining(during operation: @autoclosure () -> String) throws(MemSnapError) {
+        guard imageSize > 0 else { return }
+        for slice in 0...(imageSize - 1) / Self.sliceSize { try reserveSlice(slice, during: operation()) }
+    }
+
+    private func reserveSlice(_ slice: Int, during operation: @autoclosure () -> String) throws(MemSnapError) {
+        if self.reserved.withLock({ $0[slice] }) { return }
+        let start = slice * Self.sliceSize  // slice <= imageSize / sliceSize: no overflow
+        let length = min(Self.sliceSize, imageSize - start)
+        guard length > 0 else { return }
+        let raw = descriptor.rawValue
+        // posix_fallocate returns its error instead of setting errno: adapted to valueOrErrno.
+        let reserved = valueOrErrno { () -> Int32 in
+            let result = posix_fallocate(raw, off_t(start), off_t(length))
+            if result != 0 { Glibc.errno = result }
+            return result == 0 ? 0 : -1
+        }
+        if case let .failure(errno) = reserved {
+            throw MemSnapError(operation(), .systemCall("posix_fallocate \(ByteCount(imageSize))", errno))
+        }
+        self.reserved.withLock { $0[slice] = true }
+    }
+}
+
+/// Checks that `count` bytes at `offset` lie within `size`.
+private func checkBounds(offset: Int, count: Int, size: Int, during operation: @autoclosure () -> String) throws(MemSnapError) {
+    guard offset >= 0, count <= size, offset <= size - count else {
+        throw MemSnapError(operation(), .outOfBounds(offset: offset, length: count, size: size))
     }
 }
 
 /// pwrite of an extent into a raw image (tag 0 only), retrying short writes.
 private func writeImage(
-    _ descriptor: Int32, tag: UInt64, offset: Int, bytes: UnsafeRawBufferPointer,
+    _ descriptor: FileDescriptor, tag: UInt64, offset: Int, bytes: UnsafeRawBufferPointer,
     during operation: @autoclosure () -> String
 ) throws(MemSnapError) {
     guard tag == 0 else {
         throw MemSnapError(operation(), .invalidArgument("an extent with tag \(tag) cannot be restored into a raw image"))
     }
     do throws(PartialWriteFailure) {
-        try writeAll(descriptor, [bytes], at: offset)
+        try writeAll(descriptor.rawValue, [bytes], at: offset)
     } catch {
         throw MemSnapError(operation(), .systemCall("pwrite", error.errno))
     }

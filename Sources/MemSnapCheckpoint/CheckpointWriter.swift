@@ -279,41 +279,33 @@ final class CheckpointWriter {
         let hashing = flags.contains(.pageHashes)
         let pipeline = FramePipeline(frames: BorrowedFrames(batch), firstIndex: firstIndex, codec: options.codec,
                                      level: options.level, hashingPages: hashing, window: max(4, options.threads * 4))
-        var threads: [Thread] = []
-        for _ in 0..<workers {
-            let thread = Thread { pipeline.encodeUntilDone() }
-            thread.stackSize = 1 << 20
-            threads.append(thread)
-            thread.start()
-        }
-        defer {
-            pipeline.cancel()
-            pipeline.waitForWorkers(workers)
-        }
-        for index in 0..<batch.count {
-            // Without workers (v1, v2) this thread encodes each frame itself, in order.
-            var encoded = workers == 0
-                ? try FrameEncoder.encode(batch[index], index: firstIndex + index, codec: options.codec, level: options.level,
-                                          hashingPages: hashing)
-                : try pipeline.take(index).get()
-            encoded.record.offset = output.position
-            let header = encoded.record.encodedHeader()
-            let place = "\(operation): frame \(encoded.record.index)"
-            try withBytes(header) { (headerBytes) throws(MemSnapError) in
-                if let compressed = encoded.compressed {
-                    try withBytes(compressed) { (payload) throws(MemSnapError) in
-                        try output.write([headerBytes, payload], during: place)
-                    }
-                } else {
-                    try withBytes(encoded.table) { (table) throws(MemSnapError) in
-                        try output.write([headerBytes, table] + encoded.pieces.map(\.bytes), during: place)
+        // Workers encode on ParallelWork helpers while this thread writes, in order.
+        try ParallelWork.run(helpers: workers, { _ in pipeline.encodeUntilDone() }, stop: pipeline.cancel) { () throws(MemSnapError) in
+            for index in 0..<batch.count {
+                // Without workers (v1, v2) this thread encodes each frame itself, in order.
+                var encoded = workers == 0
+                    ? try FrameEncoder.encode(batch[index], index: firstIndex + index, codec: options.codec, level: options.level,
+                                              hashingPages: hashing)
+                    : try pipeline.take(index).get()
+                encoded.record.offset = output.position
+                let header = encoded.record.encodedHeader()
+                let place = "\(operation): frame \(encoded.record.index)"
+                try withBytes(header) { (headerBytes) throws(MemSnapError) in
+                    if let compressed = encoded.compressed {
+                        try withBytes(compressed) { (payload) throws(MemSnapError) in
+                            try output.write([headerBytes, payload], during: place)
+                        }
+                    } else {
+                        try withBytes(encoded.table) { (table) throws(MemSnapError) in
+                            try output.write([headerBytes, table] + encoded.pieces.map(\.bytes), during: place)
+                        }
                     }
                 }
+                extentBytes += batch[index].reduce(0) { $0 + $1.bytes.count }
+                frames.append(encoded.record)
+                collect(encoded.hashes)
+                if index % 16 == 15 { progress?(CheckpointProgress(bytesDone: consumed, bytesTotal: totalBytes)) }
             }
-            extentBytes += batch[index].reduce(0) { $0 + $1.bytes.count }
-            frames.append(encoded.record)
-            collect(encoded.hashes)
-            if index % 16 == 15 { progress?(CheckpointProgress(bytesDone: consumed, bytesTotal: totalBytes)) }
         }
         progress?(CheckpointProgress(bytesDone: consumed, bytesTotal: totalBytes))
     }
@@ -334,7 +326,6 @@ private final class FramePipeline: @unchecked Sendable {
     private var taken = 0
     private var results: [Int: Result<EncodedFrame, MemSnapError>] = [:]
     private var cancelled = false
-    private var finishedWorkers = 0
 
     init(frames: BorrowedFrames, firstIndex: Int, codec: CheckpointCodec, level: Int32, hashingPages: Bool, window: Int) {
         self.frames = frames
@@ -346,12 +337,6 @@ private final class FramePipeline: @unchecked Sendable {
     }
 
     func encodeUntilDone() {
-        defer {
-            condition.lock()
-            finishedWorkers += 1
-            condition.broadcast()
-            condition.unlock()
-        }
         while true {
             condition.lock()
             while !cancelled && nextToClaim < frames.frames.count && nextToClaim >= taken + window { condition.wait() }
@@ -392,12 +377,6 @@ private final class FramePipeline: @unchecked Sendable {
         condition.lock()
         cancelled = true
         condition.broadcast()
-        condition.unlock()
-    }
-
-    func waitForWorkers(_ count: Int) {
-        condition.lock()
-        while finishedWorkers < count { condition.wait() }
         condition.unlock()
     }
 }

@@ -2,43 +2,38 @@
 import Glibc
 #endif
 import MemSnap
+import SystemPackage
 
 /// A file opened for reading with read/pread (never mapped: a mapped file that shrinks under the
 /// reader kills it with SIGBUS), and what fstat said about it when it was opened.
 ///
-/// Ownership: owns the descriptor; closes it in deinit.
+/// Ownership: the one owner of the descriptor (closed when the InputFile goes).
 /// Thread safety: `read(into:at:...)` (pread) may be called from several threads at once;
 /// `readStream` uses a descriptor's file position: one thread at a time per descriptor.
-final class InputFile: @unchecked Sendable {
+final class InputFile: Sendable {
     let path: String
-    let descriptor: Int32
+    private let owned: OwnedFileDescriptor
     /// A regular file (random access, a known size); anything else is read as a stream.
     let isRegular: Bool
     /// For a regular file, its size when opened; 0 otherwise.
     let size: Int
 
+    var descriptor: FileDescriptor { owned.descriptor }
+
     /// Opens `path` read-only. With `blocking` false a FIFO opens at once instead of waiting for
     /// a writer (for callers that refuse anything but regular files).
     /// - Throws: `.systemCall` naming open or fstat.
     init(path: String, blocking: Bool, during operation: @autoclosure () -> String) throws(MemSnapError) {
-        var descriptor: Int32
-        repeat {
-            descriptor = open(path, O_RDONLY | O_CLOEXEC | (blocking ? 0 : O_NONBLOCK))
-        } while descriptor < 0 && errno == EINTR
-        guard descriptor >= 0 else { throw MemSnapError.systemCall("open", during: operation()) }
+        let raw = try systemCall("open", during: operation()) { open(path, O_RDONLY | O_CLOEXEC | (blocking ? 0 : O_NONBLOCK)) }
+        let owned = OwnedFileDescriptor(taking: FileDescriptor(rawValue: raw))
         var status = stat()
-        guard fstat(descriptor, &status) == 0 else {
-            let error = MemSnapError.systemCall("fstat", during: operation())
-            close(descriptor)
-            throw error
-        }
+        _ = try systemCall("fstat", during: operation()) { fstat(raw, &status) }
         self.path = path
-        self.descriptor = descriptor
+        self.owned = owned
         isRegular = status.st_mode & S_IFMT == S_IFREG
-        size = isRegular ? Int(status.st_size) : 0
+        // st_size of a regular file is never negative; a negative one would be a kernel bug.
+        size = isRegular ? max(0, Int(status.st_size)) : 0
     }
-
-    deinit { close(descriptor) }
 
     /// Reads exactly `buffer.count` bytes at `offset` (pread, retrying short reads and EINTR).
     /// - Throws: `.corrupt` "PLACE: truncated while reading: the file shrank ..." when the file
@@ -51,12 +46,11 @@ final class InputFile: @unchecked Sendable {
             throw MemSnapError(operation(), .invalidRange(offset: offset, length: buffer.count))
         }
         guard let base = buffer.baseAddress else { return }
+        let raw = descriptor.rawValue
         var done = 0
         while done < buffer.count {
-            let got = pread(descriptor, base + done, buffer.count - done, off_t(offset + done))
-            if got < 0 {
-                if errno == EINTR { continue }
-                throw MemSnapError.systemCall("pread", during: "\(operation()): \(place())")
+            let got = try systemCall("pread", during: "\(operation()): \(place())") {
+                pread(raw, base + done, buffer.count - done, off_t(offset + done))
             }
             if got == 0 {
                 throw MemSnapError(operation(), .corrupt(
@@ -81,15 +75,13 @@ final class InputFile: @unchecked Sendable {
     /// short reads and EINTR). Returns the bytes read: fewer than `buffer.count` only at the end.
     /// - Throws: `.systemCall("read")` naming `offset`, the stream position of the buffer's start.
     static func readStream(
-        _ descriptor: Int32, into buffer: UnsafeMutableRawBufferPointer, offset: Int, during operation: @autoclosure () -> String
+        _ descriptor: FileDescriptor, into buffer: UnsafeMutableRawBufferPointer, offset: Int, during operation: @autoclosure () -> String
     ) throws(MemSnapError) -> Int {
         guard let base = buffer.baseAddress else { return 0 }
         var filled = 0
         while filled < buffer.count {
-            let count = Glibc.read(descriptor, base + filled, buffer.count - filled)
-            if count < 0 {
-                if errno == EINTR { continue }
-                throw MemSnapError.systemCall("read", during: "\(operation()) at \(at(offset + filled))")
+            let count = try systemCall("read", during: "\(operation()) at \(at(offset + filled))") {
+                Glibc.read(descriptor.rawValue, base + filled, buffer.count - filled)
             }
             if count == 0 { break }
             filled += count

@@ -4,6 +4,7 @@ import Glibc
 import CMemSnap
 import MemSnap
 import MemSnapCheckpoint
+import SystemPackage
 
 /// The checkpoint file reader: any input either opens, verifies and restores, or is rejected.
 ///
@@ -58,7 +59,7 @@ enum CheckpointFileFuzzing {
                 // A comparison with the chain: its page hashes (or a second restore).
                 let image = [UInt8](repeating: 0x5A, count: chain.imageSize / 2 + 1)
                 _ = try image.withUnsafeBytes {
-                    try Checkpoint.write(image: $0, comparingWith: chain, to: .descriptor(null.descriptor),
+                    try Checkpoint.write(image: $0, comparingWith: chain, to: .descriptor(FileDescriptor(rawValue: null.descriptor)),
                                          options: CheckpointOptions(style: .v2, info: CheckpointInfo()))
                 }
             }

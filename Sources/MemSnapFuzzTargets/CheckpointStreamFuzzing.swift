@@ -3,6 +3,7 @@ import Glibc
 #endif
 import MemSnap
 import MemSnapCheckpoint
+import SystemPackage
 
 /// The one-pass stream reader: any input either restores or is rejected with an error.
 enum CheckpointStreamFuzzing {
@@ -12,7 +13,7 @@ enum CheckpointStreamFuzzing {
     static func exercise(_ bytes: UnsafeRawBufferPointer) -> Bool {
         guard let input = FuzzInputFile(bytes) else { return false }
         do {
-            _ = try Checkpoint.restore(readingFrom: input.descriptor, into: MemoryImageTarget(name: "fuzz-stream-restore"))
+            _ = try Checkpoint.restore(readingFrom: FileDescriptor(rawValue: input.descriptor), into: MemoryImageTarget(name: "fuzz-stream-restore"))
             return true
         } catch {
             return false

@@ -6,6 +6,7 @@ import MemSnap
 @testable import MemSnapCheckpoint
 import MemSnapTestSupport
 import Testing
+import SystemPackage
 
 /// Whatever a library caller passes is either done or refused with a typed error: never a trap,
 /// never a file no reader accepts, never a temporary file left behind.
@@ -61,7 +62,7 @@ struct CheckpointArgumentTests {
         }
         #expect(error?.reason == .invalidArgument("the extents' sizes add up to more than Int.max bytes"))
         let past = expectMemSnapError {
-            _ = try Checkpoint.write([CheckpointExtent(offset: UInt64.max - 10, bytes: huge)], toDescriptor: -1, options: options(.v2))
+            _ = try Checkpoint.write([CheckpointExtent(offset: UInt64.max - 10, bytes: huge)], toDescriptor: FileDescriptor(rawValue: -1), options: options(.v2))
         }
         #expect(past?.reason == .invalidArgument("extent 0: offset \(UInt64.max - 10) with \(1 << 62) bytes ends past Int.max"))
         #expect(directory.entries.isEmpty)
@@ -77,7 +78,7 @@ struct CheckpointArgumentTests {
         let largest = options(.v3, .lz4, threads: 256, chunk: 64 << 20)
         let input = open(imagePath, O_RDONLY | O_CLOEXEC)
         defer { close(input) }
-        let summary = try Checkpoint.write(readingFrom: input, to: .file(path: directory.file("out.ckpt"), force: false), options: largest)
+        let summary = try Checkpoint.write(readingFrom: FileDescriptor(rawValue: input), to: .file(path: directory.file("out.ckpt"), force: false), options: largest)
         #expect(summary.imageSize == image.count)
         #expect(try restoredImage(directory.file("out.ckpt"), threads: 256) == image)
     }

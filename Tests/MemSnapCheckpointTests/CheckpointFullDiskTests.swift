@@ -6,6 +6,7 @@ import MemSnap
 @testable import MemSnapCheckpoint
 import MemSnapTestSupport
 import Testing
+import SystemPackage
 
 /// A full disk is ENOSPC, thrown, with nothing left behind: never SIGBUS from a store through a
 /// mapping, never a temporary file filling the disk. Each test mounts its own 2 MiB tmpfs.
@@ -45,7 +46,7 @@ struct CheckpointFullDiskTests {
         let input = open(path, O_RDONLY | O_CLOEXEC)
         defer { close(input) }
         let target = try ImageFileTarget(path: "\(disk.path)/restored.raw", force: false)
-        let error = expectMemSnapError { try Checkpoint.restore(readingFrom: input, into: target) }
+        let error = expectMemSnapError { try Checkpoint.restore(readingFrom: FileDescriptor(rawValue: input), into: target) }
         #expect(error?.errno == .noSpace, "\(String(describing: error))")
         #expect(disk.entries.isEmpty)
     }

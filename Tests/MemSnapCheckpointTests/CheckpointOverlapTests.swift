@@ -38,7 +38,7 @@ struct CheckpointOverlapTests {
         let restoreError = expectMemSnapError({ try file.restore(into: recording, threads: 4) }, sourceLocation: sourceLocation)
         #expect(restoreError == expected("restore checkpoint \(path)"), sourceLocation: sourceLocation)
         #expect(recording.committed.withLock { $0 } == nil, "never committed", sourceLocation: sourceLocation)
-        // One thread: ImageFileTarget's staging is plain memory, which two threads would race on.
+        // Into a file too, on one thread (the parallel restore above used a recording target).
         let existing = directory.file("existing.raw")
         _ = FileManager.default.createFile(atPath: existing, contents: Data("precious".utf8))
         let fileError = expectMemSnapError({ try file.restore(into: ImageFileTarget(path: existing, force: true), threads: 1) },

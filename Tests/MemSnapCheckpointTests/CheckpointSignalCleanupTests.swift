@@ -6,6 +6,7 @@ import MemSnap
 import MemSnapCheckpoint
 import MemSnapTestSupport
 import Testing
+import SystemPackage
 
 /// SIGINT, SIGTERM or SIGHUP during a checkpoint or a restore (Ctrl-C, a service manager, a
 /// closed terminal) removes its temporary file; the process still dies of the signal. A child
@@ -65,10 +66,10 @@ struct CheckpointSignalCleanupTests {
         guard pipe(&ends) == 0 else { return }
         // The write end stays open and silent: every read blocks until the signal.
         if operation == "checkpoint" {
-            try Checkpoint.write(readingFrom: ends[0], to: .file(path: "\(directory)/out.ckpt", force: false),
+            try Checkpoint.write(readingFrom: FileDescriptor(rawValue: ends[0]), to: .file(path: "\(directory)/out.ckpt", force: false),
                                  options: CheckpointOptions(style: .v1))
         } else {
-            _ = try Checkpoint.restore(readingFrom: ends[0], into: ImageFileTarget(path: "\(directory)/out.raw", force: false))
+            _ = try Checkpoint.restore(readingFrom: FileDescriptor(rawValue: ends[0]), into: ImageFileTarget(path: "\(directory)/out.raw", force: false))
         }
     }
 }

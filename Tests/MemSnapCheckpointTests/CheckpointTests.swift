@@ -6,6 +6,7 @@ import MemSnap
 @testable import MemSnapCheckpoint
 import MemSnapTestSupport
 import Testing
+import SystemPackage
 
 /// A heap-like image with zero pages, and a partial last page.
 func heapImage(size: Int, seed: UInt64 = 7) -> [UInt8] {
@@ -157,7 +158,7 @@ struct CheckpointRoundTripTests {
         let writerResult = Locked<String?>(nil)
         let writer = Thread {
             do {
-                _ = try Checkpoint.write(readingFrom: imagePipe[0], to: .descriptor(checkpointPipe[1]), options: styleOptions)
+                _ = try Checkpoint.write(readingFrom: FileDescriptor(rawValue: imagePipe[0]), to: .descriptor(FileDescriptor(rawValue: checkpointPipe[1])), options: styleOptions)
             } catch {
                 writerResult.withLock { $0 = "\(error)" }
             }
@@ -167,7 +168,7 @@ struct CheckpointRoundTripTests {
         feeder.start()
         writer.start()
         let target = try MemoryImageTarget()
-        let summary = try Checkpoint.restore(readingFrom: checkpointPipe[0], into: target)
+        let summary = try Checkpoint.restore(readingFrom: FileDescriptor(rawValue: checkpointPipe[0]), into: target)
         writerDone.wait()
         close(imagePipe[0]); close(checkpointPipe[0])
         #expect(writerResult.withLock { $0 } == nil)
@@ -187,7 +188,7 @@ struct CheckpointRoundTripTests {
         _ = FileManager.default.createFile(atPath: imagePath, contents: Data(image))
         let input = open(imagePath, O_RDONLY)
         defer { close(input) }
-        try Checkpoint.write(readingFrom: input, to: .file(path: directory.file("stream.ckpt"), force: false), options: options(.v3, .lz4, threads: 3))
+        try Checkpoint.write(readingFrom: FileDescriptor(rawValue: input), to: .file(path: directory.file("stream.ckpt"), force: false), options: options(.v3, .lz4, threads: 3))
         #expect(fileBytes(directory.file("stream.ckpt")) == fileBytes(directory.file("memory.ckpt")))
     }
 
@@ -414,7 +415,7 @@ struct CheckpointCraftedFileTests {
         feeder.start()
         defer { close(input[0]) }
         do {
-            _ = try Checkpoint.restore(readingFrom: input[0], into: MemoryImageTarget())
+            _ = try Checkpoint.restore(readingFrom: FileDescriptor(rawValue: input[0]), into: MemoryImageTarget())
             return nil
         } catch {
             var drain = [UInt8](repeating: 0, count: 65536)

@@ -23,6 +23,27 @@ public enum ParallelWork {
         if let failure { throw failure }
     }
 
+    /// Runs `main` on the calling thread while `helper(worker)` runs for worker 1...helpers, each
+    /// on its own thread; once `main` returns or throws, calls `stop` and waits for the helpers.
+    /// For pipelines whose stages wait for each other (a writer taking, in order, what helpers
+    /// encode): `stop` must make every helper return soon (cancel what they wait on).
+    /// - Throws: what `main` throws; `.systemCall("pthread_create", ...)` if a helper cannot start
+    ///   (then `main` does not run; `stop` is called and the helpers that started are waited for).
+    package static func run<Result>(
+        helpers: Int, _ helper: @escaping @Sendable (Int) -> Void, stop: () -> Void,
+        alongside main: () throws(MemSnapError) -> Result
+    ) throws(MemSnapError) -> Result {
+        var started: [OSThread] = []
+        defer {
+            stop()
+            for thread in started { thread.join() }
+        }
+        for worker in stride(from: 1, through: helpers, by: 1) {
+            started.append(try OSThread(name: "memsnap-work\(worker)") { helper(worker) })
+        }
+        return try main()
+    }
+
     /// Hands out 0..<count to `threads` workers, each index exactly once, lowest first.
     public final class Counter: @unchecked Sendable {
         private let next = Locked(0)

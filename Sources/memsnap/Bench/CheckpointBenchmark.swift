@@ -9,7 +9,7 @@ import MemSnapCheckpoint
 struct CheckpointBenchmarkCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "checkpoint",
-        abstract: "Checkpoint and restore a large heap-like image; compare with lz4 -1, zstd -1 -T2 and memcpy in the same run.",
+        abstract: "Checkpoint and restore a large heap-like image; compare with lz4 -1/-d, zstd -1 -T2/-d and memcpy in the same run.",
         discussion: """
         With --incremental: a heap-like image (1 GiB by default) of which --dirty of the pages change between \
         checkpoints; a full checkpoint, incremental ones with a dirty tracker's pages, one by comparison from a \
@@ -87,7 +87,10 @@ struct CheckpointReport: Codable, BenchmarkReport {
     var rows: [Row]
     var checkpointVsLZ4Throughput: Double?
     var sizeVsLZ4: Double?
+    /// `lz4 -d` time over the v3/lz4 restore's, both to a new file in the same directory.
     var restoreVsLZ4Decompress: Double?
+    /// `zstd -d --no-asyncio` time over the v3/zstd restore's, both to a new file in the same directory.
+    var restoreVsZstdDecompress: Double?
     var v2VsMemcpy: Double
     var v2VsFileWrite: Double
 
@@ -106,7 +109,10 @@ struct CheckpointReport: Codable, BenchmarkReport {
                          + "output \(format((sizeVsLZ4 - 1) * 100, decimals: 1)) % \(sizeVsLZ4 >= 1 ? "larger" : "smaller")")
         }
         if let restoreVsLZ4Decompress {
-            lines.append("v3/lz4 restore: \(format(restoreVsLZ4Decompress, decimals: 2))x the speed of lz4 -d")
+            lines.append("v3/lz4 restore to a file: \(format(restoreVsLZ4Decompress, decimals: 2))x the speed of lz4 -d")
+        }
+        if let restoreVsZstdDecompress {
+            lines.append("v3/zstd restore to a file: \(format(restoreVsZstdDecompress, decimals: 2))x the speed of zstd -d --no-asyncio")
         }
         lines.append("v2 checkpoint: \(format(v2VsMemcpy, decimals: 2))x the time of a memcpy of the image, "
                      + "\(format(v2VsFileWrite, decimals: 2))x the time of writing it to a new file there")
@@ -175,43 +181,78 @@ struct CheckpointBenchmark {
         let v2 = try memsnap("v2", CheckpointOptions(style: .v2, threads: threads, info: info))
         rows.append(.init(name: "memsnap checkpoint v2", seconds: v2.seconds, outputBytes: v2.bytes, note: "uncompressed, zero pages skipped"))
 
-        let restorePath = "\(workspace)/restored.raw"
-        let restoreSeconds = try Stopwatch.median(repetitions: repetitions) {
-            try CheckpointFile(path: v3.path).restore(into: ImageFileTarget(path: restorePath, force: true), threads: threads)
-        }
-        rows.append(.init(name: "memsnap restore v3/lz4 to a file", seconds: restoreSeconds, outputBytes: nil, note: "\(threads) threads, verified"))
-        let snapshotSeconds = try Stopwatch.median(repetitions: repetitions) {
-            _ = try Checkpoint.restoreSnapshot(from: v3.path, threads: threads)
-        }
-        rows.append(.init(name: "memsnap restore v3/lz4 to a snapshot", seconds: snapshotSeconds, outputBytes: nil, note: "\(threads) threads, verified"))
-        let same = FileManager.default.contentsEqual(atPath: restorePath, andPath: imagePath)
-        guard same else { throw MemSnapError("bench checkpoint", .corrupt("the restored image differs from the original")) }
-
-        var lz4Throughput: Double?, lz4Size: Int?, lz4Decompress: Double?
-        if let lz4 = which("lz4") {
-            let lz4Path = "\(workspace)/image.lz4"
+        let lz4Path = "\(workspace)/image.lz4", zstdPath = "\(workspace)/image.zst"
+        var lz4Throughput: Double?, lz4Size: Int?
+        let lz4 = which("lz4"), zstd = which("zstd")
+        if let lz4 {
             let seconds = try Stopwatch.median(repetitions: repetitions) { try runTool(lz4, ["-1", "-f", "-q", imagePath, lz4Path]) }
             lz4Size = fileSize(lz4Path)
             lz4Throughput = seconds
             rows.append(.init(name: "lz4 -1", seconds: seconds, outputBytes: lz4Size, note: "1 thread (the lz4 tool has no threads)"))
-            lz4Decompress = try Stopwatch.median(repetitions: repetitions) {
-                try runTool(lz4, ["-d", "-f", "-q", lz4Path, "\(workspace)/lz4-restored.raw"])
-            }
-            rows.append(.init(name: "lz4 -d", seconds: lz4Decompress!, outputBytes: nil, note: "to a file"))
         } else {
             rows.append(.init(name: "lz4 -1", seconds: .nan, outputBytes: nil, note: "lz4 not installed (scripts/install-deps.sh)"))
         }
-        if let zstd = which("zstd") {
-            let zstdPath = "\(workspace)/image.zst"
+        if let zstd {
             let seconds = try Stopwatch.median(repetitions: repetitions) { try runTool(zstd, ["-1", "-T2", "-f", "-q", imagePath, "-o", zstdPath]) }
             rows.append(.init(name: "zstd -1 -T2", seconds: seconds, outputBytes: fileSize(zstdPath), note: "2 threads"))
         }
+
+        // Each restore is timed interleaved with the decompression tool it is compared with, both
+        // writing a new file in the same directory, so both see the same machine load.
+        let restorePath = "\(workspace)/restored.raw", toolPath = "\(workspace)/tool-restored.raw"
+        func restoreToFile(_ checkpoint: String) throws {
+            try CheckpointFile(path: checkpoint).restore(into: ImageFileTarget(path: restorePath, force: true), threads: threads)
+        }
+        func compare(_ name: String, checkpoint: String, tool: String?, toolArguments: [String], toolName: String,
+                     toolNote: String) throws -> Double? {
+            var restoreSamples: [Double] = [], toolSamples: [Double] = []
+            for _ in 0..<repetitions {
+                // Both write a new file: freeing a replaced one's pages is not part of either.
+                unlink(restorePath)
+                restoreSamples.append(try Stopwatch.time { try restoreToFile(checkpoint) }.seconds)
+                guard let tool else { continue }
+                unlink(toolPath)
+                toolSamples.append(try Stopwatch.time { try runTool(tool, toolArguments) }.seconds)
+            }
+            let restoreSeconds = median(restoreSamples)
+            rows.append(.init(name: "memsnap restore \(name) to a file", seconds: restoreSeconds, outputBytes: nil,
+                              note: "\(threads) threads, verified"))
+            guard FileManager.default.contentsEqual(atPath: restorePath, andPath: imagePath) else {
+                throw MemSnapError("bench checkpoint", .corrupt("the image restored from \(name) differs from the original"))
+            }
+            let snapshotSeconds = try Stopwatch.median(repetitions: repetitions) {
+                _ = try Checkpoint.restoreSnapshot(from: checkpoint, threads: threads)
+            }
+            rows.append(.init(name: "memsnap restore \(name) to a snapshot", seconds: snapshotSeconds, outputBytes: nil,
+                              note: "\(threads) threads, verified"))
+            guard tool != nil else { return nil }
+            let toolSeconds = median(toolSamples)
+            rows.append(.init(name: toolName, seconds: toolSeconds, outputBytes: nil, note: toolNote))
+            return toolSeconds / restoreSeconds
+        }
+        let restoreVsLZ4 = try compare("v3/lz4", checkpoint: v3.path, tool: lz4,
+                                       toolArguments: ["-d", "-f", "-q", lz4Path, toolPath], toolName: "lz4 -d",
+                                       toolNote: "1 thread, to a new file (interleaved with the restore above)")
+        let restoreVsZstd = try compare("v3/zstd -1", checkpoint: v3zstd.path, tool: zstd,
+                                        toolArguments: ["-d", "-f", "-q", "--no-asyncio", zstdPath, "-o", toolPath],
+                                        toolName: "zstd -d --no-asyncio",
+                                        toolNote: "1 thread, to a new file (interleaved with the restore above)")
+        if let zstd {
+            // zstd's default: its reads and writes on a second thread, beside decompression.
+            let seconds = try Stopwatch.median(repetitions: repetitions) {
+                unlink(toolPath)
+                try runTool(zstd, ["-d", "-f", "-q", zstdPath, "-o", toolPath])
+            }
+            rows.append(.init(name: "zstd -d", seconds: seconds, outputBytes: nil, note: "asynchronous I/O (2 threads), to a new file"))
+        }
+        unlink(toolPath)
+
         let nonzero = try CheckpointFile(path: v2.path).extentBytes
         return CheckpointReport(
             date: isoDate(), imageBytes: size, nonzeroBytes: nonzero, threads: threads, repetitions: repetitions, rows: rows,
             checkpointVsLZ4Throughput: lz4Throughput.map { $0 / v3.seconds },
             sizeVsLZ4: lz4Size.map { Double(v3.bytes) / Double($0) },
-            restoreVsLZ4Decompress: lz4Decompress.map { $0 / restoreSeconds },
+            restoreVsLZ4Decompress: restoreVsLZ4, restoreVsZstdDecompress: restoreVsZstd,
             v2VsMemcpy: v2.seconds / memcpySeconds, v2VsFileWrite: v2.seconds / fileWriteSeconds)
     }
 
@@ -232,6 +273,11 @@ struct CheckpointBenchmark {
             throw MemSnapError("run \(path) \(arguments.joined(separator: " "))",
                                .invalidArgument("exited with status \(process.terminationStatus)"))
         }
+    }
+
+    private func median(_ samples: [Double]) -> Double {
+        let sorted = samples.sorted()
+        return sorted.isEmpty ? .nan : sorted[sorted.count / 2]
     }
 
     private func fileSize(_ path: String) -> Int {

@@ -7,6 +7,7 @@ import Foundation
 import MemSnapArena
 import MemSnapArenaCheckpoint
 import MemSnapCheckpoint
+import SystemPackage
 
 extension CheckpointStyle: ExpressibleByArgument {
     public init?(argument: String) {
@@ -112,14 +113,14 @@ struct CheckpointCommand: ParsableCommand {
                                         formatVersion: formatVersion, pageHashes: !noPageHashes)
         let chain = try parent.map { try CheckpointChain(tip: $0, links: link) }
         let progress = ProgressBar("checkpoint")
-        let destination: CheckpointOutputDestination = output == "-" ? .descriptor(STDOUT_FILENO) : .file(path: output, force: force)
+        let destination: CheckpointOutputDestination = output == "-" ? .descriptor(.standardOutput) : .file(path: output, force: force)
         let (summary, seconds) = try Stopwatch.time { () throws -> CheckpointSummary in
             if source == "-" {
                 if let chain {
-                    return try Checkpoint.write(readingFrom: STDIN_FILENO, comparingWith: chain, to: destination, options: options,
+                    return try Checkpoint.write(readingFrom: .standardInput, comparingWith: chain, to: destination, options: options,
                                                 progress: progress.handler)
                 }
-                return try Checkpoint.write(readingFrom: STDIN_FILENO, to: destination, options: options, progress: progress.handler)
+                return try Checkpoint.write(readingFrom: .standardInput, to: destination, options: options, progress: progress.handler)
             }
             // Only a regular file can be an arena; probing a FIFO would open it and take its writer.
             if isRegularFile(source), Arena.isArena(path: source) {
@@ -220,7 +221,7 @@ struct RestoreCommand: ParsableCommand {
         }
         let (imageSize, seconds) = try Stopwatch.time { () throws -> Int in
             if checkpoint == "-" {
-                return try Checkpoint.restore(readingFrom: STDIN_FILENO, into: target, progress: progress.handler).imageSize
+                return try Checkpoint.restore(readingFrom: .standardInput, into: target, progress: progress.handler).imageSize
             }
             // A regular file restores in parallel, with its chain; a FIFO or <(...) is read as a stream.
             return try Checkpoint.restore(contentsOfFileAt: checkpoint, into: target, links: link, threads: threads,
@@ -417,7 +418,7 @@ struct SquashCommand: ParsableCommand {
         let level = self.level ?? (codec == tip.codec ? tip.level : nil)
         let options = CheckpointOptions(style: style, codec: codec, level: style == .v3 ? level : nil, chunkSize: chunkSize ?? tip.chunkSize,
                                         threads: threads, info: .current(application: application, time: try checkpointTime(time)))
-        let destination: CheckpointOutputDestination = output == "-" ? .descriptor(STDOUT_FILENO) : .file(path: output, force: force)
+        let destination: CheckpointOutputDestination = output == "-" ? .descriptor(.standardOutput) : .file(path: output, force: force)
         let (summary, seconds) = try Stopwatch.time { () throws -> CheckpointSummary in
             try chain.squash(to: destination, options: options)
         }
