@@ -65,8 +65,12 @@ enum Differ {
     static func diff(
         original: UnsafeRawBufferPointer, updated: UnsafeRawBufferPointer, dirty: [Range<Int>],
         segments: [Segment], options: DiffOptions, during operation: String
-    ) throws(MemSnapError) -> [SnapshotDiff] {
-        var batch = DiffBatchBuilder()
+    ) throws(MemSnapError) -> SnapshotDiffBatch {
+        // Sparse writes (the common case) produce a few bytes per dirty page; a batch that
+        // changes more grows the buffer by doubling.
+        let dirtyBytes = dirty.reduce(0) { $0 + $1.count }
+        var batch = DiffBatchBuilder(payloadHint: dirtyBytes / 32 + max(0, updated.count - original.count),
+                                     runHint: dirtyBytes >> 10)
         let comparable = min(original.count, updated.count)
         if let originalBase = original.baseAddress, let updatedBase = updated.baseAddress {
             var dirtyIndex = 0
@@ -218,7 +222,9 @@ enum Differ {
             }
         }
         guard changed else { return }
-        batch.append(offset: range.lowerBound, dataType: segment.dataType, operation: segment.operation, bytes: values)
+        values.withUnsafeBytes { bytes in
+            batch.append(offset: range.lowerBound, dataType: segment.dataType, operation: segment.operation, bytes: bytes)
+        }
         for element in overwrites {
             batch.appendBytes(.bytewise, original: updated, updated: updated, run: element)
         }
@@ -245,41 +251,6 @@ enum Differ {
                 let value = Value(littleEndianAt: carriedBase + element)
                 Value.applied(diff.operation, original: original, diff: value).storeLittleEndian(at: target + element)
             }
-        }
-    }
-}
-
-/// Collects a batch of diffs into one shared payload buffer, then hands out slices of it.
-struct DiffBatchBuilder {
-    private var payload: [UInt8] = []
-    private var entries: [(offset: Int, dataType: MergeDataType, operation: MergeOperation, start: Int, count: Int)] = []
-
-    /// A bytewise (new bytes) or xor (new XOR original) diff of `run`.
-    mutating func appendBytes(
-        _ operation: MergeOperation, original: UnsafeRawPointer, updated: UnsafeRawPointer, run: Range<Int>
-    ) {
-        let start = payload.count
-        if operation == .xor {
-            payload.reserveCapacity(start + run.count)
-            for index in run {
-                payload.append(original.load(fromByteOffset: index, as: UInt8.self) ^ updated.load(fromByteOffset: index, as: UInt8.self))
-            }
-        } else {
-            payload.append(contentsOf: UnsafeRawBufferPointer(start: updated + run.lowerBound, count: run.count))
-        }
-        entries.append((run.lowerBound, .raw, operation, start, run.count))
-    }
-
-    mutating func append(offset: Int, dataType: MergeDataType, operation: MergeOperation, bytes: [UInt8]) {
-        entries.append((offset, dataType, operation, payload.count, bytes.count))
-        payload.append(contentsOf: bytes)
-    }
-
-    func finish() -> [SnapshotDiff] {
-        let storage = payload
-        return entries.map { entry in
-            SnapshotDiff(offset: entry.offset, dataType: entry.dataType, operation: entry.operation,
-                         bytes: storage[entry.start..<entry.start + entry.count])
         }
     }
 }
