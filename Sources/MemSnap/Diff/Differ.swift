@@ -131,23 +131,25 @@ enum Differ {
                 runEnd = end
             }
         }
-        // Exact differing bytes of a changed block, eight at a time.
+        // Exact differing bytes of a changed block, eight at a time, a run of differing bytes
+        // at a time: a store of 8 bytes is one add(), not eight.
         func narrow(_ block: Range<Int>) {
             var position = block.lowerBound
-            while position + 8 <= block.upperBound {
+            while position &+ 8 <= block.upperBound {
                 let difference = original.loadUnaligned(fromByteOffset: position, as: UInt64.self)
                     ^ updated.loadUnaligned(fromByteOffset: position, as: UInt64.self)
                 if difference != 0 {
-                    // Little-endian: byte i of the word is bits 8i..<8i+8. Each differing byte is
-                    // its own run; add() joins neighbours and gaps up to mergeGap.
-                    var remaining = UInt64(littleEndian: difference)
-                    while remaining != 0 {
-                        let byte = remaining.trailingZeroBitCount / 8
-                        add(position + byte, position + byte + 1)
-                        remaining &= ~(UInt64(0xFF) << UInt64(byte * 8))
+                    // Little-endian: byte i of the word is bits 8i..<8i+8; bit i of the mask says
+                    // whether it differs. add() joins neighbours and gaps up to mergeGap.
+                    var mask = Differ.differingByteMask(UInt64(littleEndian: difference))
+                    while mask != 0 {
+                        let first = mask.trailingZeroBitCount
+                        let length = (~(mask >> UInt64(first))).trailingZeroBitCount
+                        add(position &+ first, position &+ first &+ length)
+                        mask &= ~((1 << UInt64(first &+ length)) &- 1)
                     }
                 }
-                position += 8
+                position &+= 8
             }
             while position < block.upperBound {
                 if original.load(fromByteOffset: position, as: UInt8.self) != updated.load(fromByteOffset: position, as: UInt8.self) {
@@ -177,6 +179,18 @@ enum Differ {
             }
         }
         if runStart >= 0 { body(runStart..<runEnd) }
+    }
+
+    /// Bit i set where byte i of `difference` (little-endian) is not zero: each byte folded to
+    /// its low bit, then the eight low bits gathered into the top byte by one multiplication
+    /// (the partial products never overlap, so nothing carries).
+    @inline(__always)
+    static func differingByteMask(_ difference: UInt64) -> UInt64 {
+        var folded = difference | (difference >> 4)
+        folded |= folded >> 2
+        folded |= folded >> 1
+        folded &= 0x0101_0101_0101_0101
+        return (folded &* 0x0102_0408_1020_4080) >> 56
     }
 
     /// Typed diffs of one arithmetic segment: nothing if no value changed, else one diff with a
