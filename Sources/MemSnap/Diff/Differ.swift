@@ -68,9 +68,15 @@ enum Differ {
     ) throws(MemSnapError) -> SnapshotDiffBatch {
         // Sparse writes (the common case) produce a few bytes per dirty page; a batch that
         // changes more grows the buffer by doubling.
-        let dirtyBytes = dirty.reduce(0) { $0 + $1.count }
-        var batch = DiffBatchBuilder(payloadHint: dirtyBytes / 32 + max(0, updated.count - original.count),
-                                     runHint: dirtyBytes >> 10)
+        // Only dirty bytes inside the memory count (callers may pass any pages), and the hint
+        // is capped: it sizes a first allocation, not a limit.
+        var dirtyBytes = 0
+        for range in dirty {
+            dirtyBytes = min(dirtyBytes + range.clamped(to: 0..<updated.count).count, updated.count)
+        }
+        let hintCap = 1 << 24
+        var batch = DiffBatchBuilder(payloadHint: min(dirtyBytes / 32 + max(0, updated.count - original.count), hintCap),
+                                     runHint: min(dirtyBytes >> 10, hintCap >> 4))
         let comparable = min(original.count, updated.count)
         if let originalBase = original.baseAddress, let updatedBase = updated.baseAddress {
             var dirtyIndex = 0
