@@ -2,11 +2,13 @@
 #include "CMemSnap.h"
 
 #include <pthread.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 int memsnap_memfd_create(const char *name, unsigned int flags) {
@@ -48,4 +50,17 @@ int memsnap_punch_hole(int fd, int64_t offset, int64_t length) {
 
 int memsnap_exit_with_parent(int signal) {
     return prctl(PR_SET_PDEATHSIG, (unsigned long)signal);
+}
+
+_Static_assert(sizeof(struct memsnap_address_range) == sizeof(struct iovec), "iovec layout");
+
+long memsnap_madvise_ranges(const struct memsnap_address_range *ranges, size_t count, int advice) {
+#ifdef SYS_process_madvise
+    // PIDFD_SELF_THREAD (include/uapi/linux/pidfd.h, 6.15): the caller, no descriptor to own.
+    return syscall(SYS_process_madvise, -10000, ranges, count, advice, 0U);
+#else
+    (void)ranges; (void)count; (void)advice;
+    errno = ENOSYS;
+    return -1;
+#endif
 }

@@ -33,6 +33,17 @@ static const int MEMSNAP_MADV_RANDOM = 1;
 static const int MEMSNAP_MADV_SEQUENTIAL = 2;
 static const int MEMSNAP_MADV_HUGEPAGE = 14;
 static const int MEMSNAP_MADV_NOHUGEPAGE = 15;
+static const int MEMSNAP_MADV_DONTNEED = 4;
+
+/// One range for `memsnap_madvise_ranges` (the layout of struct iovec).
+struct memsnap_address_range { void *start; size_t length; };
+
+/// process_madvise(2) on the calling process (PIDFD_SELF_THREAD, Linux 6.15; advice other than
+/// COLD/PAGEOUT/WILLNEED/COLLAPSE for the caller's own process since 6.13): `advice` over up to
+/// 1024 ranges in one system call, which takes the mmap lock once and batches TLB flushes.
+/// Returns the bytes advised (possibly fewer than asked: continue after them), or -1 with errno:
+/// EBADF, EINVAL or ENOSYS on kernels without this use (then call madvise per range).
+long memsnap_madvise_ranges(const struct memsnap_address_range *ranges, size_t count, int advice);
 
 // ---- locks ---------------------------------------------------------------------------------
 #include <pthread.h>

@@ -65,8 +65,18 @@ enum Differ {
     static func diff(
         original: UnsafeRawBufferPointer, updated: UnsafeRawBufferPointer, dirty: [Range<Int>],
         segments: [Segment], options: DiffOptions, during operation: String
-    ) throws(MemSnapError) -> [SnapshotDiff] {
-        var batch = DiffBatchBuilder()
+    ) throws(MemSnapError) -> SnapshotDiffBatch {
+        // Sparse writes (the common case) produce a few bytes per dirty page; a batch that
+        // changes more grows the buffer by doubling.
+        // Only dirty bytes inside the memory count (callers may pass any pages), and the hint
+        // is capped: it sizes a first allocation, not a limit.
+        var dirtyBytes = 0
+        for range in dirty {
+            dirtyBytes = min(dirtyBytes + range.clamped(to: 0..<updated.count).count, updated.count)
+        }
+        let hintCap = 1 << 24
+        var batch = DiffBatchBuilder(payloadHint: min(dirtyBytes / 32 + max(0, updated.count - original.count), hintCap),
+                                     runHint: min(dirtyBytes >> 10, hintCap >> 4))
         let comparable = min(original.count, updated.count)
         if let originalBase = original.baseAddress, let updatedBase = updated.baseAddress {
             var dirtyIndex = 0
@@ -127,23 +137,25 @@ enum Differ {
                 runEnd = end
             }
         }
-        // Exact differing bytes of a changed block, eight at a time.
+        // Exact differing bytes of a changed block, eight at a time, a run of differing bytes
+        // at a time: a store of 8 bytes is one add(), not eight.
         func narrow(_ block: Range<Int>) {
             var position = block.lowerBound
-            while position + 8 <= block.upperBound {
+            while position &+ 8 <= block.upperBound {
                 let difference = original.loadUnaligned(fromByteOffset: position, as: UInt64.self)
                     ^ updated.loadUnaligned(fromByteOffset: position, as: UInt64.self)
                 if difference != 0 {
-                    // Little-endian: byte i of the word is bits 8i..<8i+8. Each differing byte is
-                    // its own run; add() joins neighbours and gaps up to mergeGap.
-                    var remaining = UInt64(littleEndian: difference)
-                    while remaining != 0 {
-                        let byte = remaining.trailingZeroBitCount / 8
-                        add(position + byte, position + byte + 1)
-                        remaining &= ~(UInt64(0xFF) << UInt64(byte * 8))
+                    // Little-endian: byte i of the word is bits 8i..<8i+8; bit i of the mask says
+                    // whether it differs. add() joins neighbours and gaps up to mergeGap.
+                    var mask = Differ.differingByteMask(UInt64(littleEndian: difference))
+                    while mask != 0 {
+                        let first = mask.trailingZeroBitCount
+                        let length = (~(mask >> UInt64(first))).trailingZeroBitCount
+                        add(position &+ first, position &+ first &+ length)
+                        mask &= ~((1 << UInt64(first &+ length)) &- 1)
                     }
                 }
-                position += 8
+                position &+= 8
             }
             while position < block.upperBound {
                 if original.load(fromByteOffset: position, as: UInt8.self) != updated.load(fromByteOffset: position, as: UInt8.self) {
@@ -173,6 +185,18 @@ enum Differ {
             }
         }
         if runStart >= 0 { body(runStart..<runEnd) }
+    }
+
+    /// Bit i set where byte i of `difference` (little-endian) is not zero: each byte folded to
+    /// its low bit, then the eight low bits gathered into the top byte by one multiplication
+    /// (the partial products never overlap, so nothing carries).
+    @inline(__always)
+    static func differingByteMask(_ difference: UInt64) -> UInt64 {
+        var folded = difference | (difference >> 4)
+        folded |= folded >> 2
+        folded |= folded >> 1
+        folded &= 0x0101_0101_0101_0101
+        return (folded &* 0x0102_0408_1020_4080) >> 56
     }
 
     /// Typed diffs of one arithmetic segment: nothing if no value changed, else one diff with a
@@ -218,7 +242,9 @@ enum Differ {
             }
         }
         guard changed else { return }
-        batch.append(offset: range.lowerBound, dataType: segment.dataType, operation: segment.operation, bytes: values)
+        values.withUnsafeBytes { bytes in
+            batch.append(offset: range.lowerBound, dataType: segment.dataType, operation: segment.operation, bytes: bytes)
+        }
         for element in overwrites {
             batch.appendBytes(.bytewise, original: updated, updated: updated, run: element)
         }
@@ -245,41 +271,6 @@ enum Differ {
                 let value = Value(littleEndianAt: carriedBase + element)
                 Value.applied(diff.operation, original: original, diff: value).storeLittleEndian(at: target + element)
             }
-        }
-    }
-}
-
-/// Collects a batch of diffs into one shared payload buffer, then hands out slices of it.
-struct DiffBatchBuilder {
-    private var payload: [UInt8] = []
-    private var entries: [(offset: Int, dataType: MergeDataType, operation: MergeOperation, start: Int, count: Int)] = []
-
-    /// A bytewise (new bytes) or xor (new XOR original) diff of `run`.
-    mutating func appendBytes(
-        _ operation: MergeOperation, original: UnsafeRawPointer, updated: UnsafeRawPointer, run: Range<Int>
-    ) {
-        let start = payload.count
-        if operation == .xor {
-            payload.reserveCapacity(start + run.count)
-            for index in run {
-                payload.append(original.load(fromByteOffset: index, as: UInt8.self) ^ updated.load(fromByteOffset: index, as: UInt8.self))
-            }
-        } else {
-            payload.append(contentsOf: UnsafeRawBufferPointer(start: updated + run.lowerBound, count: run.count))
-        }
-        entries.append((run.lowerBound, .raw, operation, start, run.count))
-    }
-
-    mutating func append(offset: Int, dataType: MergeDataType, operation: MergeOperation, bytes: [UInt8]) {
-        entries.append((offset, dataType, operation, payload.count, bytes.count))
-        payload.append(contentsOf: bytes)
-    }
-
-    func finish() -> [SnapshotDiff] {
-        let storage = payload
-        return entries.map { entry in
-            SnapshotDiff(offset: entry.offset, dataType: entry.dataType, operation: entry.operation,
-                         bytes: storage[entry.start..<entry.start + entry.count])
         }
     }
 }

@@ -512,6 +512,70 @@ public final class VirtualRegion: @unchecked Sendable {
         applyHugePagePolicy(range)
     }
 
+    // MARK: - Dropping pages in place (DirtyTracker.restoreInPlace)
+
+    /// Ranges handed to one `process_madvise` call: the kernel's UIO_MAXIOV.
+    private static let rangesPerCall = 1024
+    /// Cleared the first time the kernel refuses `process_madvise` on the caller's own process
+    /// (before 6.15); `madvise` per run from then on.
+    private static let vectorAdviceWorks = Locked(true)
+
+    /// Drops the region's copies of the pages of `pages` (runs of page indices) with
+    /// `MADV_DONTNEED`: a page of a private file mapping reads the file's current content again,
+    /// a page of an anonymous mapping reads zero. Mappings stay as they are, so a tracker's
+    /// registration and its write-protection of the pages survive (userfaultfd keeps a marker
+    /// for a protected page it drops; mprotect's protection is the mapping's). Costs one system
+    /// call per 1024 runs (`process_madvise`, Linux 6.15) or per run on older kernels, plus
+    /// the freed pages; nothing per untouched page.
+    ///
+    /// Call holding the commit lock (`withCommittedSizeLocked`), `committedSize` being its value.
+    /// - Throws: `.outOfBounds` for a run outside the committed prefix (nothing is dropped);
+    ///   `.systemCall("madvise", ...)`, after which a prefix of the runs may have been dropped.
+    func dropPagesLocked(_ pages: [Range<Int>], committedSize: Int, during operation: String) throws(MemSnapError) {
+        let limit = committedSize >> Page.shift
+        for run in pages where run.lowerBound < 0 || run.upperBound > limit || run.lowerBound > run.upperBound {
+            throw MemSnapError(operation, .outOfBounds(offset: run.lowerBound, length: run.count, size: limit))
+        }
+        var batch: [memsnap_address_range] = []
+        batch.reserveCapacity(Swift.min(pages.count, VirtualRegion.rangesPerCall))
+        for run in pages where !run.isEmpty {
+            batch.append(memsnap_address_range(start: base + (run.lowerBound << Page.shift), length: run.count << Page.shift))
+            if batch.count == VirtualRegion.rangesPerCall {
+                try dropRanges(batch, during: operation)
+                batch.removeAll(keepingCapacity: true)
+            }
+        }
+        if !batch.isEmpty { try dropRanges(batch, during: operation) }
+    }
+
+    private func dropRanges(_ ranges: [memsnap_address_range], during operation: String) throws(MemSnapError) {
+        var first = 0
+        if VirtualRegion.vectorAdviceWorks.withLock({ $0 }) {
+            let total = ranges.reduce(0) { $0 + $1.length }
+            let advised = ranges.withUnsafeBufferPointer { vector in
+                valueOrErrno { memsnap_madvise_ranges(vector.baseAddress, vector.count, MEMSNAP_MADV_DONTNEED) }
+            }
+            switch advised {
+            case let .success(bytes) where bytes == total:
+                return
+            case let .success(bytes):
+                // A short count: the ranges before `bytes` are done; finish the rest one by one
+                // (a range cut in the middle is simply advised again whole: dropping is idempotent).
+                var done = 0
+                while first < ranges.count, done + ranges[first].length <= bytes {
+                    done += ranges[first].length
+                    first += 1
+                }
+            case .failure:
+                // EBADF (no PIDFD_SELF_THREAD), EINVAL (DONTNEED refused), ENOSYS: an older kernel.
+                VirtualRegion.vectorAdviceWorks.withLock { $0 = false }
+            }
+        }
+        for range in ranges[first...] {
+            _ = try systemCall("madvise", during: operation) { madvise(range.start, range.length, MEMSNAP_MADV_DONTNEED) }
+        }
+    }
+
     // MARK: - Used by DirtyTracker
 
     /// Registers the one tracker of this region. `onMappingChange` runs (on the thread that

@@ -6,8 +6,18 @@
 /// diffing runs in parallel) collects the worker's dirty pages and diffs them against the
 /// snapshot. At the join the main thread's diffs are applied first and then each worker's in
 /// index order, in one atomic apply: the merge order, and so the result of overlapping
-/// bytewise writes, is the same on every run. Every region is then remapped onto the merged
-/// snapshot and its tracker reset, ready for the next round.
+/// bytewise writes, is the same on every run. Every region then shows the merged snapshot again,
+/// its tracker armed, ready for the next round.
+///
+/// Restoring costs what a region wrote, not its size: a region maps the snapshot's memfd
+/// privately, so dropping its own copies of the pages it wrote (`MADV_DONTNEED`) makes it read
+/// the merged snapshot everywhere (pages it never wrote already share the snapshot's), and the
+/// tracker's registration stays in place, the dropped pages still armed (see
+/// `DirtyTracker.restoreInPlace`). A region is remapped and its tracker re-armed instead when the
+/// snapshot grew or the region's committed size differs from it (growth, shrink), when it wrote
+/// more than `inPlaceRestoreLimit` of its pages (one remap is then cheaper than dropping them
+/// run by run), when its mechanism cannot tell which pages it copied (`none`), and on every
+/// failure path. `JoinReport.remappedMemories` says which were remapped.
 ///
 /// The join applies its own round's diffs directly: it never reads, adds to or empties the
 /// snapshot's public diff queue (`queueDiffs`), whose batches stay for the caller's own
@@ -21,10 +31,13 @@
 /// no later join could see them, so the main memory and the snapshot would silently disagree.
 ///
 /// Ownership: owns the regions and trackers; the snapshot is shared.
-/// Thread safety: `run` and `join` must not overlap (each waits for its workers); the memory a
-/// worker receives is its own during `run` and must not be used after it returns. The main thread
-/// may write `mainMemory` between rounds, not during a join.
-public final class SnapshotWorkers: @unchecked Sendable {
+/// Thread safety: `run`, `runWithoutMerging`, `merge` and `join` may be called from any thread
+/// and are serialised: a call waits until the round or join in progress has finished. A worker's
+/// body must not call them (it would wait for its own round). The memory a worker receives is
+/// its own during `run` and must not be used after it returns. `mainMemory` is raw memory the
+/// pool reads and restores during a join: write it between rounds, from the thread that calls
+/// `join`/`run` (or after synchronising with it), never while one is in progress.
+public final class SnapshotWorkers: Sendable {
     /// What a worker's body receives.
     public struct Worker: Sendable {
         public let index: Int
@@ -40,7 +53,17 @@ public final class SnapshotWorkers: @unchecked Sendable {
         public var diffBytes: Int
         /// Snapshot byte ranges the merge wrote.
         public var writtenRanges: [Range<Int>]
+        /// The memories restored by a remap rather than in place (0 is the main memory, `i + 1`
+        /// worker `i`), ascending: the snapshot grew, a memory grew or wrote more than
+        /// `inPlaceRestoreLimit` of its pages, or its tracking mode cannot restore in place.
+        public var remappedMemories: [Int]
     }
+
+    /// Above this fraction of its pages written, a memory is remapped rather than restored in
+    /// place: one mmap then replaces madvise over thousands of runs, and re-arming the whole
+    /// region costs about what protecting that many pages one by one does (BENCHMARKS.md,
+    /// "Fork/join rounds").
+    public static let inPlaceRestoreLimit = 0.5
 
     /// Marks an error thrown by a worker's body, as opposed to by tracking or diffing.
     private struct BodyFailure: Error {
@@ -61,6 +84,12 @@ public final class SnapshotWorkers: @unchecked Sendable {
     public let workerMemories: [VirtualRegion]
     private let mainTracker: DirtyTracker
     private let workerTrackers: [DirtyTracker]
+    /// Held for the whole of every round and join: they read and restore every region.
+    private let rounds = Locked(())
+    /// Each region's committed size right after its last remap, by region (the main memory's
+    /// under its base address): a region whose committed size moved since holds pages that are
+    /// not the snapshot's file (grown ones are anonymous), which dropping would turn into zeros.
+    private let mappedSizes = Locked<[UInt: Int]>([:])
 
     /// Maps the snapshot into `count` worker regions and a main region of `memoryMaxSize` bytes
     /// each (default: the snapshot's maximum) and starts tracking them.
@@ -92,6 +121,9 @@ public final class SnapshotWorkers: @unchecked Sendable {
         self.mainTracker = main.1
         self.workerMemories = regions
         self.workerTrackers = trackers
+        self.mappedSizes.withLock { sizes in
+            for region in [main.0] + regions { sizes[region.baseAddress] = region.committedSize }
+        }
     }
 
     deinit {
@@ -122,9 +154,11 @@ public final class SnapshotWorkers: @unchecked Sendable {
     /// - Throws: as `run`: `WorkerFailure` for the lowest-numbered worker whose body threw, or
     ///   `MemSnapError` from tracking or diffing; every worker is restored either way.
     public func runWithoutMerging(_ body: @escaping @Sendable (Worker) throws -> Void) throws -> RoundDiffs {
-        let round = try runBodies(body)
-        try restoreWorkers()
-        return round
+        try rounds.withLock { _ in
+            let round = try runBodies(body)
+            _ = try restoreWorkers(written: round.written, changedUnderneath: [])
+            return round.diffs
+        }
     }
 
     /// Merges the main memory's writes and `workerDiffs` (in the order given: main memory
@@ -134,7 +168,9 @@ public final class SnapshotWorkers: @unchecked Sendable {
     /// - Throws: as `join()`: nothing is merged and every region is restored.
     @discardableResult
     public func merge(workerDiffs: [[SnapshotDiff]], names: [String]? = nil) throws(MemSnapError) -> JoinReport {
-        try merge(workerDiffs: workerDiffs, workerDirtyCounts: [], names: names)
+        try rounds.withLock { (_) throws(MemSnapError) -> JoinReport in
+            try merge(workerDiffs: workerDiffs, workerWritten: nil, names: names)
+        }
     }
 
     /// Runs `body` once per worker, each on its own thread, then joins (see the type's doc).
@@ -144,15 +180,23 @@ public final class SnapshotWorkers: @unchecked Sendable {
     ///   restored, the main memory keeps its writes), or from the merge, as `join()` throws.
     @discardableResult
     public func run(_ body: @escaping @Sendable (Worker) throws -> Void) throws -> JoinReport {
-        let round = try runBodies(body)
-        return try merge(workerDiffs: round.workers, workerDirtyCounts: round.dirtyPageCounts, names: nil)
+        try rounds.withLock { _ in
+            let round = try runBodies(body)
+            return try merge(workerDiffs: round.diffs.workers, workerWritten: round.written, names: nil)
+        }
+    }
+
+    /// A round's diffs and the pages each worker wrote (what restoring it in place drops).
+    private struct Round {
+        var diffs: RoundDiffs
+        var written: [DirtyPages]
     }
 
     /// Runs the bodies on their threads and diffs each worker; on any failure restores the
     /// workers and throws.
-    private func runBodies(_ body: @escaping @Sendable (Worker) throws -> Void) throws -> RoundDiffs {
+    private func runBodies(_ body: @escaping @Sendable (Worker) throws -> Void) throws -> Round {
         let outcomes = Locked<[Int: Result<[SnapshotDiff], any Error>]>([:])
-        let dirtyCounts = Locked<[Int: Int]>([:])
+        let dirtySets = Locked<[Int: DirtyPages]>([:])
         var threads: [OSThread] = []
         var startFailure: MemSnapError?
         for index in 0..<count {
@@ -165,7 +209,7 @@ public final class SnapshotWorkers: @unchecked Sendable {
                     let outcome = Result { () throws -> [SnapshotDiff] in
                         do { try body(worker) } catch { throw BodyFailure(underlying: error) }
                         let dirty = try tracker.collectAndReset()
-                        dirtyCounts.withLock { $0[index] = dirty.count }
+                        dirtySets.withLock { $0[index] = dirty }
                         return try snapshot.diff(worker.memory, dirtyPages: dirty, options: options)
                     }
                     outcomes.withLock { $0[index] = outcome }
@@ -196,8 +240,8 @@ public final class SnapshotWorkers: @unchecked Sendable {
                 throw MemSnapError("run worker \(index)", .invalidArgument("the worker thread ended without a result"))
             }
         }
-        let counts = (0..<count).map { index in dirtyCounts.withLock { $0[index] ?? 0 } }
-        return RoundDiffs(workers: workerDiffs, dirtyPageCounts: counts)
+        let written = (0..<count).map { index in dirtySets.withLock { $0[index] } ?? DirtyPages(pageCount: 0, runs: []) }
+        return Round(diffs: RoundDiffs(workers: workerDiffs, dirtyPageCounts: written.map(\.count)), written: written)
     }
 
     /// Merges the main memory's writes (with no workers running) and remaps everything.
@@ -208,10 +252,14 @@ public final class SnapshotWorkers: @unchecked Sendable {
     ///   that restore fails too, its error is thrown instead and the pool should be dropped.
     @discardableResult
     public func join() throws(MemSnapError) -> JoinReport {
-        try merge(workerDiffs: [], workerDirtyCounts: [], names: nil)
+        try rounds.withLock { (_) throws(MemSnapError) -> JoinReport in
+            try merge(workerDiffs: [], workerWritten: nil, names: nil)
+        }
     }
 
-    private func merge(workerDiffs: [[SnapshotDiff]], workerDirtyCounts: [Int], names: [String]?) throws(MemSnapError) -> JoinReport {
+    /// `workerWritten`: the pages each worker wrote this round, nil when the workers did not run
+    /// since they were last restored (a join, or a merge of diffs from `runWithoutMerging`).
+    private func merge(workerDiffs: [[SnapshotDiff]], workerWritten: [DirtyPages]?, names: [String]?) throws(MemSnapError) -> JoinReport {
         let mainDirty: DirtyPages
         let batches: [[SnapshotDiff]]
         let written: [Range<Int>]
@@ -228,15 +276,19 @@ public final class SnapshotWorkers: @unchecked Sendable {
             try restoreAll()
             throw error
         }
-        try restoreAll()
+        var remapped: [Int] = []
+        if try restore(mainMemory, mainTracker, written: mainDirty, changedUnderneath: written) { remapped.append(0) }
+        remapped += try restoreWorkers(written: workerWritten, changedUnderneath: written).map { $0 + 1 }
         return JoinReport(
-            dirtyPageCounts: [mainDirty.count] + workerDirtyCounts,
+            dirtyPageCounts: [mainDirty.count] + (workerWritten?.map(\.count) ?? []),
             diffCount: batches.reduce(0) { $0 + $1.count },
             diffBytes: batches.reduce(0) { $0 + $1.reduce(0) { $0 + $1.bytes.count } },
-            writtenRanges: written)
+            writtenRanges: written,
+            remappedMemories: remapped)
     }
 
-    /// Remaps the main memory and every worker onto the snapshot and re-arms their trackers.
+    /// Remaps the main memory and every worker onto the snapshot and re-arms their trackers:
+    /// the way back from a failure, whatever the regions hold.
     private func restoreAll() throws(MemSnapError) {
         try remap(mainMemory, mainTracker)
         try restoreWorkers()
@@ -246,8 +298,44 @@ public final class SnapshotWorkers: @unchecked Sendable {
         for index in 0..<count { try remap(workerMemories[index], workerTrackers[index]) }
     }
 
+    /// Restores every worker (in place where it can; see the type's doc) and returns the
+    /// indices of those remapped. `written` nil: the workers wrote nothing since their last
+    /// restore.
+    private func restoreWorkers(written: [DirtyPages]?, changedUnderneath: [Range<Int>]) throws(MemSnapError) -> [Int] {
+        var remapped: [Int] = []
+        for index in 0..<count {
+            let memory = workerMemories[index]
+            let pages = written?[index] ?? DirtyPages(pageCount: memory.committedSize >> Page.shift, runs: [])
+            if try restore(memory, workerTrackers[index], written: pages, changedUnderneath: changedUnderneath) {
+                remapped.append(index)
+            }
+        }
+        return remapped
+    }
+
+    /// Restores `region` to the snapshot: in place if its committed size is still the snapshot's
+    /// mapped size, it wrote at most `inPlaceRestoreLimit` of its pages and its tracker can;
+    /// otherwise (or if dropping pages fails) by a remap. Returns whether it remapped.
+    private func restore(
+        _ region: VirtualRegion, _ tracker: DirtyTracker, written: DirtyPages, changedUnderneath: [Range<Int>]
+    ) throws(MemSnapError) -> Bool {
+        let mappedSize = Page.roundUp(snapshot.size) ?? -1
+        let committed = region.committedSize
+        if committed == mappedSize, mappedSizes.withLock({ $0[region.baseAddress] }) == committed, Double(written.count) <= Double(written.pageCount) * SnapshotWorkers.inPlaceRestoreLimit {
+            do {
+                if try tracker.restoreInPlace(written: written, changedUnderneath: changedUnderneath) { return false }
+            } catch {
+                // Some pages may be dropped, some not: the remap below restores all of them.
+            }
+        }
+        try remap(region, tracker)
+        return true
+    }
+
     private func remap(_ region: VirtualRegion, _ tracker: DirtyTracker) throws(MemSnapError) {
+        mappedSizes.withLock { $0[region.baseAddress] = nil }
         try snapshot.mapCopyOnWrite(into: region)
+        mappedSizes.withLock { $0[region.baseAddress] = region.committedSize }
         try tracker.reset()
     }
 }

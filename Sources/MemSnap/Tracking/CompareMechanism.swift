@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CMemSnap
 
 /// `compare`: keep a copy of the region and compare page by page.
 ///
@@ -51,6 +52,32 @@ final class CompareMechanism: DirtyTrackingMechanism {
 
     func stop(pageCount: Int) {}
 
+    /// Compare reports changed pages, not written ones: a page written with the bytes it held is
+    /// a private copy no collect reports. Ask the kernel instead which pages are not the file's
+    /// (anonymous copies, present or swapped out); nil without PAGEMAP_SCAN (before Linux 6.7).
+    func privatePages(reported: [Range<Int>], pageCount: Int) -> [Range<Int>]? {
+        do {
+            let scanner = try PagemapScanner(during: "find the private pages of a compare-tracked region")
+            return try scanner.scan(
+                region.pagePrefix(pageCount), categories: MEMSNAP_PAGE_IS_FILE, writeProtectMatches: false,
+                requireAsyncRegistration: false, inverted: MEMSNAP_PAGE_IS_FILE,
+                anyOf: MEMSNAP_PAGE_IS_PRESENT | MEMSNAP_PAGE_IS_SWAPPED,
+                during: "find the private pages of a compare-tracked region")
+        } catch {
+            return nil
+        }
+    }
+
+    /// The saved copy must equal the region again: the dropped pages read the file now, and
+    /// the file changed under the region's shared pages.
+    func restoredInPlace(dropped: [Range<Int>], changedUnderneath: [Range<Int>], pageCount: Int) throws(MemSnapError) {
+        let limit = min(pageCount, savedPages)
+        for run in DirtyPages.coalesce(dropped + changedUnderneath, limit: limit) {
+            let offset = run.lowerBound << Page.shift
+            (copy.base + offset).copyMemory(from: region.base + offset, byteCount: run.count << Page.shift)
+        }
+    }
+
     static func isZero(_ bytes: UnsafeRawPointer, count: Int) -> Bool {
         var offset = 0
         while offset + 8 <= count {
@@ -75,4 +102,7 @@ final class NoTrackingMechanism: DirtyTrackingMechanism {
     }
 
     func stop(pageCount: Int) {}
+
+    /// Every page is reported: nothing tells which ones the region copied.
+    func privatePages(reported: [Range<Int>], pageCount: Int) -> [Range<Int>]? { nil }
 }

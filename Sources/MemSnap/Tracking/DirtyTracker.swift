@@ -187,6 +187,39 @@ public final class DirtyTracker: @unchecked Sendable {
         }
     }
 
+    /// Returns the region to the file it maps copy-on-write without remapping it, tracking
+    /// still armed: drops the region's own copies of pages (`MADV_DONTNEED`), after which they
+    /// read the file's current content, as every page the region never wrote already does.
+    /// Costs what the region wrote, not its size: no remap, no re-arm of the whole region.
+    ///
+    /// The caller guarantees (as `SnapshotWorkers` does between rounds): the committed prefix is
+    /// one private mapping of a file (`Snapshot.mapCopyOnWrite(into:)`), `written` is what the
+    /// last `collectAndReset()` returned, and nothing has written the region since.
+    /// `changedUnderneath` are byte ranges of the file written since then through other
+    /// mappings (a merge into the snapshot): the region already shows them; `compare` needs
+    /// them to refresh its saved copy.
+    ///
+    /// - Returns: false, having changed nothing, where it cannot restore in place: the tracker
+    ///   was stopped or the region remapped since it was armed, the committed size is not
+    ///   `written.pageCount` pages (it grew or shrank), or the mechanism cannot tell which pages
+    ///   the region copied (`none`; `compare` without PAGEMAP_SCAN). Remap and `reset()` then.
+    /// - Throws: `madvise` failures (some pages may be dropped; remap and `reset()` to recover).
+    func restoreInPlace(written: DirtyPages, changedUnderneath: [Range<Int>]) throws(MemSnapError) -> Bool {
+        try operations.withLock { (stopped: inout Bool) throws(MemSnapError) -> Bool in
+            guard !stopped, !mappingChanged.withLock({ $0 }) else { return false }
+            return try region.withCommittedSizeLocked { (committed) throws(MemSnapError) -> Bool in
+                let pageCount = committed >> Page.shift
+                guard pageCount == written.pageCount,
+                      let dropped = mechanism.privatePages(reported: written.runs, pageCount: pageCount) else { return false }
+                let operation = "restore \(mode.rawValue)-tracked region in place (\(dropped.count) page runs)"
+                try region.dropPagesLocked(dropped, committedSize: committed, during: operation)
+                let changedPages = changedUnderneath.map { ($0.lowerBound >> Page.shift)..<(($0.upperBound + Page.size - 1) >> Page.shift) }
+                try mechanism.restoredInPlace(dropped: dropped, changedUnderneath: changedPages, pageCount: pageCount)
+                return true
+            }
+        }
+    }
+
     /// Ends tracking: the region's committed pages are all writable and untracked afterwards.
     /// Idempotent.
     public func stop() {

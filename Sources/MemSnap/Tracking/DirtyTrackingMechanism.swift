@@ -28,6 +28,17 @@ protocol DirtyTrackingMechanism: AnyObject {
     /// Idempotent.
     func stop(pageCount: Int)
 
+    /// The pages among the first `pageCount` that the region holds its own copies of, given the
+    /// runs the last collect-and-reset reported and no write since: what
+    /// `DirtyTracker.restoreInPlace` drops. nil where the mechanism cannot tell (the region is
+    /// then remapped instead).
+    func privatePages(reported: [Range<Int>], pageCount: Int) -> [Range<Int>]?
+
+    /// After `DirtyTracker.restoreInPlace` dropped `dropped` and the file under the region
+    /// changed in `changedUnderneath` (page runs, both within `pageCount`): brings the
+    /// mechanism's state in line, so the next collect reports exactly the pages written from now.
+    func restoredInPlace(dropped: [Range<Int>], changedUnderneath: [Range<Int>], pageCount: Int) throws(MemSnapError)
+
     /// Whether writes can be attributed to the thread that made them.
     var attributesWritesToThreads: Bool { get }
     func attachThread(_ tid: Int) throws(MemSnapError)
@@ -36,6 +47,13 @@ protocol DirtyTrackingMechanism: AnyObject {
 }
 
 extension DirtyTrackingMechanism {
+    /// Mechanisms that see every write report a superset of the pages written since the last
+    /// reset, and a region copies a page of its file only by writing it.
+    func privatePages(reported: [Range<Int>], pageCount: Int) -> [Range<Int>]? { reported }
+    /// The collect-and-reset before the drop armed the pages again, and dropping keeps them
+    /// armed (uffd-wp leaves a marker in place of a protected page; an mprotect'ed or
+    /// soft-dirty-cleared page is refaulted on its next write): nothing to do.
+    func restoredInPlace(dropped: [Range<Int>], changedUnderneath: [Range<Int>], pageCount: Int) throws(MemSnapError) {}
     var attributesWritesToThreads: Bool { false }
     func regionMappingChanged(_ change: VirtualRegion.MappingChange) {}
     func attachThread(_ tid: Int) throws(MemSnapError) {}

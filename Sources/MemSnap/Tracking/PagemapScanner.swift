@@ -24,13 +24,15 @@ struct PagemapScanner: ~Copyable {
     /// registered for async write-protect fails with EPERM instead of reporting every page.
     ///
     /// With `reportingOnlyAnyOf` non-zero, every matching page is still protected (if asked), but
-    /// only regions that also have one of those categories are returned.
+    /// only regions that also have one of those categories are returned. `inverted` categories
+    /// match where the page does not have them; `anyOf` requires at least one of its categories.
     ///
     /// The output vector is capped at MEMSNAP_PAGEMAP_SCAN_MAX_VEC entries (kernel 6.18 returns a
     /// wrong walk_end past its 512-entry bounce buffer); a full vector resumes from walk_end.
     func scan(
         _ range: UnsafeRawBufferPointer, categories: UInt64, writeProtectMatches: Bool,
         requireAsyncRegistration: Bool, reportingOnlyAnyOf filter: UInt64 = 0,
+        inverted: UInt64 = 0, anyOf: UInt64 = 0,
         during operation: @autoclosure () -> String
     ) throws(MemSnapError) -> [Range<Int>] {
         guard let base = range.baseAddress, range.count > 0 else { return [] }
@@ -49,8 +51,8 @@ struct PagemapScanner: ~Copyable {
                     size: UInt64(MemoryLayout<memsnap_pm_scan_arg>.size), flags: flags,
                     start: cursor, end: end, walk_end: 0,
                     vec: UInt64(UInt(bitPattern: vector.baseAddress)), vec_len: UInt64(capacity),
-                    max_pages: 0, category_inverted: 0, category_mask: categories,
-                    category_anyof_mask: 0, return_mask: categories | filter)
+                    max_pages: 0, category_inverted: inverted, category_mask: categories,
+                    category_anyof_mask: anyOf, return_mask: categories | anyOf | filter)
                 let result = memsnap_ioctl(descriptor, MEMSNAP_PAGEMAP_SCAN, &argument)
                 if result >= 0 { cursor = max(argument.walk_end, cursor) }
                 return result

@@ -9,7 +9,7 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Benchmarks that also measure the physical limit (memcpy) in the same run.",
-        subcommands: [TrackingBenchmarkCommand.self, DiffBenchmarkCommand.self, CheckpointBenchmarkCommand.self, ArenaBenchmarkCommand.self,
+        subcommands: [TrackingBenchmarkCommand.self, DiffBenchmarkCommand.self, RoundsBenchmarkCommand.self, CheckpointBenchmarkCommand.self, ArenaBenchmarkCommand.self,
                       RemoteBenchmarkCommand.self, WasmBenchmarkCommand.self]
     )
 }

@@ -59,6 +59,9 @@ struct DiffReport: Codable, BenchmarkReport {
         var fractionOfMemcmpBandwidth: Double
         /// The same pages of the twin (equal private copies): the scan alone, no diff produced.
         var scanOnlySeconds: Double
+        /// The same diffs as an array of `SnapshotDiff` (`Snapshot.diff`) instead of one batch
+        /// (`Snapshot.diffBatch`, what `diffSeconds` measures).
+        var arraySeconds: Double
     }
 
     var date: String
@@ -83,14 +86,16 @@ struct DiffReport: Codable, BenchmarkReport {
                 + "(\(formatBandwidth(bytes: dirtyBytes, seconds: memcmpSeconds)))",
             "",
         ]
-        var table = Table(columns: ["block", "diff time", "vs memcmp bandwidth", "diffs", "bytes produced",
-                                    "scan only (equal copies)"])
+        var table = Table(columns: ["block", "diff (batch)", "vs memcmp bandwidth", "diffs", "bytes produced",
+                                    "scan only (equal copies)", "as [SnapshotDiff]"])
         for block in blocks {
             table.append(["\(block.blockSize) B", formatDuration(block.diffSeconds),
                           format(block.fractionOfMemcmpBandwidth * 100, decimals: 0) + " %",
                           "\(block.diffCount)", "\(ByteCount(block.diffBytes))",
                           formatDuration(block.scanOnlySeconds) + " ("
-                            + format(memcmpSeconds / block.scanOnlySeconds * 100, decimals: 0) + " %)"])
+                            + format(memcmpSeconds / block.scanOnlySeconds * 100, decimals: 0) + " %)",
+                          formatDuration(block.arraySeconds) + " ("
+                            + format(memcmpSeconds / block.arraySeconds * 100, decimals: 0) + " %)"])
         }
         lines.append(table.rendered())
         lines.append("")
@@ -167,17 +172,22 @@ struct DiffBenchmark {
         var blocks: [DiffReport.BlockResult] = []
         for blockSize in blockSizes {
             let options = DiffOptions(blockSize: blockSize)
-            var diffs: [SnapshotDiff] = []
+            var diffs = SnapshotDiffBatch()
             let seconds = try Stopwatch.median(repetitions: repetitions) {
-                diffs = try snapshot.diff(worker, dirtyPages: dirtyPages, options: options)
+                diffs = try snapshot.diffBatch(worker, dirtyPages: dirtyPages, options: options)
             }
             let scanSeconds = try Stopwatch.median(repetitions: repetitions) {
-                _ = try snapshot.diff(twin, dirtyPages: dirtyPages, options: options)
+                _ = try snapshot.diffBatch(twin, dirtyPages: dirtyPages, options: options)
             }
+            var array: [SnapshotDiff] = []
+            let arraySeconds = try Stopwatch.median(repetitions: repetitions) {
+                array = try snapshot.diff(worker, dirtyPages: dirtyPages, options: options)
+            }
+            guard array == Array(diffs) else { throw ValidationError("diff and diffBatch disagree") }
             blocks.append(.init(
                 blockSize: blockSize, diffSeconds: seconds, diffCount: diffs.count,
-                diffBytes: diffs.reduce(0) { $0 + $1.bytes.count }, fractionOfMemcmpBandwidth: memcmpSeconds / seconds,
-                scanOnlySeconds: scanSeconds))
+                diffBytes: diffs.byteCount, fractionOfMemcmpBandwidth: memcmpSeconds / seconds,
+                scanOnlySeconds: scanSeconds, arraySeconds: arraySeconds))
         }
 
         // Many workers' diffs merged at one sync point.

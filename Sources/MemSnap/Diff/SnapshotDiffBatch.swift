@@ -1,0 +1,140 @@
+/// The diffs of one `Snapshot.diffBatch` call: every diff's bytes in one payload, each diff a
+/// run described by offsets into it. Building one costs a table entry and a copy of the bytes
+/// per diff: no allocation, no reference count and no copy per diff.
+///
+/// A collection of `SnapshotDiff`: element `i` is made when it is read, its `bytes` a slice of
+/// the payload (no copy). `Array(batch)` is exactly what `Snapshot.diff` returns for the same
+/// memory, and `SnapshotDiff.encode(Array(batch))` its encoding (docs/FORMAT.md, "Diff batches").
+///
+/// Ownership: a value; the payload is shared, copy-on-write, by the batch and every diff read
+/// from it (keeping one diff keeps the whole payload alive).
+/// Thread safety: a value type.
+public struct SnapshotDiffBatch: RandomAccessCollection, Sendable {
+    /// One diff: `count` bytes of the payload from `payloadStart`, to merge at `offset`.
+    struct Run: Sendable, Equatable {
+        var offset: Int
+        var payloadStart: Int
+        var count: Int
+        var dataType: MergeDataType
+        var operation: MergeOperation
+    }
+
+    /// Every diff's bytes, in diff order, back to back.
+    public let payload: [UInt8]
+    let runs: [Run]
+
+    init(payload: [UInt8], runs: [Run]) {
+        self.payload = payload
+        self.runs = runs
+    }
+
+    /// An empty batch.
+    public init() {
+        self.init(payload: [], runs: [])
+    }
+
+    /// The batch holding `diffs` in order (their bytes copied into one payload).
+    public init(_ diffs: [SnapshotDiff]) {
+        var payload: [UInt8] = []
+        payload.reserveCapacity(diffs.reduce(0) { $0 + $1.bytes.count })
+        var runs: [Run] = []
+        runs.reserveCapacity(diffs.count)
+        for diff in diffs {
+            runs.append(Run(offset: diff.offset, payloadStart: payload.count, count: diff.bytes.count,
+                            dataType: diff.dataType, operation: diff.operation))
+            payload.append(contentsOf: diff.bytes)
+        }
+        self.init(payload: payload, runs: runs)
+    }
+
+    public var startIndex: Int { 0 }
+    public var endIndex: Int { runs.count }
+
+    /// Diff `position` (0..<count). Like an array's subscript, traps outside the batch.
+    public subscript(position: Int) -> SnapshotDiff {
+        let run = runs[position]
+        return SnapshotDiff(offset: run.offset, dataType: run.dataType, operation: run.operation,
+                            bytes: payload[run.payloadStart..<run.payloadStart + run.count])
+    }
+
+    /// Bytes of every diff together (headers not counted).
+    public var byteCount: Int { payload.count }
+}
+
+/// Collects a batch's diffs while the differ scans: bytes go straight into one growing buffer
+/// (preallocated from the dirty size, doubled when a batch outgrows it), each diff one table
+/// entry. `finish()` hands both over as a `SnapshotDiffBatch`.
+///
+/// Ownership: owns its buffer until `finish()` (or deinit) releases it.
+struct DiffBatchBuilder: ~Copyable {
+    private var storage: UnsafeMutableRawPointer
+    private var capacity: Int
+    private var used = 0
+    private var runs: [SnapshotDiffBatch.Run] = []
+
+    /// `payloadHint` bytes are allocated up front, room for `runHint` diffs reserved.
+    init(payloadHint: Int, runHint: Int) {
+        capacity = max(256, payloadHint)
+        storage = .allocate(byteCount: capacity, alignment: 16)
+        runs.reserveCapacity(max(16, runHint))
+    }
+
+    deinit { storage.deallocate() }
+
+    /// `count` bytes of room at the end of the payload.
+    private mutating func room(for count: Int) -> UnsafeMutableRawPointer {
+        if capacity - used < count {
+            var newCapacity = capacity * 2
+            while newCapacity - used < count { newCapacity *= 2 }
+            let grown = UnsafeMutableRawPointer.allocate(byteCount: newCapacity, alignment: 16)
+            grown.copyMemory(from: storage, byteCount: used)
+            storage.deallocate()
+            storage = grown
+            capacity = newCapacity
+        }
+        return storage + used
+    }
+
+    /// A bytewise (new bytes) or xor (new XOR original) diff of `run`.
+    mutating func appendBytes(
+        _ operation: MergeOperation, original: UnsafeRawPointer, updated: UnsafeRawPointer, run: Range<Int>
+    ) {
+        let count = run.count
+        let target = room(for: count)
+        if operation == .xor {
+            for index in 0..<count {
+                let position = run.lowerBound + index
+                target.storeBytes(of: original.load(fromByteOffset: position, as: UInt8.self)
+                                      ^ updated.load(fromByteOffset: position, as: UInt8.self),
+                                  toByteOffset: index, as: UInt8.self)
+            }
+        } else {
+            target.copyMemory(from: updated + run.lowerBound, byteCount: count)
+        }
+        runs.append(SnapshotDiffBatch.Run(offset: run.lowerBound, payloadStart: used, count: count,
+                                          dataType: .raw, operation: operation))
+        used += count
+    }
+
+    /// A diff carrying `bytes` as they are (typed values computed by the caller).
+    mutating func append(offset: Int, dataType: MergeDataType, operation: MergeOperation, bytes: UnsafeRawBufferPointer) {
+        let target = room(for: bytes.count)
+        if let source = bytes.baseAddress, !bytes.isEmpty { target.copyMemory(from: source, byteCount: bytes.count) }
+        runs.append(SnapshotDiffBatch.Run(offset: offset, payloadStart: used, count: bytes.count,
+                                          dataType: dataType, operation: operation))
+        used += bytes.count
+    }
+
+    /// The batch: the payload copied once into its array, the table handed over.
+    mutating func finish() -> SnapshotDiffBatch {
+        let source = UnsafeRawPointer(storage)
+        let payload = [UInt8](unsafeUninitializedCapacity: used) { buffer, initialized in
+            if let target = buffer.baseAddress, used > 0 { UnsafeMutableRawPointer(target).copyMemory(from: source, byteCount: used) }
+            initialized = used
+        }
+        let batch = SnapshotDiffBatch(payload: payload, runs: runs)
+        runs = []
+        used = 0
+        return batch
+    }
+}
