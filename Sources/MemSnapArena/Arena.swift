@@ -41,9 +41,10 @@ import MemSnap
 /// Ownership: the arena owns its files, mapping and tracker; `close()` (or deinit) checkpoints
 /// the log into the heap file and releases them: the heap is unmapped, so pointers into it
 /// must not be used after `close`. Writes made after the last `sync` are lost.
-/// Thread safety: none. Use an arena from one thread at a time (like LMDB's single writer); the
-/// heap memory itself may be written by any thread between syncs if the caller orders it.
-public final class Arena: @unchecked Sendable {
+/// Thread safety: none, and the type says so: `Arena` is not `Sendable`. Use an arena from one
+/// thread (like LMDB's single writer); the heap memory itself may be written by any thread
+/// between syncs if the caller orders those writes before the sync.
+public final class Arena {
     public enum Access: Sendable {
         /// Allocate, write, sync; an exclusive lock.
         case readWrite
@@ -90,8 +91,10 @@ public final class Arena: @unchecked Sendable {
     public let capacity: Int
     public let access: Access
     public let configuration: Configuration
-    /// The heap's address space. Package access only: callers must not decommit or remap it.
-    package let region: VirtualRegion
+    /// The heap's address space. Internal: decommitting or remapping it under the arena would
+    /// lose the heap or make the tracker miss writes, so callers reach the heap only through
+    /// `address(of:byteCount:)`, `unsafeAddress(of:)`, `offset(of:)` and `withUnsafeHeapBytes`.
+    let region: VirtualRegion
     public let recordedBase: UInt
     public var isAtRecordedBase: Bool { region.baseAddress == recordedBase }
 
@@ -204,8 +207,11 @@ public final class Arena: @unchecked Sendable {
     public func contains(_ pointer: UnsafeRawPointer) -> Bool { region.contains(pointer) }
 
     /// The address of `byteCount` bytes at `offset` in this process, valid while the arena is
-    /// open, after checking that they lie inside the heap.
-    /// - Throws: `.outOfBounds` (or `.invalidRange` for a negative count) otherwise.
+    /// open, after checking that they lie inside the heap: the checked half of the pair (as
+    /// Firedancer's `fd_wksp_laddr`), for offsets read from the heap or from anywhere else that
+    /// could be wrong. `unsafeAddress(of:)` is the fast half.
+    /// - Throws: `.outOfBounds` (or `.invalidRange` for a negative count) otherwise;
+    ///   `.invalidArgument` once the arena is closed.
     public func address(of offset: ArenaOffset, byteCount: Int = 1) throws(MemSnapError) -> UnsafeMutableRawPointer {
         try ensureOpen("arena address of offset \(offset.rawValue)")
         guard offset.rawValue <= UInt64(Int.max) else {
@@ -216,9 +222,11 @@ public final class Arena: @unchecked Sendable {
         return region.base + range.lowerBound
     }
 
-    /// The address of `offset` without a check: the fast path for offsets the caller knows are
-    /// inside the heap (ones `allocate` returned). Never traps; an offset outside the heap
-    /// gives a pointer outside it, which must not be used.
+    /// The address of `offset` without any check: the fast half of the pair (as Firedancer's
+    /// `fd_wksp_laddr_fast`), one addition, for offsets the caller knows lie inside the heap
+    /// (ones `allocate` returned and nothing since could have changed). Never traps; an offset
+    /// outside the heap gives a pointer outside it, and a closed arena a pointer into unmapped
+    /// memory: neither may be used. When in doubt, use `address(of:byteCount:)`.
     public func unsafeAddress(of offset: ArenaOffset) -> UnsafeMutableRawPointer {
         UnsafeMutableRawPointer(bitPattern: region.baseAddress &+ UInt(truncatingIfNeeded: offset.rawValue)) ?? region.base
     }
