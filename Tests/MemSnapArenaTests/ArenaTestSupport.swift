@@ -184,7 +184,7 @@ class InterceptedFile: ArenaFile {
     }
 
     var path: String { inner.path }
-    var descriptor: Int32 { inner.descriptor }
+    var descriptor: FileDescriptor { inner.descriptor }
     var allocatedBytes: Int { inner.allocatedBytes }
 
     /// Called before each change to the file (`range`: the bytes a write covers); throwing
@@ -289,3 +289,4 @@ extension SmallTmpfs {
         return filler
     }
 }
+
