@@ -2,7 +2,6 @@
 import Glibc
 #endif
 import ArgumentParser
-import CLMDB
 import Foundation
 import MemSnap
 import MemSnapArena
@@ -10,7 +9,11 @@ import MemSnapArena
 struct ArenaBenchmarkCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "arena",
-        abstract: "Random 8-byte updates over an arena with a sync every 1, 100 and 10 000 updates, against LMDB and a raw write + fdatasync."
+        abstract: "Random 8-byte updates over an arena with a sync every 1, 100 and 10 000 updates, against LMDB and a raw write + fdatasync.",
+        discussion: """
+            LMDB runs in memsnap-lmdb-bench, a benchmark executable built next to memsnap (swift build -c release \
+            builds it; the memsnap tool itself does not link LMDB); without it the LMDB columns say so.
+            """
     )
 
     @Option(help: "Arena heap (and LMDB data) size.", transform: parseByteCount)
@@ -67,13 +70,16 @@ struct ArenaReport: Codable, BenchmarkReport {
         var arenaUpdatesPerSecond: Double
         /// The same with `markDirty` per update instead of the dirty-page tracker.
         var explicitSyncSeconds: Double
-        var lmdbCommitSeconds: Double
-        var lmdbUpdatesPerSecond: Double
+        /// Nil when memsnap-lmdb-bench is not built.
+        var lmdbCommitSeconds: Double?
+        var lmdbUpdatesPerSecond: Double?
         var rawWriteAndSyncSeconds: Double
     }
     var date: String
     var sizeBytes: Int
     var directory: String
+    /// Why LMDB was not measured (nil when it was).
+    var lmdbMissing: String?
     var rows: [Row]
 
     func table() -> String {
@@ -86,17 +92,18 @@ struct ArenaReport: Codable, BenchmarkReport {
                 "\(row.updatesPerSync)", format(row.dirtyPagesPerSync, decimals: 1), formatDuration(row.arenaSyncSeconds),
                 formatDuration(row.arenaSyncMeanSeconds), formatDuration(row.arenaStoreMeanSeconds),
                 format(row.arenaUpdatesPerSecond, decimals: 0), formatDuration(row.explicitSyncSeconds),
-                formatDuration(row.lmdbCommitSeconds),
-                format(row.lmdbUpdatesPerSecond, decimals: 0), formatDuration(row.rawWriteAndSyncSeconds),
-                format(row.arenaSyncSeconds / row.lmdbCommitSeconds, decimals: 2) + "x",
+                row.lmdbCommitSeconds.map(formatDuration) ?? "not built",
+                row.lmdbUpdatesPerSecond.map { format($0, decimals: 0) } ?? "-", formatDuration(row.rawWriteAndSyncSeconds),
+                row.lmdbCommitSeconds.map { format(row.arenaSyncSeconds / $0, decimals: 2) + "x" } ?? "-",
                 format(row.arenaSyncSeconds / row.rawWriteAndSyncSeconds, decimals: 2) + "x",
-                format(row.explicitSyncSeconds / row.lmdbCommitSeconds, decimals: 2) + "x",
+                row.lmdbCommitSeconds.map { format(row.explicitSyncSeconds / $0, decimals: 2) + "x" } ?? "-",
                 format(row.explicitSyncSeconds / row.rawWriteAndSyncSeconds, decimals: 2) + "x",
             ])
         }
         return ["\(ByteCount(sizeBytes)) of data in \(directory); latencies are medians per sync or commit; "
                 + "LMDB stores each 4 KiB page as a value and commits with its default (full) durability", "",
-                table.rendered()].joined(separator: "\n")
+                table.rendered()]
+            .joined(separator: "\n") + (lmdbMissing.map { "\nLMDB not measured: \($0)" } ?? "")
     }
 }
 
@@ -110,7 +117,16 @@ struct ArenaBenchmark {
         defer { try? FileManager.default.removeItem(atPath: workspace) }
         let pages = size / Page.size
         var rows: [ArenaReport.Row] = []
-        let lmdb = try LMDBStore(path: "\(workspace)/lmdb", pages: pages)
+        let lmdb: LMDBBenchProcess?
+        var lmdbMissing: String? = nil
+        do {
+            try FileManager.default.createDirectory(atPath: "\(workspace)/lmdb", withIntermediateDirectories: true)
+            lmdb = try LMDBBenchProcess(directory: "\(workspace)/lmdb", pages: pages)
+        } catch let error as LMDBBenchProcess.NotBuilt {
+            lmdb = nil
+            lmdbMissing = error.description
+        }
+        defer { lmdb?.finish() }
         let raw = open("\(workspace)/raw.bin", O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         defer { close(raw) }
         ftruncate(raw, off_t(size))
@@ -125,6 +141,7 @@ struct ArenaBenchmark {
             let explicitBlob = try explicit.allocate(byteCount: pages * Page.size, alignment: Page.size)
             try explicit.sync(epoch: 0, event: 1)
             var explicitSyncs: [Double] = []
+            try lmdb?.startBatch(batch)
             var random = SplitMix64(seed: UInt64(batch))
             var arenaSyncs: [Double] = [], lmdbCommits: [Double] = [], rawSyncs: [Double] = []
             var dirtyPages = 0
@@ -150,11 +167,12 @@ struct ArenaBenchmark {
                     explicit.markDirty(offset..<offset + 8)
                 }
                 explicitSyncs.append(try Stopwatch.time { try explicit.sync(epoch: 0, event: UInt64(round + 2)) }.seconds)
-                // LMDB: the same updates in one write transaction, one commit.
-                let lmdbStart = Stopwatch.now()
-                let commitSeconds = try lmdb.update(updates)
-                lmdbTotal += Double(Stopwatch.now() - lmdbStart) / 1e9
-                lmdbCommits.append(commitSeconds)
+                // LMDB (in its own process): the same updates in one write transaction, one commit.
+                if let lmdb {
+                    let (roundSeconds, commitSeconds) = try lmdb.round()
+                    lmdbTotal += roundSeconds
+                    lmdbCommits.append(commitSeconds)
+                }
                 // Raw: write the touched pages and fdatasync once.
                 let (_, rawSeconds) = Stopwatch.time {
                     for index in touched { _ = page.withUnsafeBytes { pwrite(raw, $0.baseAddress, Page.size, off_t(index * Page.size)) } }
@@ -170,68 +188,10 @@ struct ArenaBenchmark {
                               arenaStoreMeanSeconds: arenaStoreTotal / Double(syncs),
                               arenaUpdatesPerSecond: Double(batch * syncs) / arenaTotal,
                               explicitSyncSeconds: median(explicitSyncs),
-                              lmdbCommitSeconds: median(lmdbCommits), lmdbUpdatesPerSecond: Double(batch * syncs) / lmdbTotal,
+                              lmdbCommitSeconds: lmdb == nil ? nil : median(lmdbCommits),
+                              lmdbUpdatesPerSecond: lmdb == nil ? nil : Double(batch * syncs) / lmdbTotal,
                               rawWriteAndSyncSeconds: median(rawSyncs)))
         }
-        return ArenaReport(date: isoDate(), sizeBytes: size, directory: directory, rows: rows)
-    }
-}
-
-/// An LMDB environment holding one 4 KiB value per page, keyed by page number.
-final class LMDBStore {
-    private var environment: OpaquePointer?
-    private var database: MDB_dbi = 0
-
-    init(path: String, pages: Int) throws {
-        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-        try check(mdb_env_create(&environment), "mdb_env_create")
-        // A 4 KiB value takes a two-page overflow run, and copy-on-write needs room for new runs.
-        try check(mdb_env_set_mapsize(environment, pages * Page.size * 6 + (256 << 20)), "mdb_env_set_mapsize")
-        try check(mdb_env_open(environment, path, 0, 0o644), "mdb_env_open")
-        var transaction: OpaquePointer?
-        try check(mdb_txn_begin(environment, nil, 0, &transaction), "mdb_txn_begin")
-        try check(mdb_dbi_open(transaction, nil, UInt32(MDB_INTEGERKEY), &database), "mdb_dbi_open")
-        var zero = [UInt8](repeating: 0, count: Page.size)
-        for page in 0..<pages {
-            var key = page
-            try withUnsafeMutableBytes(of: &key) { keyBytes in
-                try zero.withUnsafeMutableBytes { valueBytes in
-                    var keyValue = MDB_val(mv_size: keyBytes.count, mv_data: keyBytes.baseAddress)
-                    var value = MDB_val(mv_size: valueBytes.count, mv_data: valueBytes.baseAddress)
-                    try check(mdb_put(transaction, database, &keyValue, &value, UInt32(MDB_APPEND)), "mdb_put")
-                }
-            }
-        }
-        try check(mdb_txn_commit(transaction), "mdb_txn_commit")
-    }
-
-    deinit { mdb_env_close(environment) }
-
-    /// Applies 8-byte updates (slot = byte offset / 8) in one transaction; returns the commit's seconds.
-    func update(_ updates: [(slot: Int, value: UInt64)]) throws -> Double {
-        var transaction: OpaquePointer?
-        try check(mdb_txn_begin(environment, nil, 0, &transaction), "mdb_txn_begin")
-        for update in updates {
-            var key = update.slot * 8 / Page.size
-            var current = MDB_val()
-            try withUnsafeMutableBytes(of: &key) { keyBytes in
-                var keyValue = MDB_val(mv_size: keyBytes.count, mv_data: keyBytes.baseAddress)
-                try check(mdb_get(transaction, database, &keyValue, &current), "mdb_get")
-                var copy = [UInt8](UnsafeRawBufferPointer(start: current.mv_data, count: current.mv_size))
-                copy.withUnsafeMutableBytes { $0.storeBytes(of: update.value, toByteOffset: (update.slot * 8) % Page.size, as: UInt64.self) }
-                try copy.withUnsafeMutableBytes { valueBytes in
-                    var value = MDB_val(mv_size: valueBytes.count, mv_data: valueBytes.baseAddress)
-                    try check(mdb_put(transaction, database, &keyValue, &value, 0), "mdb_put")
-                }
-            }
-        }
-        let (_, seconds) = try Stopwatch.time { try check(mdb_txn_commit(transaction), "mdb_txn_commit") }
-        return seconds
-    }
-
-    private func check(_ status: Int32, _ call: String) throws {
-        guard status == 0 else {
-            throw MemSnapError("LMDB \(call)", .invalidArgument(String(cString: mdb_strerror(status))))
-        }
+        return ArenaReport(date: isoDate(), sizeBytes: size, directory: directory, lmdbMissing: lmdbMissing, rows: rows)
     }
 }
