@@ -12,7 +12,7 @@ extension Arena {
         var pages = declared
         declared = ByteRangeSet()
         do throws(MemSnapError) {
-            if let tracker { pages.formUnion(try tracker.collectAndReset().runs) }
+            if let tracker { pages.formUnion(try tracker.collectAndReset()) }
             // Explicit tracking: the allocator's own writes, which the caller cannot declare.
             if let written = allocator.written { pages.formUnion(written.take()) }
             guard committed.commit + 1 < ArenaFormat.counterLimit else {

@@ -170,7 +170,9 @@ extension Arena {
     }
 
     func startTracking() throws(MemSnapError) {
-        if configuration.tracking == .automatic { tracker = try DirtyTracker(tracking: region) }
+        if configuration.tracking == .automatic {
+            tracker = try ArenaWriteTracker(region: region, pageCount: capacity / Page.size, configuration: configuration)
+        }
     }
 
     /// Read-only recovery: the sealed records newer than the metapage are copied into the

@@ -82,9 +82,10 @@ package enum ArenaSoak {
         return problems
     }
 
-    /// Opens `path` and runs steps until the process is killed (the writer side of a soak).
-    package static func runUntilKilled(_ path: String) throws -> Never {
-        let arena = try Arena.open(path: path, configuration: Arena.Configuration(checkpointLogBytes: 256 << 10))
+    /// Opens `path` with `configuration` and runs steps until the process is killed (the writer
+    /// side of a soak).
+    package static func runUntilKilled(_ path: String, configuration: Arena.Configuration = Arena.Configuration(checkpointLogBytes: 256 << 10)) throws -> Never {
+        let arena = try Arena.open(path: path, configuration: configuration)
         try requireSoakArena(arena)
         var k = completedStep(arena)
         while true {
