@@ -74,7 +74,9 @@ public final class Arena {
             /// Costs: a system call that writes into a protected chunk (`read(2)` into the heap)
             /// fails with EFAULT, so write such buffers from the program first or use
             /// `.wholeHeap`; opening protects the whole heap once (an mprotect walk). Used only
-            /// where uffd-async tracking works; otherwise syncs scan the whole heap.
+            /// where uffd-async tracking works and memsnap's SIGSEGV handler is the first to see
+            /// faults (a handler installed after it could swallow them); otherwise syncs scan the
+            /// whole heap.
             case recentlyWrittenChunks
         }
         public var tracking: Tracking

@@ -25,6 +25,10 @@ struct ArenaSyncScanTests {
         let directory = ArenaDirectory()
         let configuration = TrackingUnderTest.recentChunks.configuration
         let arena = try Arena.create(path: directory.arena, capacity: Self.capacity, configuration: configuration)
+        // False where uffd-async is missing or another SIGSEGV handler was installed after
+        // memsnap's (other suites install theirs): then syncs scan the whole heap, and this test
+        // checks that nothing is lost either way.
+        let narrowed = arena.tracker?.scansRecentChunksOnly ?? false
         let blob = try arena.allocate(byteCount: Self.blobBytes, alignment: pageSize)
         try arena.fill(blob, count: Self.blobBytes, with: 0)
         try arena.setRoot(0, to: blob.rawValue)
@@ -42,7 +46,7 @@ struct ArenaSyncScanTests {
             }
             event += 1
             try arena.sync(epoch: 0, event: event)
-            if Self.narrowingWorks {
+            if narrowed {
                 #expect(arena.tracker?.scansRecentChunksOnly == true, "round \(round): syncs still scan recent chunks only")
             }
             if round % 15 == 14 {
@@ -93,8 +97,10 @@ struct ArenaSyncScanTests {
         #expect(write(pipeEnds[1], message, message.count) == message.count)
         let target = try arena.address(of: blob, byteCount: message.count)
         let got = read(pipeEnds[0], target, message.count)
+        // Whole-heap scans where chunks could not be protected (another SIGSEGV handler in front).
+        let narrowed = arena.tracker?.scansRecentChunksOnly ?? false
         switch tracking {
-        case .recentChunks:
+        case .recentChunks where narrowed:
             #expect(got == -1 && errno == EFAULT, "read(2) into a protected chunk fails with EFAULT")
         default:
             #expect(got == message.count)

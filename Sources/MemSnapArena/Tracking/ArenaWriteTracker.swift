@@ -58,6 +58,9 @@ final class ArenaWriteTracker {
                 base: region.base, chunkCount: pageCount / chunkPages, chunkShift: max(Page.shift, configuration.chunkShift),
                 idleSyncsBeforeProtecting: max(1, configuration.idleSyncsBeforeProtecting))
         } catch {
+            // Another SIGSEGV handler sits in front of memsnap's (it could swallow the chunk
+            // faults), or every record slot is taken: scan the whole heap instead, as documented.
+            if case .unavailable = error.reason { return }
             tracker.stop()
             throw error
         }
