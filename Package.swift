@@ -59,8 +59,14 @@ let package = Package(
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]
         ),
-        // LMDB, only for the arena benchmark's comparison (scripts/install-deps.sh installs it).
+        // LMDB, only for the arena benchmark's comparison (scripts/install-deps.sh installs it),
+        // linked by the benchmark executable alone: `memsnap bench arena` runs it as a child.
         .target(name: "CLMDB", linkerSettings: [.linkedLibrary("lmdb")]),
+        .executableTarget(
+            name: "memsnap-lmdb-bench",
+            dependencies: ["CLMDB", "MemSnap"],
+            path: "Sources/MemSnapLMDBBench"
+        ),
         .target(
             name: "MemSnapArena",
             dependencies: ["MemSnap", "CMemSnap", .product(name: "SystemPackage", package: "swift-system")]
@@ -91,7 +97,6 @@ let package = Package(
                 "MemSnapRemote",
                 "MemSnapWasm",
                 .product(name: "WasmKit", package: "WasmKit"),
-                "CLMDB",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]

@@ -4,30 +4,6 @@ import Glibc
 import CMemSnap
 import MemSnap
 
-/// What an arena's heap image needs besides its bytes to become an arena again: the state of the
-/// sync it holds. Read with `Arena.withSyncedImage`, used by `Arena.create(path:image:state:)`.
-public struct ArenaImageState: Sendable, Equatable {
-    /// The heap's capacity (a multiple of 4096 from 256 KiB to 1 TiB).
-    public var capacity: Int
-    /// The address the heap was created at; a new arena prefers it (`Arena.isAtRecordedBase`).
-    public var recordedBase: UInt64
-    /// The commit counter, epoch and event of the sync the image holds.
-    public var commit: UInt64
-    public var epoch: UInt64
-    public var event: UInt64
-    /// Its 32 roots.
-    public var roots: [UInt64]
-
-    public init(capacity: Int, recordedBase: UInt64, commit: UInt64, epoch: UInt64, event: UInt64, roots: [UInt64]) {
-        self.capacity = capacity
-        self.recordedBase = recordedBase
-        self.commit = commit
-        self.epoch = epoch
-        self.event = event
-        self.roots = roots
-    }
-}
-
 /// Moving an arena: its heap as of the last completed sync, out (for a checkpoint), and a new
 /// arena made from such an image, in. The on-disk format is the one `create` and `sync` write.
 extension Arena {
@@ -51,7 +27,7 @@ extension Arena {
             throw MemSnapError(operation, .unavailable("an earlier fdatasync failed (\(failedFlush)); reopen the arena"))
         }
         let image = try VirtualRegion(maxSize: capacity, hugePages: .disabled)
-        try image.map(fileDescriptor: heapFile.descriptor, fileOffset: ArenaFormat.heapFileOffset, at: 0, length: capacity,
+        try image.map(fileDescriptor: heapFile.descriptor.rawValue, fileOffset: ArenaFormat.heapFileOffset, at: 0, length: capacity,
                       sharing: .copyOnWrite)
         let records = try log.recordsToReplay(after: meta, pageLimit: capacity / Page.size, during: operation)
         let base = image.base
@@ -150,7 +126,7 @@ extension Arena {
                 }
                 created[index].path = final
             }
-            try syncDirectory(containing: path, during: operation)
+            try syncDirectory(of: path, during: operation)
         } catch {
             // Our files (random names, made with O_EXCL, or renamed by us without replacing anything).
             for (path, _) in created.reversed() { unlink(path) }
@@ -202,14 +178,5 @@ extension Arena {
                            during: operation)
             page = end
         }
-    }
-
-    /// Makes the new directory entries durable.
-    private static func syncDirectory(containing path: String, during operation: String) throws(MemSnapError) {
-        let directory = path.lastIndex(of: "/").map { String(path[...$0]) } ?? "."
-        let descriptor = Glibc.open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard descriptor >= 0 else { throw .systemCall("open directory \(directory)", during: operation) }
-        defer { Glibc.close(descriptor) }
-        guard fsync(descriptor) == 0 else { throw .systemCall("fsync directory \(directory)", during: operation) }
     }
 }

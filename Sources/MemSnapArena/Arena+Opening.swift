@@ -159,69 +159,10 @@ extension Arena {
         }
     }
 
-    // MARK: Files
-
-    /// Opens (or with `creating`, exclusively creates) a regular file, never through a link.
-    /// O_NONBLOCK keeps a FIFO or a device from blocking the open (it changes nothing for the
-    /// regular file this insists on).
-    static func openFile(_ path: String, writable: Bool, creating: Bool, during operation: String) throws(MemSnapError) -> PosixArenaFile {
-        let flags = (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | (creating ? O_CREAT | O_EXCL : 0)
-        var descriptor: Int32
-        repeat { descriptor = Glibc.open(path, flags, 0o644) } while descriptor < 0 && errno == EINTR
-        guard descriptor >= 0 else {
-            if errno == ELOOP { throw MemSnapError(operation, .systemCall("open \(path) (a symbolic link: arenas never follow links)", .tooManySymbolicLinkLevels)) }
-            throw .systemCall("open \(path)", during: operation)
-        }
-        let file = PosixArenaFile(path: path, descriptor: descriptor)
-        var status = stat()
-        guard fstat(descriptor, &status) == 0 else { throw .systemCall("fstat \(path)", during: operation) }
-        guard status.st_mode & S_IFMT == S_IFREG else {
-            throw MemSnapError(operation, .invalidArgument("\(path) is not a regular file"))
-        }
-        return file
-    }
-
-    /// flock: exclusive for a writer, shared for readers, retried until `timeout` has passed.
-    static func lock(_ file: PosixArenaFile, exclusive: Bool, timeout: Duration, during operation: String) throws(MemSnapError) {
-        let clock = ContinuousClock()
-        let deadline = clock.now.advanced(by: timeout)
-        var pause = Duration.milliseconds(1)
-        while flock(file.descriptor, (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB) != 0 {
-            guard errno == EINTR || (errno == EWOULDBLOCK && clock.now < deadline) else {
-                let why = exclusive ? "another open of the arena holds it (a writer or readers)" : "a writer holds the arena"
-                throw .systemCall("flock \(file.path) (\(why))", during: operation)
-            }
-            if errno == EWOULDBLOCK {
-                let (seconds, attoseconds) = pause.components
-                var wait = timespec(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000))
-                nanosleep(&wait, nil)
-                pause = min(pause * 2, .milliseconds(20))
-            }
-        }
-    }
-
-    /// Unlinks `path` if it is still the file `file` created (not one put there since). Call
-    /// while `file` is open.
-    private static func removeIfStillOurs(_ path: String, _ file: PosixArenaFile) {
-        var ours = stat(), there = stat()
-        if fstat(file.descriptor, &ours) == 0, lstat(path, &there) == 0, ours.st_dev == there.st_dev, ours.st_ino == there.st_ino {
-            unlink(path)
-        }
-    }
-
-    /// Makes new directory entries durable.
-    private static func syncDirectory(of path: String, during operation: String) throws(MemSnapError) {
-        let directory = path.lastIndex(of: "/").map { String(path[...$0]) } ?? "."
-        let descriptor = Glibc.open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard descriptor >= 0 else { throw .systemCall("open directory \(directory)", during: operation) }
-        defer { Glibc.close(descriptor) }
-        guard fsync(descriptor) == 0 else { throw .systemCall("fsync directory \(directory)", during: operation) }
-    }
-
     // MARK: Mapping and recovery
 
     func mapHeap(during operation: String) throws(MemSnapError) {
-        try region.map(fileDescriptor: heapFile.descriptor, fileOffset: ArenaFormat.heapFileOffset, at: 0, length: capacity,
+        try region.map(fileDescriptor: heapFile.descriptor.rawValue, fileOffset: ArenaFormat.heapFileOffset, at: 0, length: capacity,
                        sharing: .copyOnWrite)
         // A heap is touched at random: without this, each first touch of a page read-ahead
         // zero-fills a whole window of the sparse file (measured: 3.8 ms per store, not 30 µs).
@@ -229,7 +170,9 @@ extension Arena {
     }
 
     func startTracking() throws(MemSnapError) {
-        if configuration.tracking == .automatic { tracker = try DirtyTracker(tracking: region) }
+        if configuration.tracking == .automatic {
+            tracker = try ArenaWriteTracker(region: region, pageCount: capacity / Page.size, configuration: configuration)
+        }
     }
 
     /// Read-only recovery: the sealed records newer than the metapage are copied into the

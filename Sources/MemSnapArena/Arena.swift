@@ -41,9 +41,10 @@ import MemSnap
 /// Ownership: the arena owns its files, mapping and tracker; `close()` (or deinit) checkpoints
 /// the log into the heap file and releases them: the heap is unmapped, so pointers into it
 /// must not be used after `close`. Writes made after the last `sync` are lost.
-/// Thread safety: none. Use an arena from one thread at a time (like LMDB's single writer); the
-/// heap memory itself may be written by any thread between syncs if the caller orders it.
-public final class Arena: @unchecked Sendable {
+/// Thread safety: none, and the type says so: `Arena` is not `Sendable`. Use an arena from one
+/// thread (like LMDB's single writer); the heap memory itself may be written by any thread
+/// between syncs if the caller orders those writes before the sync.
+public final class Arena {
     public enum Access: Sendable {
         /// Allocate, write, sync; an exclusive lock.
         case readWrite
@@ -59,7 +60,34 @@ public final class Arena: @unchecked Sendable {
             /// wrote (it records them itself).
             case explicit
         }
+        /// Which part of the heap a sync with `.automatic` tracking scans for written pages.
+        public enum SyncScan: Sendable {
+            /// The whole heap, every sync: the cost of a sync's scan follows the heap's size
+            /// (about 0.35 ms per GiB of heap here), and every write is found, system calls'
+            /// (`read(2)` into the heap) included.
+            case wholeHeap
+            /// Only the chunks of the heap (2 MiB each) written in recent syncs: a chunk that
+            /// several syncs in a row found unwritten is write-protected, and its next first write
+            /// takes a fault (a signal and two mprotect calls, a few microseconds) that puts it
+            /// back in the scan. A sync's scan then costs what was written lately, not the heap;
+            /// under a high write rate no chunk is protected and a sync scans the whole heap.
+            /// Costs: a system call that writes into a protected chunk (`read(2)` into the heap)
+            /// fails with EFAULT, so write such buffers from the program first or use
+            /// `.wholeHeap`; opening protects the whole heap once (an mprotect walk). Used only
+            /// where uffd-async tracking works and memsnap's SIGSEGV handler is the first to see
+            /// faults (a handler installed after it could swallow them); otherwise syncs scan the
+            /// whole heap.
+            case recentlyWrittenChunks
+        }
         public var tracking: Tracking
+        /// With `.automatic` tracking: what a sync scans (`.wholeHeap` unless set).
+        public var syncScan: SyncScan = .wholeHeap
+        /// `.recentlyWrittenChunks`: the chunk size as a power of two (tests use small chunks).
+        package var chunkShift = 21
+        /// `.recentlyWrittenChunks`: how many syncs in a row must find a chunk unwritten before
+        /// it is protected (a protection plus a later fault cost about as much as this many
+        /// scans of the chunk).
+        package var idleSyncsBeforeProtecting = 64
         /// The log is checkpointed into the heap file when it grows past this many bytes.
         public var checkpointLogBytes: Int
         /// How long an open waits for a conflicting lock to go away before it fails with
@@ -72,8 +100,9 @@ public final class Arena: @unchecked Sendable {
         /// The largest step by which the log's reserved space grows.
         package var logReservationStep = 64 << 20
 
-        public init(tracking: Tracking = .automatic, checkpointLogBytes: Int = 256 << 20) {
+        public init(tracking: Tracking = .automatic, syncScan: SyncScan = .wholeHeap, checkpointLogBytes: Int = 256 << 20) {
             self.tracking = tracking
+            self.syncScan = syncScan
             self.checkpointLogBytes = checkpointLogBytes
         }
     }
@@ -90,8 +119,10 @@ public final class Arena: @unchecked Sendable {
     public let capacity: Int
     public let access: Access
     public let configuration: Configuration
-    /// The heap's address space. Package access only: callers must not decommit or remap it.
-    package let region: VirtualRegion
+    /// The heap's address space. Internal: decommitting or remapping it under the arena would
+    /// lose the heap or make the tracker miss writes, so callers reach the heap only through
+    /// `address(of:byteCount:)`, `unsafeAddress(of:)`, `offset(of:)` and `withUnsafeHeapBytes`.
+    let region: VirtualRegion
     public let recordedBase: UInt
     public var isAtRecordedBase: Bool { region.baseAddress == recordedBase }
 
@@ -100,7 +131,7 @@ public final class Arena: @unchecked Sendable {
     var meta: ArenaMeta
     var committed: CommittedState
     var workingRoots: [UInt64]
-    var tracker: DirtyTracker?
+    var tracker: ArenaWriteTracker?
     /// Set when an fdatasync failed: the kernel may have dropped the dirty pages and a retry
     /// could report success for data that never reached the disk, so no more syncs.
     var failedFlush: MemSnapError?
@@ -204,8 +235,11 @@ public final class Arena: @unchecked Sendable {
     public func contains(_ pointer: UnsafeRawPointer) -> Bool { region.contains(pointer) }
 
     /// The address of `byteCount` bytes at `offset` in this process, valid while the arena is
-    /// open, after checking that they lie inside the heap.
-    /// - Throws: `.outOfBounds` (or `.invalidRange` for a negative count) otherwise.
+    /// open, after checking that they lie inside the heap: the checked half of the pair (as
+    /// Firedancer's `fd_wksp_laddr`), for offsets read from the heap or from anywhere else that
+    /// could be wrong. `unsafeAddress(of:)` is the fast half.
+    /// - Throws: `.outOfBounds` (or `.invalidRange` for a negative count) otherwise;
+    ///   `.invalidArgument` once the arena is closed.
     public func address(of offset: ArenaOffset, byteCount: Int = 1) throws(MemSnapError) -> UnsafeMutableRawPointer {
         try ensureOpen("arena address of offset \(offset.rawValue)")
         guard offset.rawValue <= UInt64(Int.max) else {
@@ -216,9 +250,11 @@ public final class Arena: @unchecked Sendable {
         return region.base + range.lowerBound
     }
 
-    /// The address of `offset` without a check: the fast path for offsets the caller knows are
-    /// inside the heap (ones `allocate` returned). Never traps; an offset outside the heap
-    /// gives a pointer outside it, which must not be used.
+    /// The address of `offset` without any check: the fast half of the pair (as Firedancer's
+    /// `fd_wksp_laddr_fast`), one addition, for offsets the caller knows lie inside the heap
+    /// (ones `allocate` returned and nothing since could have changed). Never traps; an offset
+    /// outside the heap gives a pointer outside it, and a closed arena a pointer into unmapped
+    /// memory: neither may be used. When in doubt, use `address(of:byteCount:)`.
     public func unsafeAddress(of offset: ArenaOffset) -> UnsafeMutableRawPointer {
         UnsafeMutableRawPointer(bitPattern: region.baseAddress &+ UInt(truncatingIfNeeded: offset.rawValue)) ?? region.base
     }

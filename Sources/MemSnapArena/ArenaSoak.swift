@@ -1,14 +1,15 @@
 import MemSnap
 
-/// A deterministic workload for crash testing (the test suite and `memsnap arena soak`): a
+/// A deterministic workload for crash testing (the test suite and `memsnap arena soak`; package
+/// access: a test and benchmark workload, not part of the library's API): a
 /// writer runs it until killed, and `problems` checks a reopened arena against the exact state
 /// after its last completed step. Setup (epoch 0,
 /// event 1) allocates a 64-page zeroed blob at root 1. Step k (epoch 1, event k = 1, 2, ...)
 /// fills two whole blob pages with byte k & 0xFF, replaces the small allocation in ring slot
 /// k % 8 (root 8 + k % 8, stored as offset + 1) by a new one of 16 + k % 300 bytes filled with
 /// k & 0xFF, sets root 0 to k, and syncs.
-public enum ArenaSoak {
-    public static let blobPages = 64
+package enum ArenaSoak {
+    package static let blobPages = 64
     /// Root 2 of an arena this workload created; it refuses any other arena (its writes would
     /// land on whatever root 1 points to).
     static let marker: UInt64 = 0x4B41_4F53_5041_534D  // "MSPASOAK"
@@ -24,7 +25,7 @@ public enum ArenaSoak {
     static func size(_ step: Int) -> Int { 16 + step % 300 }
 
     /// Creates a fresh arena at `path` for the workload.
-    public static func create(_ path: String) throws {
+    package static func create(_ path: String) throws {
         let arena = try Arena.create(path: path, capacity: 8 << 20, configuration: Arena.Configuration(tracking: .automatic))
         let blob = try arena.allocate(byteCount: blobPages * Page.size, alignment: Page.size)
         try arena.address(of: blob, byteCount: blobPages * Page.size).initializeMemory(as: UInt8.self, repeating: 0, count: blobPages * Page.size)
@@ -35,9 +36,9 @@ public enum ArenaSoak {
     }
 
     /// The last completed step: 0 after setup (and for an arena `requireSoakArena` refuses).
-    public static func completedStep(_ arena: Arena) -> Int { arena.epoch == 1 && arena.event < 1 << 31 ? Int(arena.event) : 0 }
+    package static func completedStep(_ arena: Arena) -> Int { arena.epoch == 1 && arena.event < 1 << 31 ? Int(arena.event) : 0 }
 
-    public static func step(_ arena: Arena, _ k: Int) throws {
+    package static func step(_ arena: Arena, _ k: Int) throws {
         let blob = try arena.address(of: ArenaOffset(rawValue: try arena.root(1)), byteCount: blobPages * Page.size)
         for page in pages(k) {
             (blob + page * Page.size).initializeMemory(as: UInt8.self, repeating: UInt8(k & 0xFF), count: Page.size)
@@ -53,7 +54,7 @@ public enum ArenaSoak {
     }
 
     /// Differences between `arena` and the exact state after its last completed step.
-    public static func problems(_ arena: Arena) throws -> [String] {
+    package static func problems(_ arena: Arena) throws -> [String] {
         try requireSoakArena(arena)
         let k = completedStep(arena)
         var problems: [String] = []
@@ -81,9 +82,10 @@ public enum ArenaSoak {
         return problems
     }
 
-    /// Opens `path` and runs steps until the process is killed (the writer side of a soak).
-    public static func runUntilKilled(_ path: String) throws -> Never {
-        let arena = try Arena.open(path: path, configuration: Arena.Configuration(checkpointLogBytes: 256 << 10))
+    /// Opens `path` with `configuration` and runs steps until the process is killed (the writer
+    /// side of a soak).
+    package static func runUntilKilled(_ path: String, configuration: Arena.Configuration = Arena.Configuration(checkpointLogBytes: 256 << 10)) throws -> Never {
+        let arena = try Arena.open(path: path, configuration: configuration)
         try requireSoakArena(arena)
         var k = completedStep(arena)
         while true {

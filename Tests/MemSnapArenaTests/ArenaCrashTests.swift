@@ -10,14 +10,18 @@ import Testing
 @Suite("Arena crash consistency: SIGKILL at random moments, reopen, exactly one completed sync")
 struct ArenaCrashTests {
     static let childVariable = "MEMSNAP_ARENA_CRASH_CHILD"
+    /// The child's tracking (a `TrackingUnderTest` raw value).
+    static let trackingVariable = "MEMSNAP_ARENA_CRASH_TRACKING"
     static let cycles = 200
     /// The child creates PATH + this just before it opens the arena.
     static let readySuffix = ".child-ready"
 
-    @Test func killingTheWriterAtRandomMomentsAlwaysLeavesTheLastCompletedSync() throws {
+    /// The soak workload writes without declaring anything: automatic tracking must find it all.
+    @Test(arguments: [TrackingUnderTest.wholeHeap, .recentChunks])
+    func killingTheWriterAtRandomMomentsAlwaysLeavesTheLastCompletedSync(tracking: TrackingUnderTest) throws {
         let directory = ArenaDirectory()
         try ArenaSoak.create(directory.arena)
-        let seed = TestSeed.current()
+        let seed = TestSeed.current("arena crash (\(tracking))")
         var random = SplitMix64(seed: seed)
         var lastStep = 0
         var progressed = 0
@@ -25,7 +29,7 @@ struct ArenaCrashTests {
             let child = Process()
             child.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
             child.arguments = ["--testing-library", "swift-testing", "--filter", "arenaCrashChild"]
-            child.environment = ProcessInfo.processInfo.environment.merging([Self.childVariable: directory.arena]) { $1 }
+            child.environment = ProcessInfo.processInfo.environment.merging([Self.childVariable: directory.arena, Self.trackingVariable: tracking.rawValue]) { $1 }
             child.standardOutput = FileHandle.nullDevice
             child.standardError = FileHandle.nullDevice
             try child.run()
@@ -55,6 +59,9 @@ struct ArenaCrashTests {
     @Test func arenaCrashChild() throws {
         guard let path = ProcessInfo.processInfo.environment[Self.childVariable] else { return }
         close(open(path + Self.readySuffix, O_WRONLY | O_CREAT | O_CLOEXEC, 0o644))
-        try ArenaSoak.runUntilKilled(path)
+        let tracking = ProcessInfo.processInfo.environment[Self.trackingVariable].flatMap(TrackingUnderTest.init(rawValue:)) ?? .wholeHeap
+        var configuration = tracking.configuration
+        configuration.checkpointLogBytes = 256 << 10
+        try ArenaSoak.runUntilKilled(path, configuration: configuration)
     }
 }

@@ -77,9 +77,17 @@ struct ArenaFileSafetyTests {
 
     @Test func anOpenWaitsUpToItsLockTimeoutForAHolderToLetGo() throws {
         let sample = try SampleArena.make()
-        let writer = try Arena.open(path: sample.path)
-        let closer = Thread { usleep(100_000); try? writer.close() }
-        closer.start()
+        // The writer lives on its own thread from open to close (an arena is not Sendable).
+        let path = sample.path
+        let opened = DispatchSemaphore(value: 0)
+        let holder = Thread {
+            let writer = try? Arena.open(path: path)
+            opened.signal()
+            usleep(100_000)
+            try? writer?.close()
+        }
+        holder.start()
+        opened.wait()
         var patient = Arena.Configuration()
         patient.lockTimeout = .seconds(30)
         let reader = try Arena.open(path: sample.path, access: .readOnly, configuration: patient)

@@ -51,8 +51,8 @@ struct ArenaPowerLossTests {
         }
     }
 
-    @Test(arguments: [Arena.Configuration.Tracking.automatic, .explicit])
-    func everyDiskStateAPowerLossCanLeaveRecoversExactlyOneCompletedSync(tracking: Arena.Configuration.Tracking) throws {
+    @Test(arguments: TrackingUnderTest.allCases)
+    func everyDiskStateAPowerLossCanLeaveRecoversExactlyOneCompletedSync(tracking: TrackingUnderTest) throws {
         let seed = TestSeed.current("power loss (\(tracking))")
         var random = SplitMix64(seed: seed)
         let directory = ArenaDirectory()
@@ -61,7 +61,8 @@ struct ArenaPowerLossTests {
 
         // The workload, recorded.
         let journal = DiskJournal()
-        var configuration = Arena.Configuration(tracking: tracking, checkpointLogBytes: 40 << 10)
+        var configuration = tracking.configuration
+        configuration.checkpointLogBytes = 40 << 10
         configuration.fileLayer = journal.layer
         var models = [Model()]  // models[k]: the state after sync k (0: as created)
         var syncs: [(start: Int, end: Int)] = [(0, 0)]
@@ -74,7 +75,7 @@ struct ArenaPowerLossTests {
                     let offset = try arena.allocate(byteCount: size)
                     let byte = UInt8(truncatingIfNeeded: random.next() | 1)
                     try arena.fill(offset, count: size, with: byte)
-                    arena.markDirty(Int(offset.rawValue)..<Int(offset.rawValue) + size)
+                    if tracking.declaresWrites { arena.markDirty(Int(offset.rawValue)..<Int(offset.rawValue) + size) }
                     model.objects[offset] = (size, byte)
                 } else {
                     let victim = model.objects.keys.sorted()[Int(random.next() % UInt64(model.objects.count))]
@@ -85,7 +86,7 @@ struct ArenaPowerLossTests {
                         let size = model.objects[victim]!.size
                         let byte = UInt8(truncatingIfNeeded: random.next() | 1)
                         try arena.fill(victim, count: size, with: byte)
-                        arena.markDirty(Int(victim.rawValue)..<Int(victim.rawValue) + size)
+                        if tracking.declaresWrites { arena.markDirty(Int(victim.rawValue)..<Int(victim.rawValue) + size) }
                         model.objects[victim] = (size, byte)
                     }
                 }

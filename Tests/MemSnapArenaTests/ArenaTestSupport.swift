@@ -184,7 +184,7 @@ class InterceptedFile: ArenaFile {
     }
 
     var path: String { inner.path }
-    var descriptor: Int32 { inner.descriptor }
+    var descriptor: FileDescriptor { inner.descriptor }
     var allocatedBytes: Int { inner.allocatedBytes }
 
     /// Called before each change to the file (`range`: the bytes a write covers); throwing
@@ -288,4 +288,30 @@ extension SmallTmpfs {
         while write(descriptor, &page, 512) > 0 {}
         return filler
     }
+}
+
+// MARK: Tracking modes
+
+/// The ways an arena finds written pages, as the tests run them. `recentChunks` uses small
+/// chunks protected after one idle sync, so that a small test heap has many chunks turning cold
+/// and written again.
+enum TrackingUnderTest: String, CaseIterable, CustomStringConvertible, Sendable {
+    case wholeHeap, recentChunks, explicit
+
+    var description: String { rawValue }
+
+    var configuration: Arena.Configuration {
+        switch self {
+        case .wholeHeap: return Arena.Configuration(tracking: .automatic)
+        case .recentChunks:
+            var configuration = Arena.Configuration(tracking: .automatic, syncScan: .recentlyWrittenChunks)
+            configuration.chunkShift = 16
+            configuration.idleSyncsBeforeProtecting = 1
+            return configuration
+        case .explicit: return Arena.Configuration(tracking: .explicit)
+        }
+    }
+
+    /// Only explicit tracking needs the test to declare its writes; the others must find them.
+    var declaresWrites: Bool { self == .explicit }
 }

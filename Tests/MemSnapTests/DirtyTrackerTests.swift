@@ -45,6 +45,26 @@ struct DirtyTrackerTests {
         #expect(try tracker.collect().runs == (mode == .none ? [0..<6] : []))
     }
 
+    @Test("a collect within ranges reports and re-arms only those ranges; the rest waits for a later collect",
+          .enabled(if: workingModes.contains(.uffdAsync), "uffd-async tracking is unavailable here"),
+          arguments: MemoryKind.allCases)
+    func collectWithinRangesLeavesTheRestForLater(kind: MemoryKind) throws {
+        let region = try kind.makeRegion(pages: 8)
+        let tracker = try DirtyTracker(tracking: region, mode: .uffdAsync)
+        defer { tracker.stop() }
+        region.store(1, at: 1 * pageSize)
+        region.store(2, at: 6 * pageSize)
+        #expect(try tracker.collectAndReset(within: [0..<4]) == [.page(1)])
+        #expect(try tracker.collectAndReset(within: [0..<4]).isEmpty, "page 1 was re-armed")
+        #expect(try tracker.collectAndReset().runs == [.page(6)], "page 6, outside the ranges, is still reported")
+        expectReason(.unavailable("only uffd-async tracking can scan part of a region")) {
+            let other = try MemoryKind.anonymous.makeRegion(pages: 2)
+            let compare = try DirtyTracker(tracking: other, mode: .compare)
+            defer { compare.stop() }
+            _ = try compare.collectAndReset(within: [0..<1])
+        }
+    }
+
     @Test("two regions tracked at once stay independent", arguments: workingModes.filter { $0 != .softDirty })
     func twoRegionsTrackedAtOnce(mode: DirtyTrackingMode) throws {
         let first = try MemoryKind.anonymous.makeRegion(pages: 8)

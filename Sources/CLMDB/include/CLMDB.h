@@ -1,4 +1,5 @@
-// LMDB (Debian: liblmdb-dev), for `memsnap bench arena` to compare against. Only the CLI links it.
+// LMDB (Debian: liblmdb-dev), for `memsnap bench arena` to compare against. Only the benchmark
+// executable memsnap-lmdb-bench links it.
 #ifndef CLMDB_H
 #define CLMDB_H
 #include <lmdb.h>

@@ -47,6 +47,26 @@ final class AsyncWriteProtectMechanism: DirtyTrackingMechanism {
         return written + pending
     }
 
+    /// `collect(pageCount:reset: true)` limited to `pageRanges` (sorted, disjoint): one scan per
+    /// range, so the cost follows the ranges' page-table entries, not the region's.
+    func collectAndReset(within pageRanges: [Range<Int>], pageCount: Int) throws(MemSnapError) -> [Range<Int>] {
+        var written: [Range<Int>] = []
+        for range in pageRanges {
+            let pages = max(0, range.lowerBound)..<min(pageCount, range.upperBound)
+            guard !pages.isEmpty else { continue }
+            let bytes = UnsafeRawBufferPointer(start: region.base + (pages.lowerBound << Page.shift), count: pages.count << Page.shift)
+            for run in try scan(bytes, reset: true, operation: "collect uffd-async dirty pages") {
+                written.append(run.lowerBound + pages.lowerBound..<run.upperBound + pages.lowerBound)
+            }
+        }
+        // Pages found written while growth armed them: reported once, wherever they are.
+        let pending = writtenWhileArming.withLock { pending in
+            defer { pending = pending.filter { $0.upperBound > pageCount }.map { max($0.lowerBound, pageCount)..<$0.upperBound } }
+            return pending.filter { $0.lowerBound < pageCount }
+        }
+        return written + pending
+    }
+
     func regionMappingChanged(_ change: VirtualRegion.MappingChange) {
         // Pages an adopted region's owner committed earlier may hold writes already: the scan
         // below finds exactly those (they hold data), as it does for any fresh page.

@@ -169,6 +169,26 @@ public final class DirtyTracker: @unchecked Sendable {
         }
     }
 
+    /// The pages written within `pageRanges` (sorted, disjoint page ranges of the region) since
+    /// they were last scanned, each range re-armed in the same step; pages outside them are
+    /// neither reported nor reset. For a caller that knows by other means (its own write faults)
+    /// which parts of the region can hold writes: a collect then costs the ranges, not the region.
+    /// Ranges are clipped to the committed pages.
+    /// - Throws: `.unavailable` unless the mode is `uffd-async` (the only one whose scan can be
+    ///   limited to ranges); otherwise as `collect()`.
+    package func collectAndReset(within pageRanges: [Range<Int>]) throws(MemSnapError) -> [Range<Int>] {
+        try operations.withLock { (stopped: inout Bool) throws(MemSnapError) -> [Range<Int>] in
+            let operation = "collect \(mode.rawValue) dirty pages within \(pageRanges.count) ranges"
+            try throwIfUnusable(stopped: stopped, operation: operation)
+            guard let mechanism = mechanism as? AsyncWriteProtectMechanism else {
+                throw MemSnapError(operation, .unavailable("only uffd-async tracking can scan part of a region"))
+            }
+            return try region.withCommittedSizeLocked { (committed) throws(MemSnapError) -> [Range<Int>] in
+                try mechanism.collectAndReset(within: pageRanges, pageCount: committed >> Page.shift)
+            }
+        }
+    }
+
     /// Starts a new interval: forgets the writes so far. After the region was remapped this also
     /// re-arms tracking on its new mappings.
     /// - Throws: `.invalidArgument` after `stop()`; mechanism failures.

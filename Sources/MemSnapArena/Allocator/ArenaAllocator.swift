@@ -65,11 +65,12 @@ struct ArenaAllocator {
     /// Pages the allocator wrote, kept only when nothing else finds its writes (explicit
     /// tracking): the arena takes them at each sync.
     final class WrittenPages {
-        private var pages = Set<Int>()
-        func insert(_ range: ClosedRange<Int>) { for page in range { pages.insert(page) } }
+        private var pages = ByteRangeSet()
+        func insert(_ range: ClosedRange<Int>) { pages.insert(range.lowerBound..<range.upperBound + 1) }
+        /// The pages written since the last take, as sorted, coalesced runs.
         func take() -> [Range<Int>] {
-            defer { pages.removeAll(keepingCapacity: true) }
-            return pages.map { $0..<$0 + 1 }
+            defer { pages = ByteRangeSet() }
+            return pages.ranges
         }
     }
 

@@ -1,7 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
-import CMemSnap
 import MemSnap
 import SystemPackage
 
@@ -17,8 +13,9 @@ import SystemPackage
 protocol ArenaFile: AnyObject {
     /// The path the file was opened at (for messages).
     var path: String { get }
-    /// The descriptor, for `mmap` and `flock`, which do not go through the seam.
-    var descriptor: Int32 { get }
+    /// The descriptor, for `mmap` and `flock`, which do not go through the seam. Borrowed: the
+    /// file's owner closes it.
+    var descriptor: FileDescriptor { get }
     /// The file's size in bytes.
     func size(during operation: @autoclosure () -> String) throws(MemSnapError) -> Int
     /// Reads up to `buffer.count` bytes at `offset`; returns how many were read (fewer only at
@@ -40,104 +37,6 @@ protocol ArenaFile: AnyObject {
     func punchHole(_ range: Range<Int>, during operation: @autoclosure () -> String) throws(MemSnapError)
     /// Bytes the file system has allocated to the file (st_blocks x 512), or 0 if unknown.
     var allocatedBytes: Int { get }
-}
-
-/// What an arena file is for, so a test's file layer can treat the heap and the log apart.
-enum ArenaFileRole: Sendable {
-    case heap
-    case log
-}
-
-/// How an arena reaches its files: plain POSIX calls, or (in tests) a layer wrapped around them
-/// that injects faults or records writes and flushes.
-package struct ArenaFileLayer: Sendable {
-    let wrap: @Sendable (PosixArenaFile, ArenaFileRole) -> any ArenaFile
-
-    /// The files themselves.
-    package static let posix = ArenaFileLayer { file, _ in file }
-}
-
-/// An arena file on a POSIX descriptor it owns (closed by `close()` or deinit).
-final class PosixArenaFile: ArenaFile {
-    /// Where the file is (updated when `Arena.create` renames it into place).
-    var path: String
-    private(set) var descriptor: Int32
-
-    /// Takes ownership of `descriptor`.
-    init(path: String, descriptor: Int32) {
-        self.path = path
-        self.descriptor = descriptor
-    }
-
-    deinit { close() }
-
-    /// Releases the descriptor (and with it any flock held through it). Idempotent.
-    func close() {
-        if descriptor >= 0 { Glibc.close(descriptor) }
-        descriptor = -1
-    }
-
-    func size(during operation: @autoclosure () -> String) throws(MemSnapError) -> Int {
-        var status = stat()
-        guard fstat(descriptor, &status) == 0 else { throw .systemCall("fstat \(path)", during: operation()) }
-        return Int(status.st_size)
-    }
-
-    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int,
-              during operation: @autoclosure () -> String) throws(MemSnapError) -> Int {
-        guard let base = buffer.baseAddress else { return 0 }
-        var done = 0
-        while done < buffer.count {
-            let got = pread(descriptor, base + done, buffer.count - done, off_t(offset + done))
-            if got < 0 {
-                if errno == EINTR { continue }
-                throw .systemCall("pread \(path) at offset \(offset + done)", during: operation())
-            }
-            if got == 0 { break }
-            done += got
-        }
-        return done
-    }
-
-    func write(_ buffers: [UnsafeRawBufferPointer], at offset: Int,
-               during operation: @autoclosure () -> String) throws(MemSnapError) {
-        do throws(PartialWriteFailure) {
-            try writeAll(descriptor, buffers, at: offset)
-        } catch {
-            throw MemSnapError(operation(), .systemCall("pwritev \(path) at offset \(offset + error.bytesWritten)", error.errno))
-        }
-    }
-
-    func synchronize(during operation: @autoclosure () -> String) throws(MemSnapError) {
-        while fdatasync(descriptor) != 0 {
-            if errno == EINTR { continue }
-            throw .systemCall("fdatasync \(path)", during: operation())
-        }
-    }
-
-    func reserve(_ range: Range<Int>, during operation: @autoclosure () -> String) throws(MemSnapError) {
-        guard !range.isEmpty else { return }
-        let status = posix_fallocate(descriptor, off_t(range.lowerBound), off_t(range.count))
-        guard status == 0 else {
-            throw MemSnapError(operation(), .systemCall("posix_fallocate \(path) bytes \(range)", Errno(rawValue: status)))
-        }
-    }
-
-    func resize(to size: Int, during operation: @autoclosure () -> String) throws(MemSnapError) {
-        guard ftruncate(descriptor, off_t(size)) == 0 else { throw .systemCall("ftruncate \(path) to \(size) bytes", during: operation()) }
-    }
-
-    func punchHole(_ range: Range<Int>, during operation: @autoclosure () -> String) throws(MemSnapError) {
-        guard !range.isEmpty else { return }
-        guard memsnap_punch_hole(descriptor, Int64(range.lowerBound), Int64(range.count)) == 0 else {
-            throw .systemCall("fallocate (punch hole) \(path) bytes \(range)", during: operation())
-        }
-    }
-
-    var allocatedBytes: Int {
-        var status = stat()
-        return fstat(descriptor, &status) == 0 ? Int(status.st_blocks) * 512 : 0
-    }
 }
 
 extension ArenaFile {

@@ -2,7 +2,6 @@
 import Glibc
 #endif
 import ArgumentParser
-import CLMDB
 import Foundation
 import MemSnap
 import MemSnapArena
@@ -10,7 +9,11 @@ import MemSnapArena
 struct ArenaBenchmarkCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "arena",
-        abstract: "Random 8-byte updates over an arena with a sync every 1, 100 and 10 000 updates, against LMDB and a raw write + fdatasync."
+        abstract: "Random 8-byte updates over an arena with a sync every 1, 100 and 10 000 updates (automatic tracking scanning the whole heap or recently written chunks, and markDirty), against LMDB and a raw write + fdatasync.",
+        discussion: """
+            LMDB runs in memsnap-lmdb-bench, a benchmark executable built next to memsnap (swift build -c release \
+            builds it; the memsnap tool itself does not link LMDB); without it the LMDB columns say so.
+            """
     )
 
     @Option(help: "Arena heap (and LMDB data) size.", transform: parseByteCount)
@@ -34,8 +37,8 @@ struct ArenaBenchmarkCommand: ParsableCommand {
         // overflow (and the benchmark's run time finite).
         guard size <= 1 << 40 else { throw ValidationError("--size must be at most 1 TiB, not \(ByteCount(size))") }
         try validateSize(size, memoryCopies: 1)
-        // Two arenas, LMDB (whose 4 KiB values take two pages each) and the raw file.
-        try validateFreeSpace(Double(size) * 5, in: directory, for: "--size \(ByteCount(size))")
+        // Three arenas, LMDB (whose 4 KiB values take two pages each) and the raw file.
+        try validateFreeSpace(Double(size) * 6, in: directory, for: "--size \(ByteCount(size))")
     }
 
     func batchSizes() throws -> [Int] {
@@ -55,48 +58,103 @@ struct ArenaBenchmarkCommand: ParsableCommand {
 }
 
 struct ArenaReport: Codable, BenchmarkReport {
+    /// One way of syncing measured over the batch's rounds.
+    struct Syncs: Codable {
+        var medianSeconds: Double
+        /// Mean sync, which tail latencies (fdatasync outliers, log checkpoints) pull above the median.
+        var meanSeconds: Double
+        /// Mean time of one round's stores (first touches, write-protect and chunk faults).
+        var storeMeanSeconds: Double
+        /// Updates per second over stores and syncs.
+        var updatesPerSecond: Double
+    }
     struct Row: Codable {
         var updatesPerSync: Int
         var syncs: Int
         var dirtyPagesPerSync: Double
-        var arenaSyncSeconds: Double
-        /// Mean sync, which tail latencies (fdatasync outliers) pull above the median.
-        var arenaSyncMeanSeconds: Double
-        /// Mean time of one round's stores into the tracked heap (first touches and write-protect faults).
-        var arenaStoreMeanSeconds: Double
-        var arenaUpdatesPerSecond: Double
-        /// The same with `markDirty` per update instead of the dirty-page tracker.
-        var explicitSyncSeconds: Double
-        var lmdbCommitSeconds: Double
-        var lmdbUpdatesPerSecond: Double
+        /// Automatic tracking, every sync scanning the whole heap (`SyncScan.wholeHeap`).
+        var wholeHeap: Syncs
+        /// Automatic tracking, syncs scanning recently written chunks (`SyncScan.recentlyWrittenChunks`).
+        var recentChunks: Syncs
+        /// `markDirty` per update instead of automatic tracking.
+        var markDirty: Syncs
+        /// `mdb_txn_commit` alone (medians and means of commits; updates/s over whole
+        /// transactions); nil when memsnap-lmdb-bench is not built.
+        var lmdb: Syncs?
         var rawWriteAndSyncSeconds: Double
     }
     var date: String
     var sizeBytes: Int
     var directory: String
+    /// Why LMDB was not measured (nil when it was).
+    var lmdbMissing: String?
     var rows: [Row]
 
     func table() -> String {
-        var table = Table(columns: ["updates/sync", "pages/sync", "arena sync", "arena sync mean", "arena stores mean",
-                                    "arena updates/s", "arena sync (markDirty)",
-                                    "LMDB commit", "LMDB updates/s", "raw write+fdatasync", "arena vs LMDB", "arena vs raw",
-                                    "markDirty vs LMDB", "markDirty vs raw"])
+        var table = Table(columns: ["updates/sync", "pages/sync", "sync: whole heap", "mean", "sync: recent chunks", "mean",
+                                    "stores mean", "sync: markDirty", "mean", "LMDB commit", "mean", "raw write+fdatasync",
+                                    "recent vs LMDB", "mean vs mean", "whole vs LMDB", "mean vs mean",
+                                    "updates/s: recent", "LMDB"])
+        func ratio(_ mine: Double, _ theirs: Double?) -> String { theirs.map { format(mine / $0, decimals: 2) + "x" } ?? "-" }
         for row in rows {
             table.append([
-                "\(row.updatesPerSync)", format(row.dirtyPagesPerSync, decimals: 1), formatDuration(row.arenaSyncSeconds),
-                formatDuration(row.arenaSyncMeanSeconds), formatDuration(row.arenaStoreMeanSeconds),
-                format(row.arenaUpdatesPerSecond, decimals: 0), formatDuration(row.explicitSyncSeconds),
-                formatDuration(row.lmdbCommitSeconds),
-                format(row.lmdbUpdatesPerSecond, decimals: 0), formatDuration(row.rawWriteAndSyncSeconds),
-                format(row.arenaSyncSeconds / row.lmdbCommitSeconds, decimals: 2) + "x",
-                format(row.arenaSyncSeconds / row.rawWriteAndSyncSeconds, decimals: 2) + "x",
-                format(row.explicitSyncSeconds / row.lmdbCommitSeconds, decimals: 2) + "x",
-                format(row.explicitSyncSeconds / row.rawWriteAndSyncSeconds, decimals: 2) + "x",
+                "\(row.updatesPerSync)", format(row.dirtyPagesPerSync, decimals: 1),
+                formatDuration(row.wholeHeap.medianSeconds), formatDuration(row.wholeHeap.meanSeconds),
+                formatDuration(row.recentChunks.medianSeconds), formatDuration(row.recentChunks.meanSeconds),
+                formatDuration(row.recentChunks.storeMeanSeconds),
+                formatDuration(row.markDirty.medianSeconds), formatDuration(row.markDirty.meanSeconds),
+                row.lmdb.map { formatDuration($0.medianSeconds) } ?? "not built", row.lmdb.map { formatDuration($0.meanSeconds) } ?? "-",
+                formatDuration(row.rawWriteAndSyncSeconds),
+                ratio(row.recentChunks.medianSeconds, row.lmdb?.medianSeconds), ratio(row.recentChunks.meanSeconds, row.lmdb?.meanSeconds),
+                ratio(row.wholeHeap.medianSeconds, row.lmdb?.medianSeconds), ratio(row.wholeHeap.meanSeconds, row.lmdb?.meanSeconds),
+                format(row.recentChunks.updatesPerSecond, decimals: 0), row.lmdb.map { format($0.updatesPerSecond, decimals: 0) } ?? "-",
             ])
         }
-        return ["\(ByteCount(sizeBytes)) of data in \(directory); latencies are medians per sync or commit; "
+        return ["\(ByteCount(sizeBytes)) of data in \(directory); sync and commit latencies per round (median, mean); "
                 + "LMDB stores each 4 KiB page as a value and commits with its default (full) durability", "",
-                table.rendered()].joined(separator: "\n")
+                table.rendered()]
+            .joined(separator: "\n") + (lmdbMissing.map { "\nLMDB not measured: \($0)" } ?? "")
+    }
+}
+
+/// One arena under test and what its rounds cost.
+private final class MeasuredArena {
+    let arena: Arena
+    let blob: ArenaOffset
+    let declaresWrites: Bool
+    var syncs: [Double] = []
+    var storeSeconds = 0.0
+    var totalSeconds = 0.0
+
+    init(path: String, capacity: Int, pages: Int, configuration: Arena.Configuration) throws {
+        arena = try Arena.create(path: path, capacity: capacity, configuration: configuration)
+        blob = try arena.allocate(byteCount: pages * Page.size, alignment: Page.size)
+        try arena.sync(epoch: 0, event: 1)
+        declaresWrites = configuration.tracking == .explicit
+    }
+
+    /// Stores `updates` into the blob (declaring them with markDirty if the arena wants that),
+    /// then syncs as round `round`.
+    func round(_ round: Int, _ updates: [(slot: Int, value: UInt64)], pages: Int) throws {
+        let start = Stopwatch.now()
+        let base = try arena.address(of: blob, byteCount: pages * Page.size)
+        for update in updates {
+            base.storeBytes(of: update.value, toByteOffset: update.slot * 8, as: UInt64.self)
+            if declaresWrites {
+                let offset = Int(blob.rawValue) + update.slot * 8
+                arena.markDirty(offset..<offset + 8)
+            }
+        }
+        storeSeconds += Double(Stopwatch.now() - start) / 1e9
+        let (_, syncSeconds) = try Stopwatch.time { try arena.sync(epoch: 0, event: UInt64(round + 2)) }
+        totalSeconds += Double(Stopwatch.now() - start) / 1e9
+        syncs.append(syncSeconds)
+    }
+
+    func summary(updates: Int) -> ArenaReport.Syncs {
+        ArenaReport.Syncs(medianSeconds: median(syncs), meanSeconds: syncs.reduce(0, +) / Double(max(1, syncs.count)),
+                          storeMeanSeconds: storeSeconds / Double(max(1, syncs.count)),
+                          updatesPerSecond: Double(updates) / totalSeconds)
     }
 }
 
@@ -110,51 +168,47 @@ struct ArenaBenchmark {
         defer { try? FileManager.default.removeItem(atPath: workspace) }
         let pages = size / Page.size
         var rows: [ArenaReport.Row] = []
-        let lmdb = try LMDBStore(path: "\(workspace)/lmdb", pages: pages)
+        let lmdb: LMDBBenchProcess?
+        var lmdbMissing: String? = nil
+        do {
+            try FileManager.default.createDirectory(atPath: "\(workspace)/lmdb", withIntermediateDirectories: true)
+            lmdb = try LMDBBenchProcess(directory: "\(workspace)/lmdb", pages: pages)
+        } catch let error as LMDBBenchProcess.NotBuilt {
+            lmdb = nil
+            lmdbMissing = error.description
+        }
+        defer { lmdb?.finish() }
         let raw = open("\(workspace)/raw.bin", O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         defer { close(raw) }
         ftruncate(raw, off_t(size))
         for batch in batches {
             let syncs = max(10, min(500, 200_000 / batch))
             let arenaPath = "\(workspace)/arena-\(batch)"
-            let arena = try Arena.create(path: arenaPath, capacity: size + (8 << 20))
-            let blob = try arena.allocate(byteCount: pages * Page.size, alignment: Page.size)
-            try arena.sync(epoch: 0, event: 1)
-            let explicit = try Arena.create(path: arenaPath + "-explicit", capacity: size + (8 << 20),
-                                            configuration: .init(tracking: .explicit))
-            let explicitBlob = try explicit.allocate(byteCount: pages * Page.size, alignment: Page.size)
-            try explicit.sync(epoch: 0, event: 1)
-            var explicitSyncs: [Double] = []
+            let capacity = size + (8 << 20)
+            let wholeHeap = try MeasuredArena(path: arenaPath, capacity: capacity, pages: pages,
+                                              configuration: .init(tracking: .automatic, syncScan: .wholeHeap))
+            let recentChunks = try MeasuredArena(path: arenaPath + "-recent", capacity: capacity, pages: pages,
+                                                 configuration: .init(tracking: .automatic, syncScan: .recentlyWrittenChunks))
+            let markDirty = try MeasuredArena(path: arenaPath + "-explicit", capacity: capacity, pages: pages,
+                                              configuration: .init(tracking: .explicit))
+            try lmdb?.startBatch(batch)
             var random = SplitMix64(seed: UInt64(batch))
-            var arenaSyncs: [Double] = [], lmdbCommits: [Double] = [], rawSyncs: [Double] = []
+            var lmdbCommits: [Double] = [], rawSyncs: [Double] = []
             var dirtyPages = 0
-            var arenaTotal = 0.0, lmdbTotal = 0.0, arenaStoreTotal = 0.0
+            var lmdbTotal = 0.0
             let page = [UInt8](repeating: 0, count: Page.size)
             for round in 0..<syncs {
                 let updates = (0..<batch).map { _ in (slot: Int(random.next() % UInt64(pages * Page.size / 8)), value: random.next()) }
                 let touched = Set(updates.map { $0.slot * 8 / Page.size })
                 dirtyPages += touched.count
-                // Arena: store, then one sync.
-                let arenaStart = Stopwatch.now()
-                let base = try arena.address(of: blob, byteCount: pages * Page.size)
-                for update in updates { base.storeBytes(of: update.value, toByteOffset: update.slot * 8, as: UInt64.self) }
-                arenaStoreTotal += Double(Stopwatch.now() - arenaStart) / 1e9
-                let (_, syncSeconds) = try Stopwatch.time { try arena.sync(epoch: 0, event: UInt64(round + 2)) }
-                arenaTotal += Double(Stopwatch.now() - arenaStart) / 1e9
-                arenaSyncs.append(syncSeconds)
-                // Arena with markDirty: the application declares what it wrote.
-                let explicitBase = try explicit.address(of: explicitBlob, byteCount: pages * Page.size)
-                for update in updates {
-                    explicitBase.storeBytes(of: update.value, toByteOffset: update.slot * 8, as: UInt64.self)
-                    let offset = Int(explicitBlob.rawValue) + update.slot * 8
-                    explicit.markDirty(offset..<offset + 8)
+                // The arenas, one after the other: store, then one sync.
+                for measured in [wholeHeap, recentChunks, markDirty] { try measured.round(round, updates, pages: pages) }
+                // LMDB (in its own process): the same updates in one write transaction, one commit.
+                if let lmdb {
+                    let (roundSeconds, commitSeconds) = try lmdb.round()
+                    lmdbTotal += roundSeconds
+                    lmdbCommits.append(commitSeconds)
                 }
-                explicitSyncs.append(try Stopwatch.time { try explicit.sync(epoch: 0, event: UInt64(round + 2)) }.seconds)
-                // LMDB: the same updates in one write transaction, one commit.
-                let lmdbStart = Stopwatch.now()
-                let commitSeconds = try lmdb.update(updates)
-                lmdbTotal += Double(Stopwatch.now() - lmdbStart) / 1e9
-                lmdbCommits.append(commitSeconds)
                 // Raw: write the touched pages and fdatasync once.
                 let (_, rawSeconds) = Stopwatch.time {
                     for index in touched { _ = page.withUnsafeBytes { pwrite(raw, $0.baseAddress, Page.size, off_t(index * Page.size)) } }
@@ -162,76 +216,16 @@ struct ArenaBenchmark {
                 }
                 rawSyncs.append(rawSeconds)
             }
-            try arena.close()
-            try explicit.close()
+            for measured in [wholeHeap, recentChunks, markDirty] { try measured.arena.close() }
+            let lmdbSyncs = lmdb == nil ? nil : ArenaReport.Syncs(
+                medianSeconds: median(lmdbCommits), meanSeconds: lmdbCommits.reduce(0, +) / Double(syncs),
+                storeMeanSeconds: 0, updatesPerSecond: Double(batch * syncs) / lmdbTotal)
             rows.append(.init(updatesPerSync: batch, syncs: syncs, dirtyPagesPerSync: Double(dirtyPages) / Double(syncs),
-                              arenaSyncSeconds: median(arenaSyncs),
-                              arenaSyncMeanSeconds: arenaSyncs.reduce(0, +) / Double(syncs),
-                              arenaStoreMeanSeconds: arenaStoreTotal / Double(syncs),
-                              arenaUpdatesPerSecond: Double(batch * syncs) / arenaTotal,
-                              explicitSyncSeconds: median(explicitSyncs),
-                              lmdbCommitSeconds: median(lmdbCommits), lmdbUpdatesPerSecond: Double(batch * syncs) / lmdbTotal,
-                              rawWriteAndSyncSeconds: median(rawSyncs)))
+                              wholeHeap: wholeHeap.summary(updates: batch * syncs),
+                              recentChunks: recentChunks.summary(updates: batch * syncs),
+                              markDirty: markDirty.summary(updates: batch * syncs),
+                              lmdb: lmdbSyncs, rawWriteAndSyncSeconds: median(rawSyncs)))
         }
-        return ArenaReport(date: isoDate(), sizeBytes: size, directory: directory, rows: rows)
-    }
-}
-
-/// An LMDB environment holding one 4 KiB value per page, keyed by page number.
-final class LMDBStore {
-    private var environment: OpaquePointer?
-    private var database: MDB_dbi = 0
-
-    init(path: String, pages: Int) throws {
-        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-        try check(mdb_env_create(&environment), "mdb_env_create")
-        // A 4 KiB value takes a two-page overflow run, and copy-on-write needs room for new runs.
-        try check(mdb_env_set_mapsize(environment, pages * Page.size * 6 + (256 << 20)), "mdb_env_set_mapsize")
-        try check(mdb_env_open(environment, path, 0, 0o644), "mdb_env_open")
-        var transaction: OpaquePointer?
-        try check(mdb_txn_begin(environment, nil, 0, &transaction), "mdb_txn_begin")
-        try check(mdb_dbi_open(transaction, nil, UInt32(MDB_INTEGERKEY), &database), "mdb_dbi_open")
-        var zero = [UInt8](repeating: 0, count: Page.size)
-        for page in 0..<pages {
-            var key = page
-            try withUnsafeMutableBytes(of: &key) { keyBytes in
-                try zero.withUnsafeMutableBytes { valueBytes in
-                    var keyValue = MDB_val(mv_size: keyBytes.count, mv_data: keyBytes.baseAddress)
-                    var value = MDB_val(mv_size: valueBytes.count, mv_data: valueBytes.baseAddress)
-                    try check(mdb_put(transaction, database, &keyValue, &value, UInt32(MDB_APPEND)), "mdb_put")
-                }
-            }
-        }
-        try check(mdb_txn_commit(transaction), "mdb_txn_commit")
-    }
-
-    deinit { mdb_env_close(environment) }
-
-    /// Applies 8-byte updates (slot = byte offset / 8) in one transaction; returns the commit's seconds.
-    func update(_ updates: [(slot: Int, value: UInt64)]) throws -> Double {
-        var transaction: OpaquePointer?
-        try check(mdb_txn_begin(environment, nil, 0, &transaction), "mdb_txn_begin")
-        for update in updates {
-            var key = update.slot * 8 / Page.size
-            var current = MDB_val()
-            try withUnsafeMutableBytes(of: &key) { keyBytes in
-                var keyValue = MDB_val(mv_size: keyBytes.count, mv_data: keyBytes.baseAddress)
-                try check(mdb_get(transaction, database, &keyValue, &current), "mdb_get")
-                var copy = [UInt8](UnsafeRawBufferPointer(start: current.mv_data, count: current.mv_size))
-                copy.withUnsafeMutableBytes { $0.storeBytes(of: update.value, toByteOffset: (update.slot * 8) % Page.size, as: UInt64.self) }
-                try copy.withUnsafeMutableBytes { valueBytes in
-                    var value = MDB_val(mv_size: valueBytes.count, mv_data: valueBytes.baseAddress)
-                    try check(mdb_put(transaction, database, &keyValue, &value, 0), "mdb_put")
-                }
-            }
-        }
-        let (_, seconds) = try Stopwatch.time { try check(mdb_txn_commit(transaction), "mdb_txn_commit") }
-        return seconds
-    }
-
-    private func check(_ status: Int32, _ call: String) throws {
-        guard status == 0 else {
-            throw MemSnapError("LMDB \(call)", .invalidArgument(String(cString: mdb_strerror(status))))
-        }
+        return ArenaReport(date: isoDate(), sizeBytes: size, directory: directory, lmdbMissing: lmdbMissing, rows: rows)
     }
 }
