@@ -2,34 +2,35 @@
 ///
 /// For CPU-bound batch work whose thread count is part of the contract (checkpoint writers and
 /// readers take `--threads N`), which Dispatch's `concurrentPerform` does not let callers choose.
-public enum ParallelWork {
+package enum ParallelWork {
     /// Calls `body(worker)` for worker 0..<threads, each on its own thread (worker 0 on the
     /// calling thread), and returns when all have returned.
     /// - Throws: `.systemCall("pthread_create", ...)` if a thread cannot start; the workers that
     ///   did start are waited for first.
-    public static func run(threads: Int, _ body: @escaping @Sendable (Int) -> Void) throws(MemSnapError) {
-        var started: [OSThread] = []
+    package static func run(threads: Int, _ body: @escaping @Sendable (Int) -> Void) throws(MemSnapError) {
+        var started = OSThreadGroup()
         var failure: MemSnapError?
         for worker in 1..<max(1, threads) {
             do {
-                started.append(try OSThread(name: "memsnap-work\(worker)") { body(worker) })
+                try started.start(name: "memsnap-work\(worker)") { body(worker) }
             } catch {
                 failure = error
                 break
             }
         }
         if failure == nil { body(0) }
-        for thread in started { thread.join() }
+        started.joinAll()
         if let failure { throw failure }
     }
 
     /// Hands out 0..<count to `threads` workers, each index exactly once, lowest first.
-    public final class Counter: @unchecked Sendable {
+    /// Thread safety: `claim()` may be called from any thread (the next index is behind a lock).
+    package final class Counter: Sendable {
         private let next = Locked(0)
         private let count: Int
-        public init(count: Int) { self.count = count }
+        package init(count: Int) { self.count = count }
         /// The next unclaimed index, or nil when all are taken.
-        public func claim() -> Int? {
+        package func claim() -> Int? {
             next.withLock { value in
                 guard value < count else { return nil }
                 defer { value += 1 }
