@@ -1,7 +1,7 @@
 # memsnap: the two quick-start commands are `make demo` and `make test`.
 SWIFT ?= swift
 
-.PHONY: proto demo test build release test-tsan test-asan sanitize benchmarks fuzz fuzz-build fuzz-run fuzz-smoke deps clean wasm-guests
+.PHONY: proto demo test build release test-tsan test-asan sanitize benchmarks fuzz fuzz-build fuzz-run fuzz-smoke deps clean wasm-guests docs api
 
 demo: deps
 	$(SWIFT) build -c release --product memsnap
@@ -54,6 +54,20 @@ fuzz-smoke: fuzz-build
 # The package-benchmark suite (its own package, so `make test` never builds the harness).
 benchmarks: deps
 	cd Benchmarks && $(SWIFT) package --allow-writing-to-package-directory benchmark
+
+# A DocC archive per library product (Sources/<Module>/<Module>.docc) into .build/docs/<Module>,
+# with swift-docc-plugin; any DocC warning (a broken symbol link, say) fails the target.
+DOC_TARGETS := MemSnap MemSnapCheckpoint MemSnapArena MemSnapArenaCheckpoint MemSnapRemote MemSnapWasm
+docs: deps
+	for target in $(DOC_TARGETS); do \
+		$(SWIFT) package --allow-writing-to-directory .build/docs generate-documentation --target $$target \
+			--output-path .build/docs/$$target --warnings-as-errors || exit 1; \
+	done
+
+# The public API of every library product, from the symbol graph: counts and sorted symbols
+# per module (scripts/public-api.sh; `make api > before.txt`, change, `make api | diff before.txt -`).
+api:
+	@scripts/public-api.sh
 
 # Regenerates the gRPC service's Swift code from Protos/ (committed; CI never needs protoc).
 proto:

@@ -26,6 +26,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
         // The WebAssembly interpreter MemSnapWasm forks instances of (used as released, never patched).
         .package(url: "https://github.com/swiftwasm/WasmKit", from: "0.4.2"),
+        // `make docs`: a DocC archive per library product (swift package generate-documentation).
+        .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
     ],
     targets: [
         // Only what Swift cannot express: variadic syscalls, ioctl request numbers built by
@@ -113,6 +115,11 @@ let package = Package(
             dependencies: ["MemSnapFuzzTargets"],
             path: "Sources/MemSnapFuzz"
         ),
+        // Examples/: small programs a user can copy, on the library products' public API only
+        // (ExamplesTests runs each one and checks its output).
+        .executableTarget(name: "example-fork-join", dependencies: ["MemSnap"], path: "Examples/ForkJoin"),
+        .executableTarget(name: "example-kv-store", dependencies: ["MemSnap", "MemSnapArena"], path: "Examples/KeyValueStore"),
+        .executableTarget(name: "example-checkpoint", dependencies: ["MemSnap", "MemSnapCheckpoint"], path: "Examples/CheckpointRestore"),
         // Helpers shared by the test targets (temporary directories, error expectations).
         .target(
             name: "MemSnapTestSupport",
@@ -151,6 +158,11 @@ let package = Package(
             name: "MemSnapWasmTests",
             dependencies: ["MemSnapWasm", "MemSnap", "CMemSnap", "MemSnapTestSupport",
                            .product(name: "WasmKit", package: "WasmKit")]
+        ),
+        .testTarget(
+            name: "ExamplesTests",
+            // The examples are not linked: the tests run the executables `swift build` puts next to them.
+            dependencies: ["MemSnapTestSupport"]
         ),
         .testTarget(
             name: "MemSnapFuzzTests",

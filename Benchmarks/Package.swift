@@ -1,6 +1,10 @@
 // swift-tools-version:6.1
 // The package-benchmark suite, kept in its own package so that `make test` does not build the
 // benchmark harness. Run with `make benchmarks` (or `cd Benchmarks && swift package benchmark`).
+// It is for regressions: small, stable operations measured with statistics (wall clock, CPU,
+// syscalls) and compared between commits with `swift package benchmark baseline`. The figures
+// in BENCHMARKS.md, ratios against the physical limit, come from `memsnap bench` instead.
+// Only the library products' public API is used here (it is another package).
 import Foundation
 import PackageDescription
 

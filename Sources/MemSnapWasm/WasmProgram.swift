@@ -175,10 +175,8 @@ public struct WasmProgram: @unchecked Sendable {
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 1 << 16)
         while true {
-            let count = chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
-            if count < 0 {
-                if errno == EINTR { continue }
-                throw MemSnapError.systemCall("read", during: operation)
+            let count = try systemCall("read", during: operation) {
+                chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
             }
             if count == 0 { break }
             guard bytes.count + count <= limit else {

@@ -219,7 +219,7 @@ public final class WasmWorkers: @unchecked Sendable {
         _ function: String, round: Int, arguments: @escaping @Sendable (Int, Int) -> [Value]
     ) throws -> [Result<Finished, any Error>] {
         let outcomes = Locked<[Int: Result<Finished, any Error>]>([:])
-        var threads: [OSThread] = []
+        var threads = OSThreadGroup()
         var startFailure: MemSnapError?
         let snapshot = self.snapshot
         let options = configuration.diff
@@ -227,7 +227,7 @@ public final class WasmWorkers: @unchecked Sendable {
             let instance = member.instance
             let tracker = member.tracker
             do {
-                threads.append(try OSThread(name: "memsnap-wasm\(index)") {
+                try threads.start(name: "memsnap-wasm\(index)") {
                     let outcome = Result { () throws -> Finished in
                         let callStart = WasmWorkers.now()
                         let results: [Value]
@@ -240,13 +240,13 @@ public final class WasmWorkers: @unchecked Sendable {
                                         diffSeconds: WasmWorkers.seconds(since: diffStart))
                     }
                     outcomes.withLock { $0[index] = outcome }
-                })
+                }
             } catch {
                 startFailure = error
                 break
             }
         }
-        for thread in threads { thread.join() }
+        threads.joinAll()
         if let startFailure {
             try restoreWorkers()
             throw startFailure

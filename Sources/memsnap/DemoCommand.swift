@@ -375,11 +375,3 @@ struct DemoFailure: Error, CustomStringConvertible {
     var description: String
     init(_ description: String) { self.description = description }
 }
-
-/// Parses "256MiB", "4GiB", "4096" for command-line options.
-func parseByteCount(_ text: String) throws -> Int {
-    guard let count = ByteCount(parsing: text) else {
-        throw ValidationError("'\(text)' is not a size (examples: 4096, 64KiB, 256MiB, 4GiB)")
-    }
-    return count.bytes
-}

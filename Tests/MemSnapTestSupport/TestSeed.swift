@@ -41,7 +41,7 @@ public enum TestSeed {
     }
 
     /// A SplitMix64 generator seeded with `current(test)`.
-    public static func generator(_ test: String = #function, sourceLocation: SourceLocation = #_sourceLocation) -> SplitMix64 {
+    package static func generator(_ test: String = #function, sourceLocation: SourceLocation = #_sourceLocation) -> SplitMix64 {
         SplitMix64(seed: current(test, sourceLocation: sourceLocation))
     }
 

@@ -10,7 +10,7 @@ struct ReadmeTourTests {
         let snapshot = try Snapshot(size: 256 << 20, maxSize: 1 << 30, name: "main")
         try snapshot.write(Array("hello".utf8), at: 0)
         try snapshot.update(at: 4096, count: 8) { $0.storeBytes(of: 42, as: UInt64.self) }
-        print(snapshot.takeChangedRanges())   // [0..<5, 4096..<4104]: what to push on
+        let changed = snapshot.takeChangedRanges()   // [0..<5, 4096..<4104]: what to push on
 
         // A worker: 4 GiB of reserved address space (a wasm32 memory), nothing committed yet.
         let worker = try VirtualRegion(maxSize: 4 << 30)
@@ -40,10 +40,11 @@ struct ReadmeTourTests {
         }
 
         // Or by hand: diff any tracked memory against the snapshot, queue from any thread, apply once.
-        let diffs = try snapshot.diff(worker, dirtyPages: try tracker.collectAndReset())
+        worker.withUnsafeMutableBytes { $0.storeBytes(of: 9, toByteOffset: 5 * 4096, as: UInt64.self) }
+        let diffs = try snapshot.diff(worker, dirtyPages: try tracker.collectAndReset())   // page 5's change only
         let wire = try SnapshotDiff.encode(diffs)                  // versioned, checksummed (docs/FORMAT.md)
         snapshot.queueDiffs(try SnapshotDiff.decode(wire))
-        try snapshot.applyQueuedDiffs()   // on failure: names the batch; queuedDiffBatches, discardQueuedDiffs()
+        try snapshot.applyQueuedDiffs()   // the snapshot holds the 9; on failure: names the batch (queuedDiffBatches, discardQueuedDiffs())
 
         // Share snapshots between threads by key.
         let registry = SnapshotRegistry()
@@ -58,7 +59,12 @@ struct ReadmeTourTests {
         let helloAsInt64 = Array("hello".utf8) + [0, 0, 0]
         let start = helloAsInt64.withUnsafeBytes { $0.load(as: Int64.self) }
         #expect(sumBytes.withUnsafeBytes { $0.load(as: Int64.self) } == start + 4, "each of 4 workers added 1")
-        #expect(diffs.isEmpty, "the worker was restored before tracking began and the tracker was reset since")
+        #expect(changed == [0..<5, 4096..<4104])
+        #expect(!diffs.isEmpty)
+        #expect(diffs.allSatisfy { $0.range.overlaps(5 * 4096..<6 * 4096) },
+                "page 3 was collected before, so only page 5's write is diffed: \(diffs)")
+        #expect(try snapshot.read(at: 5 * 4096, count: 8) == [9, 0, 0, 0, 0, 0, 0, 0], "the applied diff is in the snapshot")
+        #expect(snapshot.queuedDiffBatches.isEmpty)
         tracker.stop()
     }
 }

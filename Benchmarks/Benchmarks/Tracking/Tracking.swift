@@ -13,9 +13,17 @@ let benchmarks: @Sendable () -> Void = {
     let size = 64 << 20
     let pageCount = size / Page.size
     let sparse: [Int] = {
-        var random = SplitMix64(seed: 7)
+        // SplitMix64 from seed 7 (the library's generator is package-internal): the same pages every run.
+        var state: UInt64 = 7
+        func next() -> UInt64 {
+            state &+= 0x9E37_79B9_7F4A_7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
         var chosen = Set<Int>()
-        while chosen.count < pageCount / 100 { chosen.insert(Int(random.next() % UInt64(pageCount))) }
+        while chosen.count < pageCount / 100 { chosen.insert(Int(next() % UInt64(pageCount))) }
         return chosen.sorted()
     }()
 

@@ -63,10 +63,8 @@ package struct ProcessMapping: Sendable, Equatable, CustomStringConvertible {
         var text: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 64 << 10)
         while true {
-            let count = chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
-            if count < 0 {
-                if errno == EINTR { continue }
-                throw MemSnapError.systemCall("read", during: operation)
+            let count = try systemCall("read", during: operation) {
+                chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
             }
             if count == 0 { break }
             text.append(contentsOf: chunk[0..<count])

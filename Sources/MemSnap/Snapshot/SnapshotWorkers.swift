@@ -197,7 +197,7 @@ public final class SnapshotWorkers: Sendable {
     private func runBodies(_ body: @escaping @Sendable (Worker) throws -> Void) throws -> Round {
         let outcomes = Locked<[Int: Result<[SnapshotDiff], any Error>]>([:])
         let dirtySets = Locked<[Int: DirtyPages]>([:])
-        var threads: [OSThread] = []
+        var threads = OSThreadGroup()
         var startFailure: MemSnapError?
         for index in 0..<count {
             let worker = Worker(index: index, memory: workerMemories[index])
@@ -205,7 +205,7 @@ public final class SnapshotWorkers: Sendable {
             let snapshot = self.snapshot
             let options = self.options
             do {
-                threads.append(try OSThread(name: "memsnap-w\(index)") {
+                try threads.start(name: "memsnap-w\(index)") {
                     let outcome = Result { () throws -> [SnapshotDiff] in
                         do { try body(worker) } catch { throw BodyFailure(underlying: error) }
                         let dirty = try tracker.collectAndReset()
@@ -213,13 +213,13 @@ public final class SnapshotWorkers: Sendable {
                         return try snapshot.diff(worker.memory, dirtyPages: dirty, options: options)
                     }
                     outcomes.withLock { $0[index] = outcome }
-                })
+                }
             } catch {
                 startFailure = error
                 break
             }
         }
-        for thread in threads { thread.join() }
+        threads.joinAll()
         if let startFailure {
             try restoreWorkers()
             throw startFailure

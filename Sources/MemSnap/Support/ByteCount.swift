@@ -2,17 +2,17 @@
 /// spellings ("256MiB", "4 GiB", "64k", "4096").
 ///
 /// Thread safety: a value type; freely shareable.
-public struct ByteCount: Sendable, Hashable, Comparable, CustomStringConvertible {
-    public var bytes: Int
+package struct ByteCount: Sendable, Hashable, Comparable, CustomStringConvertible {
+    package var bytes: Int
 
-    public init(_ bytes: Int) { self.bytes = bytes }
+    package init(_ bytes: Int) { self.bytes = bytes }
 
     private static let units: [(suffix: String, shift: Int)] = [
         ("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10),
     ]
 
     /// Binary units with one decimal, e.g. "256.0 MiB"; below 1 KiB, exact bytes.
-    public var description: String {
+    package var description: String {
         let magnitude = bytes.magnitude
         for (suffix, shift) in Self.units where magnitude >= UInt(1) << shift {
             let value = Double(bytes) / Double(UInt64(1) << UInt64(shift))
@@ -23,7 +23,7 @@ public struct ByteCount: Sendable, Hashable, Comparable, CustomStringConvertible
 
     /// Parses "4096", "64k", "64KiB", "256MiB", "1.5 GiB", "2G" (binary multiples, case-insensitive).
     /// Returns nil for anything else, for negative values and for values that overflow `Int`.
-    public init?(parsing text: String) {
+    package init?(parsing text: String) {
         let trimmed = text.trimmingCharacters(in: " ")
         let numberEnd = trimmed.firstIndex { !($0.isNumber || $0 == ".") } ?? trimmed.endIndex
         let numberText = trimmed[..<numberEnd]
@@ -46,7 +46,7 @@ public struct ByteCount: Sendable, Hashable, Comparable, CustomStringConvertible
         }
     }
 
-    public static func < (lhs: ByteCount, rhs: ByteCount) -> Bool { lhs.bytes < rhs.bytes }
+    package static func < (lhs: ByteCount, rhs: ByteCount) -> Bool { lhs.bytes < rhs.bytes }
 
     static func oneDecimal(_ value: Double) -> String {
         let tenths = Int((value * 10).rounded())

@@ -32,14 +32,17 @@ package func writeAll(
             guard !overflow else { throw PartialWriteFailure(errno: .fileTooLarge, bytesWritten: done) }
             position = sum
         }
-        let written = vectors.withUnsafeMutableBufferPointer { vector in
-            let start = vector.baseAddress.map { $0 + first }
-            return if let position { pwritev(descriptor, start, Int32(batch), off_t(position)) }
-                   else { writev(descriptor, start, Int32(batch)) }
+        let result = valueOrErrno {
+            vectors.withUnsafeMutableBufferPointer { vector in
+                let start = vector.baseAddress.map { $0 + first }
+                return if let position { pwritev(descriptor, start, Int32(batch), off_t(position)) }
+                       else { writev(descriptor, start, Int32(batch)) }
+            }
         }
-        if written < 0 {
-            if Glibc.errno == EINTR { continue }
-            throw PartialWriteFailure(errno: Errno(rawValue: Glibc.errno), bytesWritten: done)
+        let written: Int
+        switch result {
+        case let .success(count): written = count
+        case let .failure(errno): throw PartialWriteFailure(errno: errno, bytesWritten: done)
         }
         done += written
         var remaining = written

@@ -8,13 +8,14 @@ import Glibc
 /// thread sanitizer: every access it guards would be reported as a race, drowning real ones.
 ///
 /// Ownership: owns its heap-allocated mutex and destroys it in `deinit`.
-/// Thread safety: that is its purpose. Not recursive: calling `withLock` from inside `body`
-/// deadlocks.
-public final class Locked<Value>: @unchecked Sendable {
+/// Thread safety: that is its purpose, so it is `Sendable` when `Value` is (as NIO's
+/// `NIOLockedValueBox`): a lock cannot make a non-Sendable value safe to share, since `body` could
+/// let a reference to it escape. Not recursive: calling `withLock` from inside `body` deadlocks.
+package final class Locked<Value> {
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
     private var value: Value
 
-    public init(_ value: Value) {
+    package init(_ value: Value) {
         self.value = value
         mutex = .allocate(capacity: 1)
         pthread_mutex_init(mutex, nil)
@@ -25,9 +26,12 @@ public final class Locked<Value>: @unchecked Sendable {
         mutex.deallocate()
     }
 
-    public func withLock<Result, Failure: Error>(_ body: (inout Value) throws(Failure) -> Result) throws(Failure) -> Result {
+    package func withLock<Result, Failure: Error>(_ body: (inout Value) throws(Failure) -> Result) throws(Failure) -> Result {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
         return try body(&value)
     }
 }
+
+// The mutex serialises every access to `value`; see the type's thread-safety note.
+extension Locked: @unchecked Sendable where Value: Sendable {}

@@ -84,7 +84,7 @@ public struct MemSnapError: Error, Sendable, Equatable, CustomStringConvertible 
 
     /// An error for the system call `call` that just failed, taking the thread's current errno
     /// before building the operation's text (which allocates and may clobber errno).
-    public static func systemCall(_ call: String, during operation: @autoclosure () -> String) -> MemSnapError {
+    package static func systemCall(_ call: String, during operation: @autoclosure () -> String) -> MemSnapError {
         let errno = Errno(rawValue: Glibc.errno)
         return MemSnapError(operation(), .systemCall(call, errno))
     }
@@ -92,7 +92,7 @@ public struct MemSnapError: Error, Sendable, Equatable, CustomStringConvertible 
 
 extension Errno {
     /// "ENOMEM (Cannot allocate memory)": the symbol for grep and the text for people.
-    public var symbolicDescription: String {
+    package var symbolicDescription: String {
         let text = String(cString: strerror(rawValue))
         guard let name = memsnap_errno_name(rawValue) else { return "errno \(rawValue) (\(text))" }
         return "\(String(cString: name)) (\(text))"

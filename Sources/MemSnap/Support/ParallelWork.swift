@@ -2,24 +2,24 @@
 ///
 /// For CPU-bound batch work whose thread count is part of the contract (checkpoint writers and
 /// readers take `--threads N`), which Dispatch's `concurrentPerform` does not let callers choose.
-public enum ParallelWork {
+package enum ParallelWork {
     /// Calls `body(worker)` for worker 0..<threads, each on its own thread (worker 0 on the
     /// calling thread), and returns when all have returned.
     /// - Throws: `.systemCall("pthread_create", ...)` if a thread cannot start; the workers that
     ///   did start are waited for first.
-    public static func run(threads: Int, _ body: @escaping @Sendable (Int) -> Void) throws(MemSnapError) {
-        var started: [OSThread] = []
+    package static func run(threads: Int, _ body: @escaping @Sendable (Int) -> Void) throws(MemSnapError) {
+        var started = OSThreadGroup()
         var failure: MemSnapError?
         for worker in 1..<max(1, threads) {
             do {
-                started.append(try OSThread(name: "memsnap-work\(worker)") { body(worker) })
+                try started.start(name: "memsnap-work\(worker)") { body(worker) }
             } catch {
                 failure = error
                 break
             }
         }
         if failure == nil { body(0) }
-        for thread in started { thread.join() }
+        started.joinAll()
         if let failure { throw failure }
     }
 
@@ -33,24 +33,31 @@ public enum ParallelWork {
         helpers: Int, _ helper: @escaping @Sendable (Int) -> Void, stop: () -> Void,
         alongside main: () throws(MemSnapError) -> Result
     ) throws(MemSnapError) -> Result {
-        var started: [OSThread] = []
-        defer {
-            stop()
-            for thread in started { thread.join() }
-        }
+        var started = OSThreadGroup()
+        var startFailure: MemSnapError?
         for worker in stride(from: 1, through: helpers, by: 1) {
-            started.append(try OSThread(name: "memsnap-work\(worker)") { helper(worker) })
+            do {
+                try started.start(name: "memsnap-work\(worker)") { helper(worker) }
+            } catch {
+                startFailure = error
+                break
+            }
         }
-        return try main()
+        let outcome: Swift.Result<Result, MemSnapError> =
+            if let startFailure { .failure(startFailure) } else { Swift.Result(catching: main) }
+        stop()
+        started.joinAll()
+        return try outcome.get()
     }
 
     /// Hands out 0..<count to `threads` workers, each index exactly once, lowest first.
-    public final class Counter: @unchecked Sendable {
+    /// Thread safety: `claim()` may be called from any thread (the next index is behind a lock).
+    package final class Counter: Sendable {
         private let next = Locked(0)
         private let count: Int
-        public init(count: Int) { self.count = count }
+        package init(count: Int) { self.count = count }
         /// The next unclaimed index, or nil when all are taken.
-        public func claim() -> Int? {
+        package func claim() -> Int? {
             next.withLock { value in
                 guard value < count else { return nil }
                 defer { value += 1 }

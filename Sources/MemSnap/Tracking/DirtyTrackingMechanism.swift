@@ -61,21 +61,42 @@ extension DirtyTrackingMechanism {
     func collectThread(_ tid: Int, pageCount: Int, reset: Bool) throws(MemSnapError) -> [Range<Int>] { [] }
 }
 
-/// A `memsnap_page_record *` that may cross threads: every field the pointer reaches is atomic.
-struct PageRecordHandle: @unchecked Sendable {
-    let pointer: OpaquePointer
+/// The owner of a `memsnap_page_record` (the bitmaps the segfault handler and the uffd handler
+/// thread mark): exactly one, since it is `~Copyable`, and `destroy()` consumes it, so the record
+/// cannot be used through its owner after release. A handle dropped without `destroy()` destroys
+/// the record in its deinit.
+///
+/// The mechanisms hand `record` (a non-owning view) to their handlers; they must make sure no
+/// handler can still reach it before they destroy the owner (segfault: removed from the handler's
+/// table; uffd: handler thread joined).
+struct PageRecordHandle: ~Copyable {
+    let record: PageRecord
 
     /// Creates a record for the whole reservation of `region`.
     init(region: VirtualRegion, threadSlots: Int, during operation: String) throws(MemSnapError) {
-        guard let record = memsnap_record_create(
+        guard let pointer = memsnap_record_create(
             UInt(bitPattern: region.base), region.maxSize >> Page.shift, UInt32(Page.shift), max(0, threadSlots))
         else {
             throw MemSnapError(operation, .systemCall("calloc", .noMemory))
         }
-        pointer = record
+        record = PageRecord(pointer: pointer)
     }
 
-    func destroy() { memsnap_record_destroy(pointer) }
+    /// Frees the record.
+    consuming func destroy() {
+        memsnap_record_destroy(record.pointer)
+        discard self
+    }
+
+    deinit {
+        memsnap_record_destroy(record.pointer)
+    }
+}
+
+/// A non-owning view of a `memsnap_page_record` that may cross threads: every field the pointer
+/// reaches is atomic. Valid until its `PageRecordHandle` is destroyed.
+struct PageRecord: @unchecked Sendable {
+    let pointer: OpaquePointer
 
     /// The global bitmap of the first `pageCount` pages, cleared (with every thread bitmap) if `clear`.
     func take(pageCount: Int, clear: Bool) -> PageBitmap {
@@ -118,7 +139,7 @@ extension VirtualRegion {
     var reservation: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: maxSize) }
 }
 
-extension PageRecordHandle {
+extension PageRecord {
     /// Marks every page of the byte range `range` written: the safe answer for pages that could
     /// not be armed.
     func markWritten(_ range: Range<Int>) {

@@ -18,7 +18,9 @@ import SystemPackage
 ///   handler then unprotects the whole range and gives up, and the next collect throws.
 final class SegfaultMechanism: DirtyTrackingMechanism {
     private let region: VirtualRegion
-    private let record: PageRecordHandle
+    private let record: PageRecord
+    /// The record's owner until `stop()` destroys it, after removing it from the handler's table.
+    private var recordOwner: PageRecordHandle?
     private let threadSlots: Int
     private var stopped = false
 
@@ -30,12 +32,14 @@ final class SegfaultMechanism: DirtyTrackingMechanism {
         guard status == 0 else { throw MemSnapError(operation, .systemCall("sigaction", Errno(rawValue: status))) }
         self.region = region
         self.threadSlots = threadSlots
-        record = try PageRecordHandle(region: region, threadSlots: threadSlots, during: operation)
-        guard memsnap_segv_add(record.pointer) == 0 else {
-            record.destroy()
+        let owner = try PageRecordHandle(region: region, threadSlots: threadSlots, during: operation)
+        guard memsnap_segv_add(owner.record.pointer) == 0 else {
+            owner.destroy()
             throw MemSnapError(operation, .invalidArgument(
                 "\(MEMSNAP_SEGV_MAX_RECORDS) regions are tracked with segfault already; stop one first"))
         }
+        record = owner.record
+        recordOwner = consume owner
     }
 
     deinit {
@@ -123,7 +127,7 @@ final class SegfaultMechanism: DirtyTrackingMechanism {
         let writable = min(trackedEnd, pageCount << Page.shift)
         if writable > 0 { _ = mprotect(region.base, writable, PROT_READ | PROT_WRITE) }
         memsnap_segv_remove(record.pointer)
-        record.destroy()
+        if let owner = recordOwner.take() { owner.destroy() }
     }
 
     func attachThread(_ tid: Int) throws(MemSnapError) {

@@ -21,10 +21,14 @@ final class SyncWriteProtectMechanism: DirtyTrackingMechanism {
 
     private let region: VirtualRegion
     private let userfaultfd: Userfaultfd
-    private let record: PageRecordHandle
+    private let record: PageRecord
     private let threadSlots: Int
     private let stopPipe: (read: Int32, write: Int32)
+    /// What `stop()` releases, in this order: the handler thread (joined), the pipe that stops
+    /// it, then the record it marks.
     private var handlerThread: OSThread?
+    private var stopPipeOwner: PipeDescriptors?
+    private var recordOwner: PageRecordHandle?
     private var stopped = false
     let attributesWritesToThreads: Bool
 
@@ -38,15 +42,17 @@ final class SyncWriteProtectMechanism: DirtyTrackingMechanism {
         userfaultfd = try Userfaultfd(features: wanted & available, during: operation)
         attributesWritesToThreads = userfaultfd.features & MEMSNAP_UFFD_FEATURE_THREAD_ID != 0
         try userfaultfd.register(region.reservation, during: operation)
-        record = try PageRecordHandle(region: region, threadSlots: threadSlots, during: operation)
-        var pipeEnds: [Int32] = [-1, -1]
-        guard memsnap_pipe_cloexec_nonblocking(&pipeEnds) == 0 else {
-            let error = MemSnapError.systemCall("pipe2", during: operation)
+        let owner = try PageRecordHandle(region: region, threadSlots: threadSlots, during: operation)
+        let pipe: PipeDescriptors
+        do {
+            pipe = try PipeDescriptors(during: operation)
+        } catch {
             userfaultfd.unregister(region.reservation)
-            record.destroy()
+            owner.destroy()
             throw error
         }
-        stopPipe = (pipeEnds[0], pipeEnds[1])
+        stopPipe = (pipe.readEnd, pipe.writeEnd)
+        record = owner.record
         let context = FaultHandlerContext(
             userfaultfd: userfaultfd.descriptor, stopDescriptor: stopPipe.read, record: record,
             regionStart: UInt(bitPattern: region.base), copyBeforeWrite: copyBeforeWrite)
@@ -54,11 +60,12 @@ final class SyncWriteProtectMechanism: DirtyTrackingMechanism {
             handlerThread = try OSThread(name: "memsnap-uffd") { context.serveFaults() }
         } catch {
             userfaultfd.unregister(region.reservation)
-            close(stopPipe.read)
-            close(stopPipe.write)
-            record.destroy()
+            pipe.close()
+            owner.destroy()
             throw error
         }
+        stopPipeOwner = consume pipe
+        recordOwner = consume owner
     }
 
     deinit {
@@ -114,10 +121,9 @@ final class SyncWriteProtectMechanism: DirtyTrackingMechanism {
         userfaultfd.wake(region.reservation)
         var byte: UInt8 = 1
         _ = write(stopPipe.write, &byte, 1)
-        handlerThread?.join()
-        close(stopPipe.read)
-        close(stopPipe.write)
-        record.destroy()
+        if let thread = handlerThread.take() { thread.join() }
+        if let pipe = stopPipeOwner.take() { pipe.close() }
+        if let owner = recordOwner.take() { owner.destroy() }
     }
 
     func attachThread(_ tid: Int) throws(MemSnapError) {
@@ -143,7 +149,7 @@ final class SyncWriteProtectMechanism: DirtyTrackingMechanism {
 private struct FaultHandlerContext: Sendable {
     let userfaultfd: Int32
     let stopDescriptor: Int32
-    let record: PageRecordHandle
+    let record: PageRecord
     let regionStart: UInt
     let copyBeforeWrite: SyncWriteProtectMechanism.CopyBeforeWrite?
 
@@ -155,11 +161,7 @@ private struct FaultHandlerContext: Sendable {
         var messages = [memsnap_uffd_msg](repeating: memsnap_uffd_msg(), count: 64)
         let messageSize = MemoryLayout<memsnap_uffd_msg>.stride
         while true {
-            let ready = poll(&descriptors, 2, -1)
-            if ready < 0 {
-                if errno == EINTR { continue }
-                return
-            }
+            guard case .success = valueOrErrno({ poll(&descriptors, 2, -1) }) else { return }
             if descriptors[1].revents != 0 { return }
             if descriptors[0].revents & Int16(POLLERR | POLLHUP | POLLNVAL) != 0 { return }
             while true {

@@ -5,32 +5,32 @@
 /// The same seed and size always give the same bytes, on every machine.
 ///
 /// Thread safety: a value type; `fill` writes only to the buffer it is given.
-public struct SyntheticHeap: Sendable {
+package struct SyntheticHeap: Sendable {
     /// Fractions of pages of each kind, in percent; the defaults add up to 100.
     ///
     /// Any values are accepted: each page rolls 0..<100 and takes the first kind (in the order
     /// below) whose running total of shares exceeds the roll, else random bytes. So shares past
     /// 100 in all leave the later kinds out, negative shares take pages from nothing, and the
     /// total saturates instead of overflowing.
-    public struct Mix: Sendable, Equatable {
-        public var zero = 20, objects = 30, text = 15, floats = 15, counters = 10, random = 10
-        public init() {}
+    package struct Mix: Sendable, Equatable {
+        package var zero = 20, objects = 30, text = 15, floats = 15, counters = 10, random = 10
+        package init() {}
     }
 
-    public var seed: UInt64
-    public var mix: Mix
+    package var seed: UInt64
+    package var mix: Mix
     /// The address the heap pretends to live at, so that its pointers look like real ones.
     /// Pointers are `pretendBase` plus an offset, wrapping past `UInt64.max`.
-    public var pretendBase: UInt64 = 0x7f3a_0000_0000
+    package var pretendBase: UInt64 = 0x7f3a_0000_0000
 
-    public init(seed: UInt64 = 0x6d65_6d73_6e61_7021, mix: Mix = Mix()) {
+    package init(seed: UInt64 = 0x6d65_6d73_6e61_7021, mix: Mix = Mix()) {
         self.seed = seed
         self.mix = mix
     }
 
     /// Overwrites all of `buffer` with heap-like content. Page kinds are chosen per `Page.size`
     /// page from the seed and the page index, so any part of an image can be regenerated alone.
-    public func fill(_ buffer: UnsafeMutableRawBufferPointer) {
+    package func fill(_ buffer: UnsafeMutableRawBufferPointer) {
         guard let start = buffer.baseAddress else { return }
         let pageSize = Page.size
         var offset = 0
@@ -130,12 +130,12 @@ public struct SyntheticHeap: Sendable {
 }
 
 /// SplitMix64: a tiny, fast, well-mixed deterministic generator (Steele, Lea, Flood 2014).
-public struct SplitMix64: RandomNumberGenerator, Sendable {
+package struct SplitMix64: RandomNumberGenerator, Sendable {
     private var state: UInt64
 
-    public init(seed: UInt64) { state = seed }
+    package init(seed: UInt64) { state = seed }
 
-    public mutating func next() -> UInt64 {
+    package mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9

@@ -38,7 +38,8 @@ final class ChunkEncoder: @unchecked Sendable {
         continuation.onTermination = { [weak self] _ in self?.stop() }
         if chunkCount == 0 { continuation.finish() }
         for thread in 0..<max(1, threads) where chunkCount > 0 {
-            _ = try OSThread(name: "memsnap-push\(thread)") {
+            // Detached: the threads end when the chunks run out or `stop()` is called.
+            try OSThread(name: "memsnap-push\(thread)") {
                 var scratch = CheckpointFrames.EncodeScratch()
                 while let index = counter.claim() {
                     room.wait()
@@ -61,7 +62,7 @@ final class ChunkEncoder: @unchecked Sendable {
                     }
                     if remaining.withLock({ value in value -= 1; return value == 0 }) { continuation.finish() }
                 }
-            }
+            }.detach()
         }
     }
 

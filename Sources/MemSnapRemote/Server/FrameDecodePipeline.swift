@@ -36,9 +36,10 @@ final class FrameDecodePipeline: @unchecked Sendable {
         let state = self.state, work = self.work
         for thread in 0..<self.threads {
             do {
-                _ = try OSThread(name: "memsnap-recv\(thread)") {
+                // Detached: `close()` stops the decoders through the shared state.
+                try OSThread(name: "memsnap-recv\(thread)") {
                     Self.decode(into: push, state: state, work: work)
-                }
+                }.detach()
             } catch {
                 close(startedThreads: thread)
                 throw error

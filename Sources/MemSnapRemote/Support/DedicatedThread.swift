@@ -7,8 +7,8 @@ func onDedicatedThread<Value: Sendable>(
 ) async throws -> Value {
     try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Value, any Error>) in
         do {
-            // The thread is joined by nobody: it ends when `work` does, and OSThread detaches on deinit.
-            _ = try OSThread(name: name) { continuation.resume(with: Result { try work() }) }
+            // The thread is joined by nobody: it ends when `work` does and reports through the continuation.
+            try OSThread(name: name) { continuation.resume(with: Result { try work() }) }.detach()
         } catch {
             continuation.resume(throwing: error)
         }

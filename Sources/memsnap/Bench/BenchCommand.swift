@@ -5,6 +5,10 @@ import ArgumentParser
 import Foundation
 import MemSnap
 
+/// `memsnap bench`: how close memsnap comes to the physical limit on this machine. Each benchmark
+/// measures its anchor (memcpy, memcmp, lz4, LMDB, raw TCP) in the same run and reports ratios;
+/// these are the figures in BENCHMARKS.md. For catching regressions between commits (statistics,
+/// CPU and syscall counts, baselines) use the package-benchmark suite in Benchmarks/ instead.
 struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
@@ -12,15 +16,6 @@ struct BenchCommand: AsyncParsableCommand {
         subcommands: [TrackingBenchmarkCommand.self, DiffBenchmarkCommand.self, RoundsBenchmarkCommand.self, CheckpointBenchmarkCommand.self, ArenaBenchmarkCommand.self,
                       RemoteBenchmarkCommand.self, WasmBenchmarkCommand.self]
     )
-}
-
-/// Parses "1%", "0.5%", "25" (percent) into a fraction; anything outside (0, 100] is refused.
-func parsePercentage(_ text: String) throws -> Double {
-    let number = text.hasSuffix("%") ? String(text.dropLast()) : text
-    guard let value = Double(number), value > 0, value <= 100 else {
-        throw ValidationError("'\(text)' is not a percentage between 0 and 100 (example: 1%)")
-    }
-    return value / 100
 }
 
 /// A benchmark's results: printed as a table, or as JSON with `--json`.

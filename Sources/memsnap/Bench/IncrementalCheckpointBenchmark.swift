@@ -243,10 +243,4 @@ struct IncrementalCheckpointBenchmark {
         hasher.combine(data)
         return hasher.finalize()
     }
-
-    private func median(_ values: [Double]) -> Double {
-        guard !values.isEmpty else { return 0 }
-        let sorted = values.sorted()
-        return sorted[sorted.count / 2]
-    }
 }

@@ -121,8 +121,9 @@ struct RoundsBenchmark {
         let pool = try SnapshotWorkers(snapshot: snapshot, count: workers, tracking: DirtyTracker.Configuration(mode: mode))
         let workerCount = workers
         let threadsOnly = try Stopwatch.median(repetitions: repetitions) {
-            let threads = try (0..<workerCount).map { index in try OSThread(name: "bench-t\(index)") {} }
-            for thread in threads { thread.join() }
+            var threads = OSThreadGroup()
+            for index in 0..<workerCount { try threads.start(name: "bench-t\(index)") {} }
+            threads.joinAll()
         }
         var remapped = 0
         // Warm up both kinds of round (first faults of the page tables, thread stacks).
@@ -158,8 +159,9 @@ struct RoundsBenchmark {
             let plans = (0..<workerCount).map { pages(worker: $0, round: current) }
             let outcomes = Locked<[Int: Result<[SnapshotDiff], MemSnapError>]>([:])
             let seconds = try Stopwatch.time { () throws in
-                let threads = try (0..<workerCount).map { index in
-                    try OSThread(name: "bench-a\(index)") {
+                var threads = OSThreadGroup()
+                for index in 0..<workerCount {
+                    try threads.start(name: "bench-a\(index)") {
                         let region = regions[index]
                         region.withUnsafeMutableBytes {
                             RoundsBenchmark.write(plans[index], into: $0, seed: UInt64(current * 100 + index))
@@ -169,7 +171,7 @@ struct RoundsBenchmark {
                         outcomes.withLock { $0[index] = outcome }
                     }
                 }
-                for thread in threads { thread.join() }
+                threads.joinAll()
             }.seconds
             writeAndDiff.append(seconds)
             for index in 0..<workerCount {

@@ -233,15 +233,3 @@ struct TrackingBenchmark {
             sparseUntrackedWriteSeconds: sparseUntracked, fullUntrackedWriteSeconds: fullUntracked, modes: results)
     }
 }
-
-func median(_ values: [Double]) -> Double {
-    guard !values.isEmpty else { return 0 }
-    let sorted = values.sorted()
-    return sorted[sorted.count / 2]
-}
-
-func isoDate() -> String {
-    let formatter = ISO8601DateFormatter()
-    formatter.formatOptions = [.withFullDate]
-    return formatter.string(from: Date())
-}

@@ -238,15 +238,10 @@ struct RestoreCommand: ParsableCommand {
         var offset = 0
         var buffer = [UInt8](repeating: 0, count: 1 << 20)
         while offset < size {
-            let count = try buffer.withUnsafeMutableBytes { bytes -> Int in
-                while true {
-                    let got = pread(file.descriptor.rawValue, bytes.baseAddress, min(bytes.count, size - offset), off_t(offset))
-                    if got < 0 && errno == EINTR { continue }
-                    guard got >= 0 else { throw MemSnapError.systemCall("pread", during: operation) }
-                    guard got > 0 else { throw MemSnapError(operation, .corrupt("the restored image ends at \(offset) of \(size) bytes")) }
-                    return got
-                }
+            let count = try systemCall("pread", during: operation) {
+                buffer.withUnsafeMutableBytes { pread(file.descriptor.rawValue, $0.baseAddress, min($0.count, size - offset), off_t(offset)) }
             }
+            guard count > 0 else { throw MemSnapError(operation, .corrupt("the restored image ends at \(offset) of \(size) bytes")) }
             try buffer.withUnsafeBytes { bytes in
                 do throws(PartialWriteFailure) {
                     try writeAll(STDOUT_FILENO, [UnsafeRawBufferPointer(rebasing: bytes[0..<count])], at: nil)

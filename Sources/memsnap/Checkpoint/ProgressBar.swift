@@ -45,10 +45,3 @@ final class ProgressBar: Sendable {
         if enabled { FileHandleOutput.standardError("\r\u{1B}[K") }
     }
 }
-
-enum FileHandleOutput {
-    static func standardError(_ text: String) {
-        var bytes = Array(text.utf8)
-        _ = bytes.withUnsafeMutableBytes { write(STDERR_FILENO, $0.baseAddress, $0.count) }
-    }
-}

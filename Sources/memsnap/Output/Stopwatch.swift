@@ -24,8 +24,7 @@ enum Stopwatch {
         for _ in 0..<max(1, repetitions) {
             samples.append(try time(body).seconds)
         }
-        samples.sort()
-        return samples[samples.count / 2]
+        return memsnap.median(samples)
     }
 }
 

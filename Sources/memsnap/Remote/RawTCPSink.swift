@@ -24,9 +24,8 @@ enum RawTCPSink {
                 if connection < 0 { continue }
                 var total: UInt64 = 0
                 while true {
-                    let count = buffer.withUnsafeMutableBytes { read(connection, $0.baseAddress, $0.count) }
-                    if count < 0 && errno == EINTR { continue }
-                    if count <= 0 { break }
+                    let result = valueOrErrno { buffer.withUnsafeMutableBytes { read(connection, $0.baseAddress, $0.count) } }
+                    guard case let .success(count) = result, count > 0 else { break }
                     total += UInt64(count)
                 }
                 var answer = total.littleEndian
