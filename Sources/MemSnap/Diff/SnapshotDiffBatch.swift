@@ -128,8 +128,11 @@ struct DiffBatchBuilder: ~Copyable {
     /// The batch: the payload copied once into its array, the table handed over.
     mutating func finish() -> SnapshotDiffBatch {
         let source = UnsafeRawPointer(storage)
-        let payload = [UInt8](unsafeUninitializedCapacity: used) { buffer, initialized in
-            if let target = buffer.baseAddress, used > 0 { UnsafeMutableRawPointer(target).copyMemory(from: source, byteCount: used) }
+        // An empty batch must not go through `unsafeUninitializedCapacity`: with capacity 0 it
+        // stores the count into the shared empty-array singleton, a write that races with every
+        // other thread finishing an empty batch (ThreadSanitizer reports it).
+        let payload = used == 0 ? [] : [UInt8](unsafeUninitializedCapacity: used) { buffer, initialized in
+            if let target = buffer.baseAddress { UnsafeMutableRawPointer(target).copyMemory(from: source, byteCount: used) }
             initialized = used
         }
         let batch = SnapshotDiffBatch(payload: payload, runs: runs)
