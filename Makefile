@@ -59,7 +59,9 @@ benchmarks: deps
 # with swift-docc-plugin; any DocC warning (a broken symbol link, say) fails the target.
 DOC_TARGETS := MemSnap MemSnapCheckpoint MemSnapArena MemSnapArenaCheckpoint MemSnapRemote MemSnapWasm
 docs: deps
+	mkdir -p .build/docs
 	for target in $(DOC_TARGETS); do \
+		rm -rf .build/docs/$$target; \
 		$(SWIFT) package --allow-writing-to-directory .build/docs generate-documentation --target $$target \
 			--output-path .build/docs/$$target --warnings-as-errors || exit 1; \
 	done

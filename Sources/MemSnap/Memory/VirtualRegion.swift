@@ -150,6 +150,10 @@ public final class VirtualRegion: @unchecked Sendable {
     /// let the region map files over address space that belongs to someone else.
     ///
     /// - Parameters:
+    ///   - address: the first byte of the foreign reservation (page-aligned).
+    ///   - reservedSize: the reservation's size in bytes (page multiple, above 0).
+    ///   - committedSize: how many bytes from `address` the owner has made read-write (page multiple).
+    ///   - owner: the object whose lifetime decides the reservation's; kept alive by the region.
     ///   - ownerName: names the owner in errors ("WasmKit linear memory").
     ///   - hugePages: `.disabled` applies `MADV_NOHUGEPAGE` to the whole range (advisory).
     /// - Throws: `.unaligned` if `address`, `reservedSize` or `committedSize` is not a page
