@@ -19,6 +19,15 @@ struct BenchCommand: AsyncParsableCommand {
 }
 
 /// A benchmark's results: printed as a table, or as JSON with `--json`.
+/// One timed step of a benchmark table (the checkpoint benches' rows): what ran, its median time,
+/// the bytes it wrote if it wrote a file, and what the reader should know about it.
+struct TimedStepRow: Codable {
+    var name: String
+    var seconds: Double
+    var outputBytes: Int?
+    var note: String
+}
+
 protocol BenchmarkReport: Encodable {
     func table() -> String
 }

@@ -73,12 +73,7 @@ struct CheckpointBenchmarkCommand: ParsableCommand {
 }
 
 struct CheckpointReport: Codable, BenchmarkReport {
-    struct Row: Codable {
-        var name: String
-        var seconds: Double
-        var outputBytes: Int?
-        var note: String
-    }
+    typealias Row = TimedStepRow
     var date: String
     var imageBytes: Int
     var nonzeroBytes: Int

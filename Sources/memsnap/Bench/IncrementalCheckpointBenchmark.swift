@@ -20,12 +20,7 @@ struct IncrementalCheckpointBenchmark {
     var repetitions: Int
 
     struct Report: Codable, BenchmarkReport {
-        struct Row: Codable {
-            var name: String
-            var seconds: Double
-            var outputBytes: Int?
-            var note: String
-        }
+        typealias Row = TimedStepRow
         var date: String
         var imageBytes: Int
         var changedPagesPerLink: Int
