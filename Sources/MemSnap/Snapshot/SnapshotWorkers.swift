@@ -1,19 +1,24 @@
 /// Fork/join of workers from one snapshot: the core loop of a serverless or WebAssembly host.
 ///
 /// Each worker has its own `VirtualRegion`, mapped copy-on-write from the snapshot and tracked
-/// by its own `DirtyTracker`; so does the main thread (`mainMemory`). `run` starts one OS thread
-/// per worker, calls the body with the worker's memory, then (still on the worker's thread, so
-/// diffing runs in parallel) collects the worker's dirty pages and diffs them against the
-/// snapshot. At the join the main thread's diffs are applied first and then each worker's in
-/// index order, in one atomic apply: the merge order, and so the result of overlapping
-/// bytewise writes, is the same on every run. Every region then shows the merged snapshot again,
-/// its tracker armed, ready for the next round.
+/// by its own `DirtyTracker`; so does the main thread (`mainMemory`). Each worker also has its
+/// own OS thread, started with the pool and woken for every round (a persistent thread, not one
+/// started per round). `run` calls each body on its worker's thread with the worker's memory,
+/// then, still on that thread, so that this work runs in parallel, collects the worker's dirty
+/// pages, diffs them against the snapshot and restores the memory in place (below). At the join
+/// the main thread's diffs are applied first and then each worker's in index order, in one
+/// atomic apply: the merge order, and so the result of overlapping bytewise writes, is the same
+/// on every run. Every region then shows the merged snapshot again, its tracker armed, ready
+/// for the next round.
 ///
 /// Restoring costs what a region wrote, not its size: a region maps the snapshot's memfd
 /// privately, so dropping its own copies of the pages it wrote (`MADV_DONTNEED`) makes it read
 /// the merged snapshot everywhere (pages it never wrote already share the snapshot's), and the
 /// tracker's registration stays in place, the dropped pages still armed (see
-/// `DirtyTracker.restoreInPlace`). A region is remapped and its tracker re-armed instead when the
+/// `DirtyTracker.restoreInPlace`). A worker drops its pages on its own thread as soon as its
+/// diffs are taken, before the merge: a private mapping shows the file's current content
+/// wherever it holds no copy, so the merge's writes into the snapshot appear in the dropped
+/// pages as they do in the pages never written. A region is remapped and its tracker re-armed instead when the
 /// snapshot grew or the region's committed size differs from it (growth, shrink), when it wrote
 /// more than `inPlaceRestoreLimit` of its pages (one remap is then cheaper than dropping them
 /// run by run), when its mechanism cannot tell which pages it copied (`none`), and on every
@@ -84,6 +89,8 @@ public final class SnapshotWorkers: Sendable {
     public let workerMemories: [VirtualRegion]
     private let mainTracker: DirtyTracker
     private let workerTrackers: [DirtyTracker]
+    /// One thread per worker, woken every round.
+    private let threads: WorkerThreadPool
     /// Held for the whole of every round and join: they read and restore every region.
     private let rounds = Locked(())
     /// Each region's committed size right after its last remap, by region (the main memory's
@@ -93,7 +100,9 @@ public final class SnapshotWorkers: Sendable {
 
     /// Maps the snapshot into `count` worker regions and a main region of `memoryMaxSize` bytes
     /// each (default: the snapshot's maximum) and starts tracking them.
-    /// - Throws: `.invalidArgument` for a count below 1; mapping and tracking failures.
+    /// Starts one thread per worker, which waits (using no CPU) between rounds and ends with the pool.
+    /// - Throws: `.invalidArgument` for a count below 1; mapping and tracking failures;
+    ///   `.systemCall("pthread_create", ...)` if the worker threads cannot start.
     public init(
         snapshot: Snapshot, count: Int, memoryMaxSize: Int? = nil,
         tracking: DirtyTracker.Configuration = DirtyTracker.Configuration(), options: DiffOptions = DiffOptions()
@@ -115,6 +124,7 @@ public final class SnapshotWorkers: Sendable {
             regions.append(region)
             trackers.append(tracker)
         }
+        self.threads = try WorkerThreadPool(count: count, name: "memsnap-w")
         self.snapshot = snapshot
         self.options = options
         self.mainMemory = main.0
@@ -156,7 +166,7 @@ public final class SnapshotWorkers: Sendable {
     public func runWithoutMerging(_ body: @escaping @Sendable (Worker) throws -> Void) throws -> RoundDiffs {
         try rounds.withLock { _ in
             let round = try runBodies(body)
-            _ = try restoreWorkers(written: round.written, changedUnderneath: [])
+            _ = try restoreWorkers(round, changedUnderneath: [])
             return round.diffs
         }
     }
@@ -169,7 +179,7 @@ public final class SnapshotWorkers: Sendable {
     @discardableResult
     public func merge(workerDiffs: [[SnapshotDiff]], names: [String]? = nil) throws(MemSnapError) -> JoinReport {
         try rounds.withLock { (_) throws(MemSnapError) -> JoinReport in
-            try merge(workerDiffs: workerDiffs, workerWritten: nil, names: names)
+            try merge(workerDiffs: workerDiffs, round: nil, names: names)
         }
     }
 
@@ -182,51 +192,52 @@ public final class SnapshotWorkers: Sendable {
     public func run(_ body: @escaping @Sendable (Worker) throws -> Void) throws -> JoinReport {
         try rounds.withLock { _ in
             let round = try runBodies(body)
-            return try merge(workerDiffs: round.diffs.workers, workerWritten: round.written, names: nil)
+            return try merge(workerDiffs: round.diffs.workers, round: round, names: nil)
         }
     }
 
-    /// A round's diffs and the pages each worker wrote (what restoring it in place drops).
+    /// A round's diffs, the pages each worker wrote (what restoring it in place drops), and
+    /// which workers their own threads already restored in place.
     private struct Round {
         var diffs: RoundDiffs
         var written: [DirtyPages]
+        var restoredInPlace: [Bool]
     }
 
-    /// Runs the bodies on their threads and diffs each worker; on any failure restores the
-    /// workers and throws.
+    /// Runs the bodies on the workers' threads, diffs each worker and restores it in place where
+    /// it can; on any failure restores the workers and throws.
     private func runBodies(_ body: @escaping @Sendable (Worker) throws -> Void) throws -> Round {
-        let outcomes = Locked<[Int: Result<[SnapshotDiff], any Error>]>([:])
-        let dirtySets = Locked<[Int: DirtyPages]>([:])
-        var threads = OSThreadGroup()
-        var startFailure: MemSnapError?
-        for index in 0..<count {
-            let worker = Worker(index: index, memory: workerMemories[index])
-            let tracker = workerTrackers[index]
-            let snapshot = self.snapshot
-            let options = self.options
-            do {
-                try threads.start(name: "memsnap-w\(index)") {
-                    let outcome = Result { () throws -> [SnapshotDiff] in
-                        do { try body(worker) } catch { throw BodyFailure(underlying: error) }
-                        let dirty = try tracker.collectAndReset()
-                        dirtySets.withLock { $0[index] = dirty }
-                        return try snapshot.diff(worker.memory, dirtyPages: dirty, options: options)
-                    }
-                    outcomes.withLock { $0[index] = outcome }
+        let workerCount = count
+        let outcomes = Locked<[Result<[SnapshotDiff], any Error>?]>(Array(repeating: nil, count: workerCount))
+        let dirtySets = Locked<[DirtyPages?]>(Array(repeating: nil, count: workerCount))
+        let restoredEarly = Locked<[Bool]>(Array(repeating: false, count: workerCount))
+        let memories = workerMemories
+        let trackers = workerTrackers
+        let snapshot = self.snapshot
+        let options = self.options
+        let mappedSizes = self.mappedSizes
+        threads.run { index in
+            let worker = Worker(index: index, memory: memories[index])
+            let tracker = trackers[index]
+            let outcome = Result { () throws -> [SnapshotDiff] in
+                do { try body(worker) } catch { throw BodyFailure(underlying: error) }
+                let dirty = try tracker.collectAndReset()
+                dirtySets.withLock { $0[index] = dirty }
+                let diffs = try snapshot.diff(worker.memory, dirtyPages: dirty, options: options)
+                // The diffs hold copies of the written bytes: the memory can go back to the
+                // snapshot now, in parallel with the other workers, rather than after the merge.
+                if SnapshotWorkers.restoreInPlace(worker.memory, tracker, written: dirty, changedUnderneath: [],
+                                                  snapshotSize: snapshot.size, mappedSizes: mappedSizes) {
+                    restoredEarly.withLock { $0[index] = true }
                 }
-            } catch {
-                startFailure = error
-                break
+                return diffs
             }
+            outcomes.withLock { $0[index] = outcome }
         }
-        threads.joinAll()
-        if let startFailure {
-            try restoreWorkers()
-            throw startFailure
-        }
+        let results = outcomes.withLock { $0 }
         var workerDiffs: [[SnapshotDiff]] = []
         for index in 0..<count {
-            switch outcomes.withLock({ $0[index] }) {
+            switch results[index] {
             case let .success(diffs)?:
                 workerDiffs.append(diffs)
             case let .failure(error)?:
@@ -240,8 +251,9 @@ public final class SnapshotWorkers: Sendable {
                 throw MemSnapError("run worker \(index)", .invalidArgument("the worker thread ended without a result"))
             }
         }
-        let written = (0..<count).map { index in dirtySets.withLock { $0[index] } ?? DirtyPages(pageCount: 0, runs: []) }
-        return Round(diffs: RoundDiffs(workers: workerDiffs, dirtyPageCounts: written.map(\.count)), written: written)
+        let written = dirtySets.withLock { $0 }.map { $0 ?? DirtyPages(pageCount: 0, runs: []) }
+        return Round(diffs: RoundDiffs(workers: workerDiffs, dirtyPageCounts: written.map(\.count)), written: written,
+                     restoredInPlace: restoredEarly.withLock { $0 })
     }
 
     /// Merges the main memory's writes (with no workers running) and remaps everything.
@@ -253,13 +265,13 @@ public final class SnapshotWorkers: Sendable {
     @discardableResult
     public func join() throws(MemSnapError) -> JoinReport {
         try rounds.withLock { (_) throws(MemSnapError) -> JoinReport in
-            try merge(workerDiffs: [], workerWritten: nil, names: nil)
+            try merge(workerDiffs: [], round: nil, names: nil)
         }
     }
 
-    /// `workerWritten`: the pages each worker wrote this round, nil when the workers did not run
-    /// since they were last restored (a join, or a merge of diffs from `runWithoutMerging`).
-    private func merge(workerDiffs: [[SnapshotDiff]], workerWritten: [DirtyPages]?, names: [String]?) throws(MemSnapError) -> JoinReport {
+    /// `round`: the round that produced `workerDiffs`, nil when the workers did not run since
+    /// they were last restored (a join, or a merge of diffs from `runWithoutMerging`).
+    private func merge(workerDiffs: [[SnapshotDiff]], round: Round?, names: [String]?) throws(MemSnapError) -> JoinReport {
         let mainDirty: DirtyPages
         let batches: [[SnapshotDiff]]
         let written: [Range<Int>]
@@ -278,9 +290,9 @@ public final class SnapshotWorkers: Sendable {
         }
         var remapped: [Int] = []
         if try restore(mainMemory, mainTracker, written: mainDirty, changedUnderneath: written) { remapped.append(0) }
-        remapped += try restoreWorkers(written: workerWritten, changedUnderneath: written).map { $0 + 1 }
+        remapped += try restoreWorkers(round, changedUnderneath: written).map { $0 + 1 }
         return JoinReport(
-            dirtyPageCounts: [mainDirty.count] + (workerWritten?.map(\.count) ?? []),
+            dirtyPageCounts: [mainDirty.count] + (round?.written.map(\.count) ?? []),
             diffCount: batches.reduce(0) { $0 + $1.count },
             diffBytes: batches.reduce(0) { $0 + $1.reduce(0) { $0 + $1.bytes.count } },
             writtenRanges: written,
@@ -299,37 +311,56 @@ public final class SnapshotWorkers: Sendable {
     }
 
     /// Restores every worker (in place where it can; see the type's doc) and returns the
-    /// indices of those remapped. `written` nil: the workers wrote nothing since their last
-    /// restore.
-    private func restoreWorkers(written: [DirtyPages]?, changedUnderneath: [Range<Int>]) throws(MemSnapError) -> [Int] {
+    /// indices of those remapped. `round` nil: the workers wrote nothing since their last
+    /// restore. A worker its thread restored already needs only what changed underneath it
+    /// since (nothing, unless its tracker keeps a copy of the file), or a remap if the snapshot
+    /// changed size in the merge.
+    private func restoreWorkers(_ round: Round?, changedUnderneath: [Range<Int>]) throws(MemSnapError) -> [Int] {
         var remapped: [Int] = []
+        let mappedSize = Page.roundUp(snapshot.size) ?? -1
         for index in 0..<count {
             let memory = workerMemories[index]
-            let pages = written?[index] ?? DirtyPages(pageCount: memory.committedSize >> Page.shift, runs: [])
-            if try restore(memory, workerTrackers[index], written: pages, changedUnderneath: changedUnderneath) {
+            let tracker = workerTrackers[index]
+            let restoredEarly = round?.restoredInPlace[index] ?? false
+            if restoredEarly, changedUnderneath.isEmpty || !tracker.needsChangesUnderneath,
+               memory.committedSize == mappedSize {
+                continue
+            }
+            var pages = round?.written[index] ?? DirtyPages(pageCount: memory.committedSize >> Page.shift, runs: [])
+            if restoredEarly { pages = DirtyPages(pageCount: pages.pageCount, runs: []) }
+            if try restore(memory, tracker, written: pages, changedUnderneath: changedUnderneath) {
                 remapped.append(index)
             }
         }
         return remapped
     }
 
-    /// Restores `region` to the snapshot: in place if its committed size is still the snapshot's
-    /// mapped size, it wrote at most `inPlaceRestoreLimit` of its pages and its tracker can;
-    /// otherwise (or if dropping pages fails) by a remap. Returns whether it remapped.
+    /// Restores `region` to the snapshot: in place where it can (see `restoreInPlace`),
+    /// otherwise by a remap. Returns whether it remapped.
     private func restore(
         _ region: VirtualRegion, _ tracker: DirtyTracker, written: DirtyPages, changedUnderneath: [Range<Int>]
     ) throws(MemSnapError) -> Bool {
-        let mappedSize = Page.roundUp(snapshot.size) ?? -1
-        let committed = region.committedSize
-        if committed == mappedSize, mappedSizes.withLock({ $0[region.baseAddress] }) == committed, Double(written.count) <= Double(written.pageCount) * SnapshotWorkers.inPlaceRestoreLimit {
-            do {
-                if try tracker.restoreInPlace(written: written, changedUnderneath: changedUnderneath) { return false }
-            } catch {
-                // Some pages may be dropped, some not: the remap below restores all of them.
-            }
+        if SnapshotWorkers.restoreInPlace(region, tracker, written: written, changedUnderneath: changedUnderneath,
+                                          snapshotSize: snapshot.size, mappedSizes: mappedSizes) {
+            return false
         }
         try remap(region, tracker)
         return true
+    }
+
+    /// Restores `region` in place if its committed size is still the snapshot's mapped size and
+    /// the size it was last mapped at, it wrote at most `inPlaceRestoreLimit` of its pages, and
+    /// its tracker can. False where it cannot, or if dropping pages failed (some pages may be
+    /// dropped then, some not): the caller remaps.
+    private static func restoreInPlace(
+        _ region: VirtualRegion, _ tracker: DirtyTracker, written: DirtyPages, changedUnderneath: [Range<Int>],
+        snapshotSize: Int, mappedSizes: Locked<[UInt: Int]>
+    ) -> Bool {
+        let committed = region.committedSize
+        guard committed == (Page.roundUp(snapshotSize) ?? -1),
+              mappedSizes.withLock({ $0[region.baseAddress] }) == committed,
+              Double(written.count) <= Double(written.pageCount) * inPlaceRestoreLimit else { return false }
+        return (try? tracker.restoreInPlace(written: written, changedUnderneath: changedUnderneath)) ?? false
     }
 
     private func remap(_ region: VirtualRegion, _ tracker: DirtyTracker) throws(MemSnapError) {

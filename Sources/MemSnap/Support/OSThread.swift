@@ -86,6 +86,15 @@ package struct OSThreadGroup: ~Copyable {
         handles = []
     }
 
+    /// Hands the threads over to a caller that joins them itself: an owner that must join from
+    /// a class's deinit, where a `~Copyable` stored value cannot be consumed. Each handle must
+    /// then be joined (or detached) exactly once by that caller.
+    package consuming func releaseHandles() -> [pthread_t] {
+        let released = handles
+        handles = []
+        return released
+    }
+
     deinit {
         for handle in handles { pthread_detach(handle) }
     }

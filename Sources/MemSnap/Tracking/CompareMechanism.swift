@@ -70,6 +70,8 @@ final class CompareMechanism: DirtyTrackingMechanism {
 
     /// The saved copy must equal the region again: the dropped pages read the file now, and
     /// the file changed under the region's shared pages.
+    var keepsCopyOfContent: Bool { true }
+
     func restoredInPlace(dropped: [Range<Int>], changedUnderneath: [Range<Int>], pageCount: Int) throws(MemSnapError) {
         let limit = min(pageCount, savedPages)
         for run in DirtyPages.coalesce(dropped + changedUnderneath, limit: limit) {

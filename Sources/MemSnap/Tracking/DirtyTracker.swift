@@ -233,12 +233,21 @@ public final class DirtyTracker: @unchecked Sendable {
                       let dropped = mechanism.privatePages(reported: written.runs, pageCount: pageCount) else { return false }
                 let operation = "restore \(mode.rawValue)-tracked region in place (\(dropped.count) page runs)"
                 try region.dropPagesLocked(dropped, committedSize: committed, during: operation)
-                let changedPages = changedUnderneath.map { ($0.lowerBound >> Page.shift)..<(($0.upperBound + Page.size - 1) >> Page.shift) }
+                // Only a mechanism that keeps a copy of the content needs them (thousands of
+                // ranges after a merge of many workers).
+                let changedPages = !mechanism.keepsCopyOfContent ? [] : changedUnderneath.map {
+                    ($0.lowerBound >> Page.shift)..<(($0.upperBound + Page.size - 1) >> Page.shift)
+                }
                 try mechanism.restoredInPlace(dropped: dropped, changedUnderneath: changedPages, pageCount: pageCount)
                 return true
             }
         }
     }
+
+    /// Whether `restoreInPlace` needs the ranges of the file that changed underneath the region
+    /// (`compare` keeps a copy of the content that they leave stale); for every other mode an
+    /// in-place restore is complete without them.
+    var needsChangesUnderneath: Bool { mechanism.keepsCopyOfContent }
 
     /// Ends tracking: the region's committed pages are all writable and untracked afterwards.
     /// Idempotent.

@@ -39,6 +39,11 @@ protocol DirtyTrackingMechanism: AnyObject {
     /// mechanism's state in line, so the next collect reports exactly the pages written from now.
     func restoredInPlace(dropped: [Range<Int>], changedUnderneath: [Range<Int>], pageCount: Int) throws(MemSnapError)
 
+    /// Whether the mechanism keeps its own copy of the region's content, which a write to the
+    /// file under the region (not through the region) leaves stale: `restoreInPlace` needs the
+    /// ranges that changed underneath then, and only then.
+    var keepsCopyOfContent: Bool { get }
+
     /// Whether writes can be attributed to the thread that made them.
     var attributesWritesToThreads: Bool { get }
     func attachThread(_ tid: Int) throws(MemSnapError)
@@ -54,6 +59,7 @@ extension DirtyTrackingMechanism {
     /// armed (uffd-wp leaves a marker in place of a protected page; an mprotect'ed or
     /// soft-dirty-cleared page is refaulted on its next write): nothing to do.
     func restoredInPlace(dropped: [Range<Int>], changedUnderneath: [Range<Int>], pageCount: Int) throws(MemSnapError) {}
+    var keepsCopyOfContent: Bool { false }
     var attributesWritesToThreads: Bool { false }
     func regionMappingChanged(_ change: VirtualRegion.MappingChange) {}
     func attachThread(_ tid: Int) throws(MemSnapError) {}

@@ -53,8 +53,11 @@ struct RoundsReport: Codable, BenchmarkReport {
     var dirtyFraction: Double
     var pagesPerWorker: Int
     var repetitions: Int
-    /// Starting and joining `workers` threads that do nothing: part of every round.
+    /// Starting and joining `workers` threads that do nothing: what a round cost before the
+    /// pool kept its threads.
     var threadsOnlySeconds: Double
+    /// Waking `workers` pool threads that do nothing and waiting for them: part of every round.
+    var wakeThreadsSeconds: Double
     /// A round whose bodies write nothing: its whole time is overhead.
     var emptyRoundSeconds: Double
     /// A round whose bodies write `pagesPerWorker` pages each.
@@ -73,10 +76,11 @@ struct RoundsReport: Codable, BenchmarkReport {
             "snapshot \(ByteCount(snapshotBytes)) of synthetic heap, \(workers) workers + the main memory, \(mode) tracking; "
                 + "medians of \(repetitions) rounds",
             "start and join \(workers) threads that do nothing:   \(formatDuration(threadsOnlySeconds))",
+            "wake \(workers) waiting threads that do nothing:     \(formatDuration(wakeThreadsSeconds))",
             "empty round (bodies write nothing):         \(formatDuration(emptyRoundSeconds))",
             "round with \(format(dirtyFraction * 100, decimals: 1)) % writers (\(pagesPerWorker) pages each, 4 stores per page): "
                 + "\(formatDuration(dirtyRoundSeconds))",
-            "anchor: the same writes on fresh copy-on-write mappings + their diffs (\(workers) threads) "
+            "anchor: the same writes on fresh copy-on-write mappings + their diffs (\(workers) waiting threads) "
                 + "\(formatDuration(anchorWriteAndDiffSeconds)) + merge \(formatDuration(anchorMergeSeconds)) = "
                 + "\(formatDuration(anchorSeconds))",
             "round / anchor: \(format(dirtyRoundOverAnchor, decimals: 2))x; memories remapped instead of restored in place: "
@@ -125,14 +129,20 @@ struct RoundsBenchmark {
             for index in 0..<workerCount { try threads.start(name: "bench-t\(index)") {} }
             threads.joinAll()
         }
+        // The anchor's threads, as the pool's: started once, woken for every round.
+        let anchorThreads = try WorkerThreadPool(count: workerCount, name: "bench-a")
+        let wakeThreads = Stopwatch.median(repetitions: repetitions) { anchorThreads.run { _ in } }
         var remapped = 0
         // Warm up both kinds of round (first faults of the page tables, thread stacks).
         try pool.run { _ in }
+        // Every round's pages are chosen before any is timed.
+        let plannedRounds = 2 * repetitions + 1
+        let allPlans = (0..<plannedRounds).map { round in (0..<workerCount).map { pages(worker: $0, round: round) } }
         var round = 0
         func writingRound() throws {
             let current = round
             round += 1
-            let plans = (0..<workerCount).map { pages(worker: $0, round: current) }
+            let plans = allPlans[current % plannedRounds]
             let report = try pool.run { worker in
                 worker.memory.withUnsafeMutableBytes {
                     RoundsBenchmark.write(plans[worker.index], into: $0, seed: UInt64(current * 100 + worker.index))
@@ -156,22 +166,18 @@ struct RoundsBenchmark {
             for region in regions { try snapshot.mapCopyOnWrite(into: region) }
             let current = round
             round += 1
-            let plans = (0..<workerCount).map { pages(worker: $0, round: current) }
+            let plans = allPlans[current % plannedRounds]
             let outcomes = Locked<[Int: Result<[SnapshotDiff], MemSnapError>]>([:])
-            let seconds = try Stopwatch.time { () throws in
-                var threads = OSThreadGroup()
-                for index in 0..<workerCount {
-                    try threads.start(name: "bench-a\(index)") {
-                        let region = regions[index]
-                        region.withUnsafeMutableBytes {
-                            RoundsBenchmark.write(plans[index], into: $0, seed: UInt64(current * 100 + index))
-                        }
-                        let dirty = DirtyPages(pageCount: pageCount, runs: plans[index].map { $0..<$0 + 1 })
-                        let outcome = Result { () throws(MemSnapError) in try snapshot.diff(region, dirtyPages: dirty) }
-                        outcomes.withLock { $0[index] = outcome }
+            let seconds = Stopwatch.time {
+                anchorThreads.run { index in
+                    let region = regions[index]
+                    region.withUnsafeMutableBytes {
+                        RoundsBenchmark.write(plans[index], into: $0, seed: UInt64(current * 100 + index))
                     }
+                    let dirty = DirtyPages(pageCount: pageCount, runs: plans[index].map { $0..<$0 + 1 })
+                    let outcome = Result { () throws(MemSnapError) in try snapshot.diff(region, dirtyPages: dirty) }
+                    outcomes.withLock { $0[index] = outcome }
                 }
-                threads.joinAll()
             }.seconds
             writeAndDiff.append(seconds)
             for index in 0..<workerCount {
@@ -187,7 +193,7 @@ struct RoundsBenchmark {
         return RoundsReport(
             date: isoDate(), mode: (mode ?? (try? DirtyTrackingMode.auto.resolved()) ?? .none).rawValue,
             snapshotBytes: size, workers: workers, dirtyFraction: dirtyFraction, pagesPerWorker: pagesPerWorker,
-            repetitions: repetitions, threadsOnlySeconds: threadsOnly, emptyRoundSeconds: empty,
+            repetitions: repetitions, threadsOnlySeconds: threadsOnly, wakeThreadsSeconds: wakeThreads, emptyRoundSeconds: empty,
             dirtyRoundSeconds: dirtyRound, anchorWriteAndDiffSeconds: anchorWrite, anchorMergeSeconds: anchorMerge,
             anchorSeconds: anchorWrite + anchorMerge, dirtyRoundOverAnchor: dirtyRound / (anchorWrite + anchorMerge),
             remappedMemories: remapped)
