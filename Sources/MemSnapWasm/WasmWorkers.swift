@@ -65,11 +65,14 @@ public final class WasmWorkers: @unchecked Sendable {
     private var mainMember: Member
     private var workerMembers: [Member]
     private var rounds = 0
+    /// One thread per worker, started once and woken for every round.
+    private let threads: WorkerThreadPool
 
     /// Forks a main instance and `count` workers from `zygote` and starts tracking them.
     /// - Throws: `.invalidArgument` for a count outside 1...1024; `MemSnapError` from forking,
     ///   from `WasmTracking.resolve` (e.g. segfault tracking with WasmKit's handler in front),
-    ///   or from starting a tracker.
+    ///   or from starting a tracker; `.systemCall("pthread_create", ...)` if the workers' threads
+    ///   (one per worker, waiting between rounds) cannot start.
     public init(zygote: WasmZygote, count: Int, configuration: Configuration = Configuration()) throws(MemSnapError) {
         let operation = "start \(count) WebAssembly workers of \(zygote.program.name)"
         guard (1...1024).contains(count) else {
@@ -88,6 +91,7 @@ public final class WasmWorkers: @unchecked Sendable {
         var workers: [Member] = []
         for index in 0..<count { workers.append(try member("worker \(index)", .worker)) }
         workerMembers = workers
+        threads = try WorkerThreadPool(count: count, name: "memsnap-wasm")
     }
 
     deinit {
@@ -219,37 +223,23 @@ public final class WasmWorkers: @unchecked Sendable {
         _ function: String, round: Int, arguments: @escaping @Sendable (Int, Int) -> [Value]
     ) throws -> [Result<Finished, any Error>] {
         let outcomes = Locked<[Int: Result<Finished, any Error>]>([:])
-        var threads = OSThreadGroup()
-        var startFailure: MemSnapError?
         let snapshot = self.snapshot
         let options = configuration.diff
-        for (index, member) in workerMembers.enumerated() {
-            let instance = member.instance
-            let tracker = member.tracker
-            do {
-                try threads.start(name: "memsnap-wasm\(index)") {
-                    let outcome = Result { () throws -> Finished in
-                        let callStart = WasmWorkers.now()
-                        let results: [Value]
-                        do { results = try instance.call(function, arguments(index, round)) } catch { throw CallFailure(underlying: error) }
-                        let diffStart = WasmWorkers.now()
-                        let dirty = try tracker.collectAndReset()
-                        let diffs = try snapshot.diff(instance.memory, dirtyPages: dirty, options: options)
-                        return Finished(results: results, diffs: diffs, dirtyPages: dirty.count,
-                                        callSeconds: WasmWorkers.seconds(from: callStart, to: diffStart),
-                                        diffSeconds: WasmWorkers.seconds(since: diffStart))
-                    }
-                    outcomes.withLock { $0[index] = outcome }
-                }
-            } catch {
-                startFailure = error
-                break
+        let members = workerMembers.map { (instance: $0.instance, tracker: $0.tracker) }
+        threads.run { index in
+            let (instance, tracker) = members[index]
+            let outcome = Result { () throws -> Finished in
+                let callStart = WasmWorkers.now()
+                let results: [Value]
+                do { results = try instance.call(function, arguments(index, round)) } catch { throw CallFailure(underlying: error) }
+                let diffStart = WasmWorkers.now()
+                let dirty = try tracker.collectAndReset()
+                let diffs = try snapshot.diff(instance.memory, dirtyPages: dirty, options: options)
+                return Finished(results: results, diffs: diffs, dirtyPages: dirty.count,
+                                callSeconds: WasmWorkers.seconds(from: callStart, to: diffStart),
+                                diffSeconds: WasmWorkers.seconds(since: diffStart))
             }
-        }
-        threads.joinAll()
-        if let startFailure {
-            try restoreWorkers()
-            throw startFailure
+            outcomes.withLock { $0[index] = outcome }
         }
         return (0..<workerMembers.count).map { index in
             outcomes.withLock { $0[index] } ?? .failure(MemSnapError(
