@@ -191,8 +191,9 @@ public final class SnapshotWorkers: Sendable {
     @discardableResult
     public func run(_ body: @escaping @Sendable (Worker) throws -> Void) throws -> JoinReport {
         try rounds.withLock { _ in
-            let round = try runBodies(body)
-            return try merge(workerDiffs: round.diffs.workers, round: round, names: nil)
+            var mainAhead: MainMemoryAhead?
+            let round = try runBodies(body) { mainAhead = collectMainMemoryAhead() }
+            return try merge(workerDiffs: round.diffs.workers, round: round, names: nil, mainAhead: mainAhead)
         }
     }
 
@@ -204,9 +205,49 @@ public final class SnapshotWorkers: Sendable {
         var restoredInPlace: [Bool]
     }
 
+    /// The main memory's writes and diffs, taken while the workers run (the calling thread would
+    /// only wait) without starting a new interval: a round that fails leaves the main memory's
+    /// writes to the next join, as if nothing had been collected.
+    private struct MainMemoryAhead {
+        var dirty: DirtyPages
+        var diffs: [SnapshotDiff]
+    }
+
+    /// Most runs re-armed one by one after a collect ahead: past this, one scan of the whole
+    /// memory costs less than a scan per run.
+    private static let aheadRunLimit = 64
+
+    /// Collects and diffs the main memory without resetting its tracker, where the tracker can
+    /// later re-arm exactly those runs (uffd-async); nil otherwise or on any error (the merge
+    /// then collects as a join does, and reports the error itself).
+    private func collectMainMemoryAhead() -> MainMemoryAhead? {
+        guard mainTracker.mode == .uffdAsync,
+              let dirty = try? mainTracker.collect(),
+              let diffs = try? snapshot.diff(mainMemory, dirtyPages: dirty, options: options) else { return nil }
+        return MainMemoryAhead(dirty: dirty, diffs: diffs)
+    }
+
+    /// The main memory's writes since the last join and their diffs, its tracker reset. With a
+    /// collect ahead of few runs, only those runs are re-armed; otherwise the whole memory is
+    /// collected again, and the diffs ahead are kept if it wrote nothing since (which the
+    /// contract promises; anything written since is collected and diffed all the same).
+    private func collectMainMemory(ahead: MainMemoryAhead?) throws(MemSnapError) -> (DirtyPages, [SnapshotDiff]) {
+        if let ahead, ahead.dirty.runs.count <= SnapshotWorkers.aheadRunLimit {
+            let rearmed = try mainTracker.collectAndReset(within: ahead.dirty.runs)
+            if rearmed == ahead.dirty.runs { return (ahead.dirty, ahead.diffs) }
+            let rest = try mainTracker.collectAndReset()
+            let dirty = DirtyPages(pageCount: rest.pageCount, runs: ahead.dirty.runs + rearmed + rest.runs)
+            return (dirty, try snapshot.diff(mainMemory, dirtyPages: dirty, options: options))
+        }
+        let dirty = try mainTracker.collectAndReset()
+        if let ahead, dirty == ahead.dirty { return (dirty, ahead.diffs) }
+        return (dirty, try snapshot.diff(mainMemory, dirtyPages: dirty, options: options))
+    }
+
     /// Runs the bodies on the workers' threads, diffs each worker and restores it in place where
-    /// it can; on any failure restores the workers and throws.
-    private func runBodies(_ body: @escaping @Sendable (Worker) throws -> Void) throws -> Round {
+    /// it can; on any failure restores the workers and throws. `alongside` runs on the calling
+    /// thread meanwhile.
+    private func runBodies(_ body: @escaping @Sendable (Worker) throws -> Void, alongside: () -> Void = {}) throws -> Round {
         let workerCount = count
         let outcomes = Locked<[Result<[SnapshotDiff], any Error>?]>(Array(repeating: nil, count: workerCount))
         let dirtySets = Locked<[DirtyPages?]>(Array(repeating: nil, count: workerCount))
@@ -233,6 +274,8 @@ public final class SnapshotWorkers: Sendable {
                 return diffs
             }
             outcomes.withLock { $0[index] = outcome }
+        } alongside: {
+            alongside()
         }
         let results = outcomes.withLock { $0 }
         var workerDiffs: [[SnapshotDiff]] = []
@@ -271,13 +314,16 @@ public final class SnapshotWorkers: Sendable {
 
     /// `round`: the round that produced `workerDiffs`, nil when the workers did not run since
     /// they were last restored (a join, or a merge of diffs from `runWithoutMerging`).
-    private func merge(workerDiffs: [[SnapshotDiff]], round: Round?, names: [String]?) throws(MemSnapError) -> JoinReport {
+    /// `mainAhead`: the main memory's writes collected during the round, if they were.
+    private func merge(
+        workerDiffs: [[SnapshotDiff]], round: Round?, names: [String]?, mainAhead: MainMemoryAhead? = nil
+    ) throws(MemSnapError) -> JoinReport {
         let mainDirty: DirtyPages
         let batches: [[SnapshotDiff]]
         let written: [Range<Int>]
         do {
-            mainDirty = try mainTracker.collectAndReset()
-            let mainDiffs = try snapshot.diff(mainMemory, dirtyPages: mainDirty, options: options)
+            let mainDiffs: [SnapshotDiff]
+            (mainDirty, mainDiffs) = try collectMainMemory(ahead: mainAhead)
             batches = [mainDiffs] + workerDiffs
             written = try snapshot.apply(batches: batches) { index in
                 if index == 0 { return "main memory's " }

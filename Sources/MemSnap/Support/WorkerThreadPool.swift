@@ -104,13 +104,17 @@ package final class WorkerThreadPool: Sendable {
 
     /// Calls `task(index)` for every index `0..<count`, each on its own pool thread, all at once,
     /// and returns when every call has returned. `task` is released before `run` returns.
-    package func run(_ task: @escaping @Sendable (Int) -> Void) {
+    /// `alongside` runs on the calling thread meanwhile (it would otherwise only wait).
+    package func run(_ task: @escaping @Sendable (Int) -> Void, alongside: () -> Void = {}) {
         let shared = rendezvous
         pthread_mutex_lock(shared.mutex)
         shared.task = task
         shared.unfinished = count
         shared.round &+= 1
         pthread_cond_broadcast(shared.roundStarted)
+        pthread_mutex_unlock(shared.mutex)
+        alongside()
+        pthread_mutex_lock(shared.mutex)
         while shared.unfinished > 0 { pthread_cond_wait(shared.roundFinished, shared.mutex) }
         shared.task = nil
         pthread_mutex_unlock(shared.mutex)
