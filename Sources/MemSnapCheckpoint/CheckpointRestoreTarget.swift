@@ -98,6 +98,8 @@ public final class MemoryImageTarget: CheckpointRestoreTarget, @unchecked Sendab
 public final class ImageFileTarget: CheckpointRestoreTarget, @unchecked Sendable {
     public let path: String
     private let output: CheckpointOutput
+    /// Built once: `write` runs once per extent, tens of thousands of times per image.
+    private let operation: String
     /// Set by `prepare`; nil for stream restores, which write without reserving.
     private var reservation: BlockReservation?
 
@@ -105,6 +107,7 @@ public final class ImageFileTarget: CheckpointRestoreTarget, @unchecked Sendable
     /// - Throws: `.invalidArgument` if `path` exists and `force` is false; open failures.
     public init(path: String, force: Bool) throws(MemSnapError) {
         self.path = path
+        operation = "restore into \(path)"
         output = try CheckpointOutput.file(path, force: force)
     }
 
@@ -120,7 +123,6 @@ public final class ImageFileTarget: CheckpointRestoreTarget, @unchecked Sendable
     ///   past the prepared size; `.systemCall("posix_fallocate IMAGE-SIZE", ENOSPC)` when the
     ///   file system cannot hold the image; pwrite failures.
     public func write(tag: UInt64, offset: Int, bytes: UnsafeRawBufferPointer) throws(MemSnapError) {
-        let operation = "restore into \(path)"
         let descriptor = try output.liveDescriptor(during: operation)
         guard tag == 0 else {
             throw MemSnapError(operation, .invalidArgument("an extent with tag \(tag) cannot be restored into a raw image"))
@@ -209,7 +211,9 @@ private func checkBounds(offset: Int, count: Int, size: Int, during operation: @
     }
 }
 
-/// pwrite of an extent into a raw image (tag 0 only), retrying short writes.
+/// pwrite of an extent into a raw image (tag 0 only), retrying short writes. One plain pwrite
+/// per extent (no iovec array): restores call this once per extent, tens of thousands of times.
+/// The caller checked that `offset + bytes.count` is within the image.
 private func writeImage(
     _ descriptor: FileDescriptor, tag: UInt64, offset: Int, bytes: UnsafeRawBufferPointer,
     during operation: @autoclosure () -> String
@@ -217,9 +221,20 @@ private func writeImage(
     guard tag == 0 else {
         throw MemSnapError(operation(), .invalidArgument("an extent with tag \(tag) cannot be restored into a raw image"))
     }
-    do throws(PartialWriteFailure) {
-        try writeAll(descriptor.rawValue, [bytes], at: offset)
-    } catch {
-        throw MemSnapError(operation(), .systemCall("pwrite", error.errno))
+    guard let base = bytes.baseAddress else { return }
+    var done = 0
+    while done < bytes.count {
+        let (position, overflow) = offset.addingReportingOverflow(done)
+        guard !overflow, let filePosition = off_t(exactly: position) else {
+            throw MemSnapError(operation(), .systemCall("pwrite", .fileTooLarge))
+        }
+        switch valueOrErrno({ pwrite(descriptor.rawValue, base + done, bytes.count - done, filePosition) }) {
+        case let .success(written) where written > 0:
+            done += written
+        case .success:
+            throw MemSnapError(operation(), .systemCall("pwrite", .noSpace))
+        case let .failure(errno):
+            throw MemSnapError(operation(), .systemCall("pwrite", errno))
+        }
     }
 }
