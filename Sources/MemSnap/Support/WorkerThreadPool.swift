@@ -56,9 +56,13 @@ package final class WorkerThreadPool: Sendable {
                     return
                 }
                 lastRound = round
-                let current = task
+                var current = task
                 pthread_mutex_unlock(mutex)
                 current?(index)
+                // Released before the round is reported finished: once `run` returns, no pool
+                // thread holds what the task captured (were it the pool's owner, its deinit would
+                // otherwise run here, on a thread it must join).
+                current = nil
                 pthread_mutex_lock(mutex)
                 unfinished -= 1
                 if unfinished == 0 { pthread_cond_signal(roundFinished) }
