@@ -183,6 +183,64 @@ struct DiffBatchTests {
         }
     }
 
+    @Test("apply(batches:) writes the same bytes and ranges as apply of the same diffs, batch after batch")
+    func applyingBatchesEqualsApplyingTheirDiffs() throws {
+        var random = TestSeed.generator()
+        for trial in 0..<20 {
+            let size = 8 * pageSize
+            let original = (0..<size).map { _ in UInt8(truncatingIfNeeded: random.next()) }
+            var batches: [SnapshotDiffBatch] = []
+            let base = try Snapshot(copying: original, maxSize: 2 * size)
+            try base.addMergeRegion(MergeRegion(offset: 0, length: 64, dataType: .int64, operation: .sum))
+            for _ in 0..<1 + Int(random.next() % 4) {
+                var updated = original
+                for _ in 0..<Int(random.next() % 30) {
+                    let index = Int(random.next() % UInt64(size))
+                    updated[index] = UInt8(truncatingIfNeeded: random.next())
+                }
+                if random.next() % 4 == 0 { updated += [1, 2, 3] }  // an extension diff: the batch grows the snapshot
+                let fill: MergeOperation = random.next() % 2 == 0 ? .bytewise : .xor
+                batches.append(try updated.withUnsafeBytes {
+                    try base.diffBatch($0, dirtyPages: DirtyPages(pageCount: 9, runs: [0..<9]),
+                                       options: DiffOptions(mergeGap: Int(random.next() % 30), fillOperation: fill))
+                })
+            }
+            let byBatches = try Snapshot(copying: original, maxSize: 2 * size)
+            let byArray = try Snapshot(copying: original, maxSize: 2 * size)
+            let batchWritten = try byBatches.apply(batches: batches)
+            let arrayWritten = try byArray.apply(batches.flatMap { Array($0) })
+            #expect(batchWritten == arrayWritten, "trial \(trial)")
+            #expect(byBatches.changedRanges == byArray.changedRanges)
+            #expect(try byBatches.read(at: 0, count: byBatches.size) == byArray.read(at: 0, count: byArray.size), "trial \(trial)")
+        }
+    }
+
+    @Test("apply(batches:) refuses a batch with a diff outside the snapshot, names batch and diff, and applies nothing")
+    func applyingBatchesChecksEveryDiffFirst() throws {
+        let snapshot = try Snapshot(copying: [UInt8](repeating: 7, count: pageSize), maxSize: 2 * pageSize)
+        let good = SnapshotDiffBatch([SnapshotDiff(offset: 0, dataType: .raw, operation: .bytewise, bytes: [1, 2, 3])])
+        let cases: [(SnapshotDiff, MemSnapError.Reason)] = [
+            (SnapshotDiff(offset: 2 * pageSize - 1, dataType: .raw, operation: .bytewise, bytes: [1, 2]),
+             .exceedsMaximum(what: "bytewise diff end", requested: 2 * pageSize + 1, maximum: 2 * pageSize)),
+            (SnapshotDiff(offset: -1, dataType: .raw, operation: .bytewise, bytes: [1]), .invalidRange(offset: -1, length: 1)),
+            (SnapshotDiff(offset: Int.max, dataType: .raw, operation: .bytewise, bytes: [1]), .invalidRange(offset: Int.max, length: 1)),
+            (SnapshotDiff(offset: pageSize, dataType: .raw, operation: .xor, bytes: [1]), .outOfBounds(offset: pageSize, length: 1, size: pageSize)),
+        ]
+        for (diff, reason) in cases {
+            let bad = SnapshotDiffBatch([SnapshotDiff(offset: 9, dataType: .raw, operation: .ignore, bytes: [0]), diff])
+            let batchError = expectMemSnapError { try snapshot.apply(batches: [good, bad]) }
+            let arrayError = expectMemSnapError { try snapshot.apply([diff]) }
+            #expect(batchError?.reason == reason, "\(diff)")
+            #expect(batchError?.reason == arrayError?.reason, "the same reason as the array form")
+            #expect(batchError?.operation.hasPrefix("apply batch 1, diff 1 (") == true, "\(String(describing: batchError))")
+            #expect(try snapshot.read(at: 0, count: 3) == [7, 7, 7] && snapshot.size == pageSize && snapshot.changedRanges.isEmpty)
+        }
+        // Ignore diffs are skipped whatever their offset, as in the array form.
+        let ignored = SnapshotDiffBatch([SnapshotDiff(offset: Int.max, dataType: .raw, operation: .ignore, bytes: [1])])
+        #expect(try snapshot.apply(batches: [ignored, good]) == [0..<3])
+        #expect(try snapshot.read(at: 0, count: 4) == [1, 2, 3, 7])
+    }
+
     @Test func anEmptyBatchHoldsNothing() {
         let batch = SnapshotDiffBatch()
         #expect(batch.isEmpty && batch.byteCount == 0 && Array(batch) == [])

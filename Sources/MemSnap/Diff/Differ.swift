@@ -204,27 +204,31 @@ enum Differ {
         }
     }
 
-    /// Applies one arithmetic diff to `target` (the snapshot's bytes at the diff's offset). The
-    /// caller has checked that the diff's bytes are a whole number of values and fit the target.
-    static func applyTyped(_ diff: SnapshotDiff, to target: UnsafeMutableRawPointer) {
-        switch diff.dataType {
-        case .int32: applyTyped(Int32.self, diff, target)
-        case .int64: applyTyped(Int64.self, diff, target)
-        case .float: applyTyped(Float.self, diff, target)
-        case .double: applyTyped(Double.self, diff, target)
+    /// Applies one arithmetic diff (`carried`: its bytes) to `target` (the snapshot's bytes at
+    /// the diff's offset). The caller has checked that the bytes are a whole number of values
+    /// and fit the target.
+    static func applyTyped(
+        _ dataType: MergeDataType, _ operation: MergeOperation, _ carried: UnsafeRawBufferPointer,
+        to target: UnsafeMutableRawPointer
+    ) {
+        switch dataType {
+        case .int32: applyTyped(Int32.self, operation, carried, target)
+        case .int64: applyTyped(Int64.self, operation, carried, target)
+        case .float: applyTyped(Float.self, operation, carried, target)
+        case .double: applyTyped(Double.self, operation, carried, target)
         case .raw, .bool: break
         }
     }
 
-    private static func applyTyped<Value: MergeArithmetic>(_: Value.Type, _ diff: SnapshotDiff, _ target: UnsafeMutableRawPointer) {
-        diff.bytes.withUnsafeBytes { carried in
-            guard let carriedBase = carried.baseAddress else { return }
-            // Whole values only: a ragged tail (which apply refuses) would be ignored, not overread.
-            for element in stride(from: 0, to: carried.count - Value.byteWidth + 1, by: Value.byteWidth) {
-                let original = Value(littleEndianAt: target + element)
-                let value = Value(littleEndianAt: carriedBase + element)
-                Value.applied(diff.operation, original: original, diff: value).storeLittleEndian(at: target + element)
-            }
+    private static func applyTyped<Value: MergeArithmetic>(
+        _: Value.Type, _ operation: MergeOperation, _ carried: UnsafeRawBufferPointer, _ target: UnsafeMutableRawPointer
+    ) {
+        guard let carriedBase = carried.baseAddress else { return }
+        // Whole values only: a ragged tail (which apply refuses) would be ignored, not overread.
+        for element in stride(from: 0, to: carried.count - Value.byteWidth + 1, by: Value.byteWidth) {
+            let original = Value(littleEndianAt: target + element)
+            let value = Value(littleEndianAt: carriedBase + element)
+            Value.applied(operation, original: original, diff: value).storeLittleEndian(at: target + element)
         }
     }
 }

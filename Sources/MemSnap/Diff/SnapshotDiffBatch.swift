@@ -7,6 +7,7 @@ import CMemSnap
 /// A collection of `SnapshotDiff`: element `i` is made when it is read, its `bytes` a slice of
 /// the payload (no copy). `Array(batch)` is exactly what `Snapshot.diff` returns for the same
 /// memory, and `SnapshotDiff.encode(Array(batch))` its encoding (docs/FORMAT.md, "Diff batches").
+/// `Snapshot.apply(batches:)` merges batches without making those elements.
 ///
 /// Ownership: a value; the payload is shared, copy-on-write, by the batch and every diff read
 /// from it (keeping one diff keeps the whole payload alive).
