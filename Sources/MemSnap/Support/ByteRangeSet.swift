@@ -34,7 +34,9 @@ package struct ByteRangeSet: Sendable, Equatable {
     /// ascending runs (diffs from k workers, each in offset order), O(n + m log m) at worst.
     package mutating func formUnion(_ batch: [Range<Int>]) {
         guard !batch.isEmpty else { return }
-        let incoming = ByteRangeSet.sortedByLowerBound(batch.filter { !$0.isEmpty })
+        // Filtering copies (and grows an array append by append): only when there is something
+        // to drop.
+        let incoming = ByteRangeSet.sortedByLowerBound(batch.contains(where: { $0.isEmpty }) ? batch.filter { !$0.isEmpty } : batch)
         guard !incoming.isEmpty else { return }
         let existing = ranges
         // Written through a buffer, not appended: the merge of a sync point's 40 000 ranges
