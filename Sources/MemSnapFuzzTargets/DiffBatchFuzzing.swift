@@ -45,6 +45,33 @@ enum DiffBatchFuzzing {
         return snapshot
     }
 
+    /// `apply(batches:)` of `diffs` as one `SnapshotDiffBatch` (split in two, so the merge
+    /// crosses a batch boundary) must do what `apply` of the array did: the same bytes and
+    /// written ranges, or the same reason of refusal with the snapshot unchanged.
+    static func applyAsBatch(
+        _ diffs: [SnapshotDiff], expecting expected: Result<([UInt8], [Range<Int>]), MemSnapError>, before: [UInt8]
+    ) throws(MemSnapError) {
+        let snapshot = try patternedSnapshot()
+        let half = diffs.count / 2
+        let batches = [SnapshotDiffBatch(Array(diffs[..<half])), SnapshotDiffBatch(Array(diffs[half...]))]
+        switch (expected, Result { () throws(MemSnapError) in try snapshot.apply(batches: batches) }) {
+        case (.success(let (bytes, written)), .success(let batchWritten)):
+            guard batchWritten == written, snapshot.changedRanges == written,
+                  (try? snapshot.read(at: 0, count: snapshot.size)) == bytes else {
+                fatalError("diff-batch: apply(batches:) wrote other bytes or ranges than apply")
+            }
+        case (.failure(let error), .failure(let batchError)):
+            guard batchError.reason == error.reason, snapshot.size == snapshotSize, snapshot.changedRanges.isEmpty,
+                  (try? snapshot.read(at: 0, count: snapshotSize)) == before else {
+                fatalError("diff-batch: apply(batches:) refused with \(batchError), apply with \(error), or changed the snapshot")
+            }
+        case (.success, .failure(let batchError)):
+            fatalError("diff-batch: apply(batches:) refused (\(batchError)) what apply accepted")
+        case (.failure(let error), .success):
+            fatalError("diff-batch: apply(batches:) accepted what apply refused (\(error))")
+        }
+    }
+
     /// Applies `diffs` to a patterned snapshot: true if they applied, and then the differ must
     /// reproduce the result (diffing it against a fresh snapshot and applying those diffs gives
     /// the same bytes, except in the max region, where max keeps the larger value); if refused,
@@ -61,10 +88,12 @@ enum DiffBatchFuzzing {
                       (try? snapshot.read(at: 0, count: snapshotSize)) == before else {
                     fatalError("diff-batch: a refused apply (\(error)) changed the snapshot")
                 }
+                try applyAsBatch(diffs, expecting: .failure(error), before: before)
                 return false
             }
             guard snapshot.changedRanges == written else { fatalError("diff-batch: changed ranges differ from the written ones") }
             let after = try snapshot.read(at: 0, count: snapshot.size)
+            try applyAsBatch(diffs, expecting: .success((after, written)), before: before)
             let fresh = try patternedSnapshot()
             let pages = Page.count(covering: after.count) ?? 0
             let redo = try withBytes(after) { (memory) throws(MemSnapError) -> [SnapshotDiff] in

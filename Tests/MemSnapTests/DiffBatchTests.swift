@@ -1,3 +1,4 @@
+import CMemSnap
 import MemSnap
 import MemSnapTestSupport
 import Testing
@@ -62,6 +63,182 @@ struct DiffBatchTests {
             #expect(try SnapshotDiff.encode(Array(batch)) == SnapshotDiff.encode(diffs))
             #expect(Array(SnapshotDiffBatch(diffs)) == diffs, "a batch made from diffs holds them unchanged")
         }
+    }
+
+    /// The byte-by-byte runs of `start..<end`, joined across at most `gap` equal bytes.
+    static func referenceRuns(_ original: [UInt8], _ updated: [UInt8], _ start: Int, _ end: Int, gap: Int) -> [Range<Int>] {
+        var runs: [Range<Int>] = []
+        var open: Range<Int>?
+        for index in start..<end where original[index] != updated[index] {
+            if let current = open, index - current.upperBound <= gap {
+                open = current.lowerBound..<index + 1
+            } else {
+                if let current = open { runs.append(current) }
+                open = index..<index + 1
+            }
+        }
+        if let open { runs.append(open) }
+        return runs
+    }
+
+    /// Runs `kernel` (0 words, 1 AVX2, 2 AVX-512) over `start..<end` with a table of `capacity`,
+    /// emptying it after every call; nil if the CPU lacks the kernel.
+    static func kernelRuns(
+        _ kernel: Int32, _ original: UnsafeRawBufferPointer, _ updated: UnsafeRawBufferPointer,
+        _ start: Int, _ end: Int, blockSize: Int, gap: Int, capacity: Int
+    ) -> [Range<Int>]? {
+        var scan = memsnap_changed_run_scan(position: start, end: end, block_size: blockSize,
+                                            merge_gap: gap, open_start: 0, open_end: 0, has_open_run: 0)
+        var table = [memsnap_changed_run](repeating: memsnap_changed_run(), count: capacity)
+        var runs: [Range<Int>] = []
+        for _ in 0..<100_000 {
+            let found = table.withUnsafeMutableBufferPointer {
+                memsnap_changed_runs_using(kernel, original.baseAddress, updated.baseAddress, &scan, $0.baseAddress, capacity)
+            }
+            if found < 0 { return nil }  // SIZE_MAX: no such kernel here
+            runs += table[0..<found].map { $0.start..<$0.end }
+            if scan.position == scan.end && scan.has_open_run == 0 { return runs }
+        }
+        Issue.record("the kernel made no progress (at \(scan.position) of \(start)..<\(end))")
+        return runs
+    }
+
+    @Test("every kernel (64-bit words, AVX2, AVX-512) finds the byte-by-byte runs: across 64-byte lanes, blocks and pages, up to the last byte, resuming from a full table")
+    func everyKernelFindsTheDefinedRuns() {
+        var random = TestSeed.generator()
+        for trial in 0..<300 {
+            // Exactly sized buffers: a read past `count` is a heap overflow AddressSanitizer reports.
+            let count = 1 + Int(random.next() % UInt64(3 * pageSize))
+            let original = (0..<count).map { _ in UInt8(truncatingIfNeeded: random.next()) }
+            var updated = original
+            let blockSize = 16 << Int(random.next() % 9)
+            // Changes placed where the kernel's steps meet: the last bytes of a 64-byte lane, a
+            // block or a page and the first of the next, the region's last byte, and random ones.
+            var places: [Int] = [count - 1]
+            for boundary in stride(from: 64, to: count, by: 64) where random.next() % 4 == 0 {
+                places.append(boundary - 1 - Int(random.next() % 3))
+                places.append(boundary + Int(random.next() % 3))
+            }
+            for boundary in stride(from: blockSize, to: count, by: blockSize) where random.next() % 3 == 0 { places.append(boundary - 1) }
+            for _ in 0..<Int(random.next() % 20) {
+                let start = Int(random.next() % UInt64(count))
+                for index in start..<min(count, start + 1 + Int(random.next() % 150)) where random.next() % 3 != 0 { places.append(index) }
+            }
+            for index in places where index >= 0 && index < count { updated[index] = ~original[index] }
+            let start = random.next() % 2 == 0 ? 0 : Int(random.next() % UInt64(count))
+            let end = random.next() % 2 == 0 ? count : start + Int(random.next() % UInt64(count - start + 1))
+            let gap = [0, 0, 1, 7, 20, 63, 64, 200][Int(random.next() % 8)]
+            let minimum = memsnap_changed_runs_minimum_capacity(blockSize)
+            let capacity = random.next() % 2 == 0 ? minimum : minimum + Int(random.next() % 4096)
+            let expected = Self.referenceRuns(original, updated, start, end, gap: gap)
+            original.withUnsafeBytes { old in
+                updated.withUnsafeBytes { new in
+                    for kernel: Int32 in 0...2 {
+                        guard let runs = Self.kernelRuns(kernel, old, new, start, end, blockSize: blockSize, gap: gap,
+                                                         capacity: capacity) else { continue }  // not on this CPU
+                        #expect(runs == expected, "trial \(trial), kernel \(kernel), \(count) bytes, \(start)..<\(end), block \(blockSize), gap \(gap), table \(capacity)")
+                    }
+                }
+            }
+        }
+    }
+
+    @Test("a table smaller than the block size needs is refused without advancing")
+    func aTooSmallTableIsRefused() {
+        let original = [UInt8](repeating: 0, count: 256)
+        let updated = [UInt8](repeating: 1, count: 256)
+        original.withUnsafeBytes { old in
+            updated.withUnsafeBytes { new in
+                var scan = memsnap_changed_run_scan(position: 0, end: 256, block_size: 128, merge_gap: 0,
+                                                    open_start: 0, open_end: 0, has_open_run: 0)
+                var table = [memsnap_changed_run](repeating: memsnap_changed_run(), count: 65)
+                let found = memsnap_changed_runs(old.baseAddress, new.baseAddress, &scan, &table, 65)
+                #expect(found == 0 && scan.position == 0 && scan.has_open_run == 0)
+            }
+        }
+    }
+
+    @Test("changes at lane, block and page edges and at the memory's last byte, every block size, gap and fill: diff equals the definition")
+    func edgesOfTheScanAreDiffedExactly() throws {
+        let size = 3 * pageSize - 5  // the last page is ragged: the tail shorter than a block
+        var original = [UInt8](repeating: 0, count: size)
+        for index in original.indices { original[index] = UInt8(truncatingIfNeeded: index &* 7) }
+        var updated = original
+        for index in [0, 63, 64, 127, 128, 129, 200, 255, 256, pageSize - 1, pageSize, pageSize + 1, 2 * pageSize - 64,
+                      2 * pageSize - 1, 2 * pageSize, size - 70, size - 2, size - 1] {
+            updated[index] &+= 1
+        }
+        for index in 1000..<1200 { updated[index] ^= 0x5a }  // a run over several lanes and blocks
+        let dirty = DirtyPages(pageCount: 3, runs: [0..<1, 1..<3])
+        let snapshot = try Snapshot(copying: original)
+        for blockSize in [16, 32, 64, 128, 256, 512, 1024, 2048, 4096] {
+            for gap in [0, 1, 20, 64, 5000] {
+                for fill in [MergeOperation.bytewise, .xor] {
+                    let options = DiffOptions(blockSize: blockSize, mergeGap: gap, fillOperation: fill)
+                    let expected = Self.referenceDiffs(original: original, updated: updated, dirty: dirty, options: options)
+                    let batch = try updated.withUnsafeBytes { try snapshot.diffBatch($0, dirtyPages: dirty, options: options) }
+                    #expect(Array(batch) == expected, "\(options)")
+                }
+            }
+        }
+    }
+
+    @Test("apply(batches:) writes the same bytes and ranges as apply of the same diffs, batch after batch")
+    func applyingBatchesEqualsApplyingTheirDiffs() throws {
+        var random = TestSeed.generator()
+        for trial in 0..<20 {
+            let size = 8 * pageSize
+            let original = (0..<size).map { _ in UInt8(truncatingIfNeeded: random.next()) }
+            var batches: [SnapshotDiffBatch] = []
+            let base = try Snapshot(copying: original, maxSize: 2 * size)
+            try base.addMergeRegion(MergeRegion(offset: 0, length: 64, dataType: .int64, operation: .sum))
+            for _ in 0..<1 + Int(random.next() % 4) {
+                var updated = original
+                for _ in 0..<Int(random.next() % 30) {
+                    let index = Int(random.next() % UInt64(size))
+                    updated[index] = UInt8(truncatingIfNeeded: random.next())
+                }
+                if random.next() % 4 == 0 { updated += [1, 2, 3] }  // an extension diff: the batch grows the snapshot
+                let fill: MergeOperation = random.next() % 2 == 0 ? .bytewise : .xor
+                batches.append(try updated.withUnsafeBytes {
+                    try base.diffBatch($0, dirtyPages: DirtyPages(pageCount: 9, runs: [0..<9]),
+                                       options: DiffOptions(mergeGap: Int(random.next() % 30), fillOperation: fill))
+                })
+            }
+            let byBatches = try Snapshot(copying: original, maxSize: 2 * size)
+            let byArray = try Snapshot(copying: original, maxSize: 2 * size)
+            let batchWritten = try byBatches.apply(batches: batches)
+            let arrayWritten = try byArray.apply(batches.flatMap { Array($0) })
+            #expect(batchWritten == arrayWritten, "trial \(trial)")
+            #expect(byBatches.changedRanges == byArray.changedRanges)
+            #expect(try byBatches.read(at: 0, count: byBatches.size) == byArray.read(at: 0, count: byArray.size), "trial \(trial)")
+        }
+    }
+
+    @Test("apply(batches:) refuses a batch with a diff outside the snapshot, names batch and diff, and applies nothing")
+    func applyingBatchesChecksEveryDiffFirst() throws {
+        let snapshot = try Snapshot(copying: [UInt8](repeating: 7, count: pageSize), maxSize: 2 * pageSize)
+        let good = SnapshotDiffBatch([SnapshotDiff(offset: 0, dataType: .raw, operation: .bytewise, bytes: [1, 2, 3])])
+        let cases: [(SnapshotDiff, MemSnapError.Reason)] = [
+            (SnapshotDiff(offset: 2 * pageSize - 1, dataType: .raw, operation: .bytewise, bytes: [1, 2]),
+             .exceedsMaximum(what: "bytewise diff end", requested: 2 * pageSize + 1, maximum: 2 * pageSize)),
+            (SnapshotDiff(offset: -1, dataType: .raw, operation: .bytewise, bytes: [1]), .invalidRange(offset: -1, length: 1)),
+            (SnapshotDiff(offset: Int.max, dataType: .raw, operation: .bytewise, bytes: [1]), .invalidRange(offset: Int.max, length: 1)),
+            (SnapshotDiff(offset: pageSize, dataType: .raw, operation: .xor, bytes: [1]), .outOfBounds(offset: pageSize, length: 1, size: pageSize)),
+        ]
+        for (diff, reason) in cases {
+            let bad = SnapshotDiffBatch([SnapshotDiff(offset: 9, dataType: .raw, operation: .ignore, bytes: [0]), diff])
+            let batchError = expectMemSnapError { try snapshot.apply(batches: [good, bad]) }
+            let arrayError = expectMemSnapError { try snapshot.apply([diff]) }
+            #expect(batchError?.reason == reason, "\(diff)")
+            #expect(batchError?.reason == arrayError?.reason, "the same reason as the array form")
+            #expect(batchError?.operation.hasPrefix("apply batch 1, diff 1 (") == true, "\(String(describing: batchError))")
+            #expect(try snapshot.read(at: 0, count: 3) == [7, 7, 7] && snapshot.size == pageSize && snapshot.changedRanges.isEmpty)
+        }
+        // Ignore diffs are skipped whatever their offset, as in the array form.
+        let ignored = SnapshotDiffBatch([SnapshotDiff(offset: Int.max, dataType: .raw, operation: .ignore, bytes: [1])])
+        #expect(try snapshot.apply(batches: [ignored, good]) == [0..<3])
+        #expect(try snapshot.read(at: 0, count: 4) == [1, 2, 3, 7])
     }
 
     @Test func anEmptyBatchHoldsNothing() {

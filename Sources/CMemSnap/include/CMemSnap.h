@@ -105,6 +105,51 @@ uint32_t memsnap_crc32c(uint32_t crc, const void *data, size_t count);
 /// every byte (no early exit); the widest vector unit of the CPU is chosen at load time.
 uint64_t memsnap_differing_blocks(const void *left, const void *right, size_t block_size, size_t blocks);
 
+/// A run of changed bytes, [start, end), offsets into the buffers given to memsnap_changed_runs.
+typedef struct memsnap_changed_run {
+    size_t start;
+    size_t end;
+} memsnap_changed_run;
+
+/// Where a scan of memsnap_changed_runs stands. The caller sets `position`, `end`,
+/// `block_size` (a power of two from 16 to 4096) and `merge_gap`, and `has_open_run` to 0; the
+/// kernel advances the rest. Owned by the caller; one scan per thread.
+typedef struct memsnap_changed_run_scan {
+    size_t position;      ///< next byte to scan
+    size_t end;           ///< end of the range to scan
+    size_t block_size;    ///< bytes compared at a time before narrowing
+    size_t merge_gap;     ///< runs at most this many equal bytes apart are joined
+    size_t open_start;    ///< the run being extended, when has_open_run is 1
+    size_t open_end;
+    int has_open_run;
+} memsnap_changed_run_scan;
+
+/// The least `capacity` memsnap_changed_runs needs to make progress with `block_size`.
+static inline size_t memsnap_changed_runs_minimum_capacity(size_t block_size) { return block_size / 2 + 2; }
+
+/// The maximal runs of bytes that differ between `original` and `updated` in
+/// [scan->position, scan->end), runs at most scan->merge_gap equal bytes apart joined: the
+/// same runs as comparing byte by byte. Unchanged blocks are skipped block_size bytes at a
+/// time; changed blocks are narrowed with byte masks (AVX-512, AVX2 or 64-bit words, chosen
+/// at run time). Reads only bytes inside [scan->position, scan->end) of both buffers.
+///
+/// Writes up to `capacity` runs to `runs` and returns how many; stops early (scan->position
+/// tells where) when fewer than memsnap_changed_runs_minimum_capacity(block_size) slots are
+/// left. Call again, with the table emptied, until scan->position == scan->end and
+/// scan->has_open_run == 0: the last run is written once the end is reached. `capacity` must
+/// be at least memsnap_changed_runs_minimum_capacity(block_size) (else nothing is written and
+/// the scan does not advance). Thread-safe for distinct scans.
+size_t memsnap_changed_runs(const void *original, const void *updated, memsnap_changed_run_scan *scan,
+                            memsnap_changed_run *runs, size_t capacity);
+
+/// memsnap_changed_runs with a given kernel, for tests: 0 the 64-bit word one, 1 AVX2, 2 AVX-512.
+/// Returns SIZE_MAX (nothing done) if the CPU or this build lacks that kernel.
+size_t memsnap_changed_runs_using(int kernel, const void *original, const void *updated, memsnap_changed_run_scan *scan,
+                                  memsnap_changed_run *runs, size_t capacity);
+
+/// target[i] = left[i] ^ right[i] for `count` bytes (the payload of an xor diff).
+void memsnap_xor_bytes(void *target, const void *left, const void *right, size_t count);
+
 /// Hints that `address` will be written soon (__builtin_prefetch for writing). Never faults.
 static inline void memsnap_prefetch_for_write(const void *address) { __builtin_prefetch(address, 1, 3); }
 

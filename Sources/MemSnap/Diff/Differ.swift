@@ -78,6 +78,9 @@ enum Differ {
         var batch = DiffBatchBuilder(payloadHint: min(dirtyBytes / 32 + max(0, updated.count - original.count), hintCap),
                                      runHint: min(dirtyBytes >> 10, hintCap >> 4))
         let comparable = min(original.count, updated.count)
+        // One table for the whole call: the kernel fills it, appendChangedRuns empties it.
+        let runTable = UnsafeMutableBufferPointer<memsnap_changed_run>.allocate(capacity: changedRunTableCapacity)
+        defer { runTable.deallocate() }
         if let originalBase = original.baseAddress, let updatedBase = updated.baseAddress {
             var dirtyIndex = 0
             for segment in segments {
@@ -96,9 +99,8 @@ enum Differ {
                 switch segment.operation {
                 case .bytewise, .xor:
                     for range in touched {
-                        forEachChangedRun(originalBase, updatedBase, in: range, options: options) { run in
-                            batch.appendBytes(segment.operation, original: originalBase, updated: updatedBase, run: run)
-                        }
+                        appendChangedRuns(originalBase, updatedBase, in: range, segment.operation, options: options,
+                                          table: runTable, to: &batch)
                     }
                 case .sum, .product, .subtract, .max, .min:
                     guard segmentRange.count % segment.dataType.width == 0 else {
@@ -118,85 +120,37 @@ enum Differ {
         return batch.finish()
     }
 
-    /// Calls `body` with each maximal run of changed bytes in `range`, runs closer than
-    /// `options.mergeGap` joined. Unchanged blocks are skipped a block at a time; changed blocks
-    /// are narrowed to exact bytes eight at a time. Blocks are compared by the vector kernel
-    /// `memsnap_differing_blocks` (C, so it can pick AVX-512 or AVX2 at run time).
-    static func forEachChangedRun(
-        _ original: UnsafeRawPointer, _ updated: UnsafeRawPointer, in range: Range<Int>, options: DiffOptions,
-        _ body: (Range<Int>) -> Void
-    ) {
-        var runStart = -1
-        var runEnd = -1
-        func add(_ first: Int, _ end: Int) {
-            if runStart >= 0 && first - runEnd <= options.mergeGap {
-                runEnd = end
-            } else {
-                if runStart >= 0 { body(runStart..<runEnd) }
-                runStart = first
-                runEnd = end
-            }
-        }
-        // Exact differing bytes of a changed block, eight at a time, a run of differing bytes
-        // at a time: a store of 8 bytes is one add(), not eight.
-        func narrow(_ block: Range<Int>) {
-            var position = block.lowerBound
-            while position &+ 8 <= block.upperBound {
-                let difference = original.loadUnaligned(fromByteOffset: position, as: UInt64.self)
-                    ^ updated.loadUnaligned(fromByteOffset: position, as: UInt64.self)
-                if difference != 0 {
-                    // Little-endian: byte i of the word is bits 8i..<8i+8; bit i of the mask says
-                    // whether it differs. add() joins neighbours and gaps up to mergeGap.
-                    var mask = Differ.differingByteMask(UInt64(littleEndian: difference))
-                    while mask != 0 {
-                        let first = mask.trailingZeroBitCount
-                        let length = (~(mask >> UInt64(first))).trailingZeroBitCount
-                        add(position &+ first, position &+ first &+ length)
-                        mask &= ~((1 << UInt64(first &+ length)) &- 1)
-                    }
-                }
-                position &+= 8
-            }
-            while position < block.upperBound {
-                if original.load(fromByteOffset: position, as: UInt8.self) != updated.load(fromByteOffset: position, as: UInt8.self) {
-                    add(position, position + 1)
-                }
-                position += 1
-            }
-        }
-        let blockSize = options.blockSize
-        var offset = range.lowerBound
-        while offset < range.upperBound {
-            // Up to 64 whole blocks at a time through the vector kernel; a ragged tail (ranges
-            // are page multiples, so only when a region ends mid-page) is narrowed directly.
-            let wholeBlocks = min(64, (range.upperBound - offset) / blockSize)
-            if wholeBlocks > 0 {
-                var differing = memsnap_differing_blocks(original + offset, updated + offset, blockSize, wholeBlocks)
-                while differing != 0 {
-                    let block = differing.trailingZeroBitCount
-                    differing &= differing - 1
-                    let start = offset + block * blockSize
-                    narrow(start..<start + blockSize)
-                }
-                offset += wholeBlocks * blockSize
-            } else {
-                narrow(offset..<range.upperBound)
-                offset = range.upperBound
-            }
-        }
-        if runStart >= 0 { body(runStart..<runEnd) }
-    }
+    /// Room in the run table: enough for the kernel to make progress with the largest block
+    /// (memsnap_changed_runs_minimum_capacity(Page.size) is 2 050), and few enough calls per
+    /// range that their cost does not show.
+    static let changedRunTableCapacity = 4096
 
-    /// Bit i set where byte i of `difference` (little-endian) is not zero: each byte folded to
-    /// its low bit, then the eight low bits gathered into the top byte by one multiplication
-    /// (the partial products never overlap, so nothing carries).
-    @inline(__always)
-    static func differingByteMask(_ difference: UInt64) -> UInt64 {
-        var folded = difference | (difference >> 4)
-        folded |= folded >> 2
-        folded |= folded >> 1
-        folded &= 0x0101_0101_0101_0101
-        return (folded &* 0x0102_0408_1020_4080) >> 56
+    /// Appends a diff for each maximal run of changed bytes in `range` (runs at most
+    /// `options.mergeGap` equal bytes apart joined). The C kernel `memsnap_changed_runs` scans,
+    /// narrows and joins (so it can pick AVX-512 or AVX2 at run time) and fills `table` with
+    /// runs; this copies their bytes into the batch.
+    static func appendChangedRuns(
+        _ original: UnsafeRawPointer, _ updated: UnsafeRawPointer, in range: Range<Int>, _ operation: MergeOperation,
+        options: DiffOptions, table: UnsafeMutableBufferPointer<memsnap_changed_run>, to batch: inout DiffBatchBuilder
+    ) {
+        guard let runs = table.baseAddress, !range.isEmpty else { return }
+        // size_t is imported as Int; every value is non-negative (the range is clamped to the
+        // memory, the options validated), so the kernel sees them unchanged.
+        var scan = memsnap_changed_run_scan(
+            position: range.lowerBound, end: range.upperBound, block_size: options.blockSize,
+            merge_gap: options.mergeGap, open_start: 0, open_end: 0, has_open_run: 0)
+        while true {
+            let before = scan.position
+            let found = memsnap_changed_runs(original, updated, &scan, runs, table.count)
+            for index in 0..<max(0, min(found, table.count)) {
+                let run = runs[index]
+                // The kernel's runs lie inside `range`.
+                batch.appendBytes(operation, original: original, updated: updated, start: run.start, end: run.end)
+            }
+            if scan.position >= scan.end && scan.has_open_run == 0 { break }
+            // A table too small for the block size would stall the kernel: never loop forever.
+            if found == 0 && scan.position == before { break }
+        }
     }
 
     /// Typed diffs of one arithmetic segment: nothing if no value changed, else one diff with a
@@ -250,27 +204,31 @@ enum Differ {
         }
     }
 
-    /// Applies one arithmetic diff to `target` (the snapshot's bytes at the diff's offset). The
-    /// caller has checked that the diff's bytes are a whole number of values and fit the target.
-    static func applyTyped(_ diff: SnapshotDiff, to target: UnsafeMutableRawPointer) {
-        switch diff.dataType {
-        case .int32: applyTyped(Int32.self, diff, target)
-        case .int64: applyTyped(Int64.self, diff, target)
-        case .float: applyTyped(Float.self, diff, target)
-        case .double: applyTyped(Double.self, diff, target)
+    /// Applies one arithmetic diff (`carried`: its bytes) to `target` (the snapshot's bytes at
+    /// the diff's offset). The caller has checked that the bytes are a whole number of values
+    /// and fit the target.
+    static func applyTyped(
+        _ dataType: MergeDataType, _ operation: MergeOperation, _ carried: UnsafeRawBufferPointer,
+        to target: UnsafeMutableRawPointer
+    ) {
+        switch dataType {
+        case .int32: applyTyped(Int32.self, operation, carried, target)
+        case .int64: applyTyped(Int64.self, operation, carried, target)
+        case .float: applyTyped(Float.self, operation, carried, target)
+        case .double: applyTyped(Double.self, operation, carried, target)
         case .raw, .bool: break
         }
     }
 
-    private static func applyTyped<Value: MergeArithmetic>(_: Value.Type, _ diff: SnapshotDiff, _ target: UnsafeMutableRawPointer) {
-        diff.bytes.withUnsafeBytes { carried in
-            guard let carriedBase = carried.baseAddress else { return }
-            // Whole values only: a ragged tail (which apply refuses) would be ignored, not overread.
-            for element in stride(from: 0, to: carried.count - Value.byteWidth + 1, by: Value.byteWidth) {
-                let original = Value(littleEndianAt: target + element)
-                let value = Value(littleEndianAt: carriedBase + element)
-                Value.applied(diff.operation, original: original, diff: value).storeLittleEndian(at: target + element)
-            }
+    private static func applyTyped<Value: MergeArithmetic>(
+        _: Value.Type, _ operation: MergeOperation, _ carried: UnsafeRawBufferPointer, _ target: UnsafeMutableRawPointer
+    ) {
+        guard let carriedBase = carried.baseAddress else { return }
+        // Whole values only: a ragged tail (which apply refuses) would be ignored, not overread.
+        for element in stride(from: 0, to: carried.count - Value.byteWidth + 1, by: Value.byteWidth) {
+            let original = Value(littleEndianAt: target + element)
+            let value = Value(littleEndianAt: carriedBase + element)
+            Value.applied(operation, original: original, diff: value).storeLittleEndian(at: target + element)
         }
     }
 }

@@ -1,3 +1,5 @@
+import CMemSnap
+
 /// The diffs of one `Snapshot.diffBatch` call: every diff's bytes in one payload, each diff a
 /// run described by offsets into it. Building one costs a table entry and a copy of the bytes
 /// per diff: no allocation, no reference count and no copy per diff.
@@ -5,6 +7,7 @@
 /// A collection of `SnapshotDiff`: element `i` is made when it is read, its `bytes` a slice of
 /// the payload (no copy). `Array(batch)` is exactly what `Snapshot.diff` returns for the same
 /// memory, and `SnapshotDiff.encode(Array(batch))` its encoding (docs/FORMAT.md, "Diff batches").
+/// `Snapshot.apply(batches:)` merges batches without making those elements.
 ///
 /// Ownership: a value; the payload is shared, copy-on-write, by the batch and every diff read
 /// from it (keeping one diff keeps the whole payload alive).
@@ -82,38 +85,47 @@ struct DiffBatchBuilder: ~Copyable {
     deinit { storage.deallocate() }
 
     /// `count` bytes of room at the end of the payload.
+    @inline(__always)
     private mutating func room(for count: Int) -> UnsafeMutableRawPointer {
-        if capacity - used < count {
-            var newCapacity = capacity * 2
-            while newCapacity - used < count { newCapacity *= 2 }
-            let grown = UnsafeMutableRawPointer.allocate(byteCount: newCapacity, alignment: 16)
-            grown.copyMemory(from: storage, byteCount: used)
-            storage.deallocate()
-            storage = grown
-            capacity = newCapacity
-        }
+        if capacity - used < count { grow(toHold: count) }
         return storage + used
+    }
+
+    /// Out of line: the rare path, kept out of the per-diff loop.
+    @inline(never)
+    private mutating func grow(toHold count: Int) {
+        var newCapacity = capacity * 2
+        while newCapacity - used < count { newCapacity *= 2 }
+        let grown = UnsafeMutableRawPointer.allocate(byteCount: newCapacity, alignment: 16)
+        grown.copyMemory(from: storage, byteCount: used)
+        storage.deallocate()
+        storage = grown
+        capacity = newCapacity
     }
 
     /// A bytewise (new bytes) or xor (new XOR original) diff of `run`.
     mutating func appendBytes(
         _ operation: MergeOperation, original: UnsafeRawPointer, updated: UnsafeRawPointer, run: Range<Int>
     ) {
-        let count = run.count
+        appendBytes(operation, original: original, updated: updated, start: run.lowerBound, end: run.upperBound)
+    }
+
+    /// A bytewise (new bytes) or xor (new XOR original) diff of bytes `start..<end`
+    /// (0 <= start <= end, inside both buffers).
+    @inline(__always)
+    mutating func appendBytes(
+        _ operation: MergeOperation, original: UnsafeRawPointer, updated: UnsafeRawPointer, start: Int, end: Int
+    ) {
+        let count = end &- start
         let target = room(for: count)
         if operation == .xor {
-            for index in 0..<count {
-                let position = run.lowerBound + index
-                target.storeBytes(of: original.load(fromByteOffset: position, as: UInt8.self)
-                                      ^ updated.load(fromByteOffset: position, as: UInt8.self),
-                                  toByteOffset: index, as: UInt8.self)
-            }
+            memsnap_xor_bytes(target, original + start, updated + start, count)
         } else {
-            target.copyMemory(from: updated + run.lowerBound, byteCount: count)
+            target.copyMemory(from: updated + start, byteCount: count)
         }
-        runs.append(SnapshotDiffBatch.Run(offset: run.lowerBound, payloadStart: used, count: count,
+        runs.append(SnapshotDiffBatch.Run(offset: start, payloadStart: used, count: count,
                                           dataType: .raw, operation: operation))
-        used += count
+        used &+= count
     }
 
     /// A diff carrying `bytes` as they are (typed values computed by the caller).

@@ -145,6 +145,29 @@ extension Snapshot {
         }
     }
 
+    /// Applies `batches` in order as one `apply`: the same checks, order, merge rules, result
+    /// and errors as `apply(_:)` of their diffs one after another, without making a
+    /// `SnapshotDiff` per diff (the merge reads each batch's payload and table directly).
+    /// Batches may come from anywhere (`Snapshot.diffBatch`, `SnapshotDiffBatch(_:)` of decoded
+    /// diffs): every offset and length is checked before any byte is written.
+    ///
+    /// Thread safety: holds the write lock, as `apply(_:)`; the batches are values.
+    /// - Returns: the byte ranges written, coalesced.
+    /// - Throws: as `apply(_:)` (nothing applied), the operation naming the batch and diff
+    ///   ("apply batch 2, diff 7 (...)").
+    @discardableResult
+    public func apply(batches: [SnapshotDiffBatch]) throws(MemSnapError) -> [Range<Int>] {
+        try apply(batches: batches) { "batch \($0), " }
+    }
+
+    /// `apply(batches:)` with `source(i)` naming batch `i` in errors (as `apply(batches:source:)`
+    /// of diff arrays): what the fork/join merge will call.
+    package func apply(batches: [SnapshotDiffBatch], source: (Int) -> String) throws(MemSnapError) -> [Range<Int>] {
+        try lock.withWriteLock { () throws(MemSnapError) -> [Range<Int>] in
+            try applyLocked(batches, source: source)
+        }
+    }
+
     // MARK: The diff queue
 
     /// Queues diffs for the next `applyQueuedDiffs()`. Callable from any thread; diffs queued in
@@ -196,45 +219,59 @@ extension Snapshot {
     }
 
     /// Call with the write lock held. Checks every diff of every batch, then applies them in
-    /// order, as one.
-    private func applyLocked(_ batches: [[SnapshotDiff]], source: (Int) -> String) throws(MemSnapError) -> [Range<Int>] {
-        let total = batches.reduce(0) { $0 + $1.count }
+    /// order, as one. Generic so that arrays of diffs and `SnapshotDiffBatch`es share one set of
+    /// rules and errors (specialised for each: no per-diff dispatch).
+    private func applyLocked<Batch: AppliableDiffs>(
+        _ batches: [Batch], source: (Int) -> String
+    ) throws(MemSnapError) -> [Range<Int>] {
+        var total = 0
+        for batch in batches { total += batch.diffCount }
         func failure(_ batch: Int, _ index: Int, _ diff: SnapshotDiff, _ reason: MemSnapError.Reason) -> MemSnapError {
             MemSnapError("apply \(source(batch))diff \(index) (\(diff)) to snapshot \"\(name)\"", reason)
         }
         // Bytewise diffs first: they decide the size the batch reaches, which bounds the others.
+        // Each diff's bytes must lie in its batch's storage (always so for batches built by
+        // memsnap; checked all the same, before anything reads them).
         var reachedSize = logicalSize
         for (batchIndex, batch) in batches.enumerated() {
-            for (index, diff) in batch.enumerated() where diff.operation == .bytewise {
-                let (end, overflow) = diff.offset.addingReportingOverflow(diff.bytes.count)
-                guard diff.offset >= 0, !overflow else {
-                    throw failure(batchIndex, index, diff, .invalidRange(offset: diff.offset, length: diff.bytes.count))
+            for index in 0..<batch.diffCount {
+                let run = batch.diffRun(at: index)
+                guard batch.holdsBytes(of: run) else {
+                    throw failure(batchIndex, index, batch.diff(at: index), .invalidRange(offset: run.payloadStart, length: run.count))
+                }
+                guard run.operation == .bytewise else { continue }
+                let (end, overflow) = run.offset.addingReportingOverflow(run.count)
+                guard run.offset >= 0, !overflow else {
+                    throw failure(batchIndex, index, batch.diff(at: index), .invalidRange(offset: run.offset, length: run.count))
                 }
                 guard end <= maxSize else {
-                    throw failure(batchIndex, index, diff,
+                    throw failure(batchIndex, index, batch.diff(at: index),
                                   .exceedsMaximum(what: "bytewise diff end", requested: end, maximum: maxSize))
                 }
                 reachedSize = max(reachedSize, end)
             }
         }
         for (batchIndex, batch) in batches.enumerated() {
-            for (index, diff) in batch.enumerated() where diff.operation != .bytewise && diff.operation != .ignore {
+            for index in 0..<batch.diffCount {
+                let run = batch.diffRun(at: index)
+                guard run.operation != .bytewise && run.operation != .ignore else { continue }
                 do {
-                    _ = try checkedRange(offset: diff.offset, length: diff.bytes.count, within: reachedSize, during: "")
+                    _ = try checkedRange(offset: run.offset, length: run.count, within: reachedSize, during: "")
                 } catch {
-                    throw failure(batchIndex, index, diff, error.reason)
+                    throw failure(batchIndex, index, batch.diff(at: index), error.reason)
                 }
-                if diff.operation.isArithmetic {
-                    guard diff.dataType.isNumeric, diff.bytes.count % diff.dataType.width == 0 else {
-                        throw failure(batchIndex, index, diff, .invalidArgument(
-                            "\(diff.operation) diff of \(diff.bytes.count) bytes of \(diff.dataType) at \(diff.offset) is not valid"))
+                if run.operation.isArithmetic {
+                    guard run.dataType.isNumeric, run.count % run.dataType.width == 0 else {
+                        throw failure(batchIndex, index, batch.diff(at: index), .invalidArgument(
+                            "\(run.operation) diff of \(run.count) bytes of \(run.dataType) at \(run.offset) is not valid"))
                     }
                 }
             }
         }
         let operation = "apply \(total) diffs to snapshot \"\(name)\""
         if reachedSize > logicalSize { try growLocked(to: reachedSize, during: operation) }
-        // Every diff below that is not ignore lies inside 0..<reachedSize, now mapped.
+        // Every diff below that is not ignore lies inside 0..<reachedSize, now mapped, and its
+        // bytes inside its batch's storage.
         var written: [Range<Int>] = []
         written.reserveCapacity(total)
         // Diffs from many workers land all over the snapshot: each is a cache and TLB miss.
@@ -243,33 +280,25 @@ extension Snapshot {
         let lookahead = 16
         let base = memory.base
         for batch in batches {
-            batch.withUnsafeBufferPointer { diffs in
-                for index in diffs.indices {
-                    if index + lookahead < diffs.count, diffs[index + lookahead].operation != .ignore {
-                        memsnap_prefetch_for_write(base + diffs[index + lookahead].offset)
-                    }
-                    let diff = diffs[index]
-                    guard diff.operation != .ignore, !diff.bytes.isEmpty else { continue }
-                    let target = base + diff.offset
-                    switch diff.operation {
-                    case .bytewise:
-                        diff.bytes.withUnsafeBytes { source in
-                            if let start = source.baseAddress { target.copyMemory(from: start, byteCount: source.count) }
-                        }
-                    case .xor:
-                        diff.bytes.withUnsafeBytes { source in
-                            for index in 0..<source.count {
-                                target.storeBytes(of: target.load(fromByteOffset: index, as: UInt8.self) ^ source[index],
-                                                  toByteOffset: index, as: UInt8.self)
-                            }
-                        }
-                    case .sum, .product, .subtract, .max, .min:
-                        Differ.applyTyped(diff, to: target)
-                    case .ignore:
-                        break
-                    }
-                    written.append(diff.offset..<diff.offset + diff.bytes.count)
+            let count = batch.diffCount
+            batch.forEachDiff { index, run, source in
+                if index + lookahead < count {
+                    let ahead = batch.diffRun(at: index + lookahead)
+                    if ahead.operation != .ignore { memsnap_prefetch_for_write(base + ahead.offset) }
                 }
+                guard run.operation != .ignore, run.count > 0, let start = source.baseAddress else { return }
+                let target = base + run.offset
+                switch run.operation {
+                case .bytewise:
+                    target.copyMemory(from: start, byteCount: run.count)
+                case .xor:
+                    memsnap_xor_bytes(target, target, start, run.count)
+                case .sum, .product, .subtract, .max, .min:
+                    Differ.applyTyped(run.dataType, run.operation, source, to: target)
+                case .ignore:
+                    break
+                }
+                written.append(run.offset..<run.offset + run.count)
             }
         }
         let coalesced = ByteRangeSet.coalescing(written)

@@ -34,63 +34,93 @@ package struct ByteRangeSet: Sendable, Equatable {
     /// ascending runs (diffs from k workers, each in offset order), O(n + m log m) at worst.
     package mutating func formUnion(_ batch: [Range<Int>]) {
         guard !batch.isEmpty else { return }
-        let incoming = ByteRangeSet.sortedByLowerBound(batch.filter { !$0.isEmpty })
-        var result: [Range<Int>] = []
-        result.reserveCapacity(ranges.count + incoming.count)
-        var mine = 0
-        var theirs = 0
-        while mine < ranges.count || theirs < incoming.count {
-            let next: Range<Int>
-            if theirs == incoming.count || (mine < ranges.count && ranges[mine].lowerBound <= incoming[theirs].lowerBound) {
-                next = ranges[mine]
-                mine += 1
-            } else {
-                next = incoming[theirs]
-                theirs += 1
-            }
-            if let last = result.last, next.lowerBound <= last.upperBound {
-                result[result.count - 1] = last.lowerBound..<max(last.upperBound, next.upperBound)
-            } else {
-                result.append(next)
+        // Filtering copies (and grows an array append by append): only when there is something
+        // to drop.
+        let incoming = ByteRangeSet.sortedByLowerBound(batch.contains(where: { $0.isEmpty }) ? batch.filter { !$0.isEmpty } : batch)
+        guard !incoming.isEmpty else { return }
+        let existing = ranges
+        // Written through a buffer, not appended: the merge of a sync point's 40 000 ranges
+        // is on the merge's critical path, and an append checks uniqueness and capacity.
+        ranges = existing.withUnsafeBufferPointer { mine in
+            incoming.withUnsafeBufferPointer { theirs in
+                [Range<Int>](unsafeUninitializedCapacity: mine.count + theirs.count) { result, written in
+                    var count = 0
+                    var i = 0
+                    var j = 0
+                    while i < mine.count || j < theirs.count {
+                        let next: Range<Int>
+                        if j == theirs.count || (i < mine.count && mine[i].lowerBound <= theirs[j].lowerBound) {
+                            next = mine[i]
+                            i += 1
+                        } else {
+                            next = theirs[j]
+                            j += 1
+                        }
+                        if count > 0, next.lowerBound <= result[count - 1].upperBound {
+                            let last = result[count - 1]
+                            result[count - 1] = last.lowerBound..<max(last.upperBound, next.upperBound)
+                        } else {
+                            result.initializeElement(at: count, to: next)
+                            count += 1
+                        }
+                    }
+                    written = count
+                }
             }
         }
-        ranges = result
     }
 
-    /// Natural merge sort: split into ascending runs, merge them pairwise until one is left.
+    /// Natural merge sort: split into ascending runs, merge them pairwise until one is left,
+    /// back and forth between two buffers (stable: the earlier of equal bounds stays first).
     static func sortedByLowerBound(_ ranges: [Range<Int>]) -> [Range<Int>] {
-        var runs: [ArraySlice<Range<Int>>] = []
-        var start = 0
-        for index in 1..<max(1, ranges.count + 1) where index == ranges.count || ranges[index].lowerBound < ranges[index - 1].lowerBound {
-            runs.append(ranges[start..<index])
-            start = index
+        var bounds: [Int] = [0]
+        for index in ranges.indices.dropFirst() where ranges[index].lowerBound < ranges[index - 1].lowerBound {
+            bounds.append(index)
         }
-        if runs.count <= 1 { return ranges }
-        while runs.count > 1 {
-            var next: [ArraySlice<Range<Int>>] = []
-            next.reserveCapacity((runs.count + 1) / 2)
-            var index = 0
-            while index + 1 < runs.count {
-                next.append(merge(runs[index], runs[index + 1])[...])
-                index += 2
+        if bounds.count <= 1 { return ranges }
+        bounds.append(ranges.count)
+        var source = UnsafeMutableBufferPointer<Range<Int>>.allocate(capacity: ranges.count)
+        var target = UnsafeMutableBufferPointer<Range<Int>>.allocate(capacity: ranges.count)
+        defer {
+            source.deallocate()
+            target.deallocate()
+        }
+        _ = source.initialize(from: ranges)
+        // Range<Int> is trivial: elements are overwritten in place, never deinitialized.
+        _ = target.initialize(from: ranges)
+        while bounds.count > 2 {
+            var next: [Int] = [0]
+            next.reserveCapacity(bounds.count / 2 + 2)
+            var run = 0
+            while run + 2 < bounds.count {
+                var i = bounds[run]
+                var j = bounds[run + 1]
+                let leftEnd = j
+                let rightEnd = bounds[run + 2]
+                var out = i
+                while i < leftEnd && j < rightEnd {
+                    if source[i].lowerBound <= source[j].lowerBound {
+                        target[out] = source[i]
+                        i += 1
+                    } else {
+                        target[out] = source[j]
+                        j += 1
+                    }
+                    out += 1
+                }
+                while i < leftEnd { target[out] = source[i]; i += 1; out += 1 }
+                while j < rightEnd { target[out] = source[j]; j += 1; out += 1 }
+                next.append(rightEnd)
+                run += 2
             }
-            if index < runs.count { next.append(runs[index]) }
-            runs = next
+            if run + 1 < bounds.count {
+                for index in bounds[run]..<bounds[run + 1] { target[index] = source[index] }
+                next.append(bounds[run + 1])
+            }
+            swap(&source, &target)
+            bounds = next
         }
-        return Array(runs[0])
-    }
-
-    private static func merge(_ left: ArraySlice<Range<Int>>, _ right: ArraySlice<Range<Int>>) -> [Range<Int>] {
-        var result: [Range<Int>] = []
-        result.reserveCapacity(left.count + right.count)
-        var i = left.startIndex
-        var j = right.startIndex
-        while i < left.endIndex && j < right.endIndex {
-            if left[i].lowerBound <= right[j].lowerBound { result.append(left[i]); i += 1 } else { result.append(right[j]); j += 1 }
-        }
-        result.append(contentsOf: left[i...])
-        result.append(contentsOf: right[j...])
-        return result
+        return Array(source)
     }
 
     /// The coalesced union of `batch`.

@@ -75,7 +75,10 @@ struct DiffReport: Codable, BenchmarkReport {
     var workers: Int
     var mergeDiffCount: Int
     var mergeDiffBytes: Int
+    /// Every worker's batch merged by one `Snapshot.apply(batches:)`.
     var mergeSeconds: Double
+    /// The same diffs as `[SnapshotDiff]` arrays, queued and merged by `applyQueuedDiffs()`.
+    var mergeArraySeconds: Double
 
     func table() -> String {
         var lines = [
@@ -100,7 +103,8 @@ struct DiffReport: Codable, BenchmarkReport {
         lines.append(table.rendered())
         lines.append("")
         lines.append("merge \(workers) workers' diffs (\(mergeDiffCount) diffs, \(ByteCount(mergeDiffBytes))) "
-            + "into the snapshot at one sync point: \(formatDuration(mergeSeconds))")
+            + "into the snapshot at one sync point: \(formatDuration(mergeSeconds)) as batches (apply(batches:)), "
+            + "\(formatDuration(mergeArraySeconds)) as [SnapshotDiff] arrays (queueDiffs + applyQueuedDiffs)")
         return lines.joined(separator: "\n")
     }
 }
@@ -190,25 +194,31 @@ struct DiffBenchmark {
                 scanOnlySeconds: scanSeconds, arraySeconds: arraySeconds))
         }
 
-        // Many workers' diffs merged at one sync point.
-        var workerDiffs: [[SnapshotDiff]] = []
+        // Many workers' diffs merged at one sync point: their batches as made
+        // (`Snapshot.apply(batches:)`), and the same diffs as arrays through the queue.
+        var workerBatches: [SnapshotDiffBatch] = []
         for index in 0..<workers {
             let memory = try VirtualRegion(maxSize: size)
             try snapshot.mapCopyOnWrite(into: memory)
             let written = dirty(memory, seed: UInt64(100 + index))
-            workerDiffs.append(try snapshot.diff(
+            workerBatches.append(try snapshot.diffBatch(
                 memory, dirtyPages: DirtyPages(pageCount: pageCount, runs: written.map { $0..<$0 + 1 })))
         }
         var mergeSamples: [Double] = []
         for _ in 0..<repetitions {
-            for diffs in workerDiffs { snapshot.queueDiffs(diffs) }
-            mergeSamples.append(try Stopwatch.time { try snapshot.applyQueuedDiffs() }.seconds)
+            mergeSamples.append(try Stopwatch.time { try snapshot.apply(batches: workerBatches) }.seconds)
         }
-        let all = workerDiffs.flatMap { $0 }
+        let workerArrays = workerBatches.map { Array($0) }
+        var arrayMergeSamples: [Double] = []
+        for _ in 0..<repetitions {
+            for diffs in workerArrays { snapshot.queueDiffs(diffs) }
+            arrayMergeSamples.append(try Stopwatch.time { try snapshot.applyQueuedDiffs() }.seconds)
+        }
         return DiffReport(
             date: isoDate(), snapshotBytes: size, dirtyFraction: dirtyFraction, dirtyPages: dirtyPages.count,
             dirtyBytes: dirtyBytes, repetitions: repetitions, memcmpSeconds: memcmpSeconds, blocks: blocks,
-            workers: workers, mergeDiffCount: all.count, mergeDiffBytes: all.reduce(0) { $0 + $1.bytes.count },
-            mergeSeconds: median(mergeSamples))
+            workers: workers, mergeDiffCount: workerBatches.reduce(0) { $0 + $1.count },
+            mergeDiffBytes: workerBatches.reduce(0) { $0 + $1.byteCount },
+            mergeSeconds: median(mergeSamples), mergeArraySeconds: median(arrayMergeSamples))
     }
 }

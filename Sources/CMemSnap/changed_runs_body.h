@@ -1,0 +1,116 @@
+// The body of memsnap_changed_runs, compiled once per vector width by compare.c: it defines
+// CHANGED_RUNS_NAME, CHANGED_RUNS_TARGET, LANE_MASK (64 bytes to a 64-bit mask of differing
+// bytes) and DIFFERING_BLOCKS (the block kernel of the same width), then includes this file.
+// A template rather than a macro so the compiler inlines both helpers into each copy.
+
+// Joins [first, last_end) to the open run, or closes it and opens a new one.
+#define CHANGED_RUNS_ADD(first, last_end)                                                   \
+    do {                                                                                    \
+        size_t add_first = (first);                                                         \
+        if (open && add_first - open_end <= gap) {                                          \
+            open_end = (last_end);                                                          \
+        } else {                                                                            \
+            if (open) {                                                                     \
+                runs[count].start = open_start;                                             \
+                runs[count].end = open_end;                                                 \
+                count++;                                                                    \
+            }                                                                               \
+            open_start = add_first;                                                         \
+            open_end = (last_end);                                                          \
+            open = 1;                                                                       \
+        }                                                                                   \
+    } while (0)
+
+// Every run of set bits of `mask` (bit i = byte at + i differs) through CHANGED_RUNS_ADD.
+#define CHANGED_RUNS_EMIT(mask_value, at)                                                   \
+    do {                                                                                    \
+        uint64_t emit_mask = (mask_value);                                                  \
+        while (emit_mask != 0) {                                                            \
+            unsigned emit_first = (unsigned)__builtin_ctzll(emit_mask);                     \
+            uint64_t emit_rest = ~(emit_mask >> emit_first);                                \
+            unsigned emit_length = emit_rest != 0 ? (unsigned)__builtin_ctzll(emit_rest)    \
+                                                  : 64u - emit_first;                       \
+            CHANGED_RUNS_ADD((at) + emit_first, (at) + emit_first + emit_length);           \
+            unsigned emit_next = emit_first + emit_length;                                  \
+            emit_mask = emit_next >= 64 ? 0 : emit_mask & (~UINT64_C(0) << emit_next);      \
+        }                                                                                   \
+    } while (0)
+
+// Exact differing bytes of [narrow_start, narrow_end): 64 bytes, then 8, then 1 at a time,
+// never reading past narrow_end.
+#define CHANGED_RUNS_NARROW(narrow_start, narrow_end)                                       \
+    do {                                                                                    \
+        size_t at = (narrow_start);                                                         \
+        size_t stop = (narrow_end);                                                         \
+        while (stop - at >= 64) {                                                           \
+            CHANGED_RUNS_EMIT(LANE_MASK(a + at, b + at), at);                               \
+            at += 64;                                                                       \
+        }                                                                                   \
+        while (stop - at >= 8) {                                                            \
+            uint64_t x, y;                                                                  \
+            memcpy(&x, a + at, 8);                                                          \
+            memcpy(&y, b + at, 8);                                                          \
+            CHANGED_RUNS_EMIT(differing_byte_mask(x ^ y), at);                              \
+            at += 8;                                                                        \
+        }                                                                                   \
+        for (; at < stop; at++) {                                                           \
+            if (a[at] != b[at]) CHANGED_RUNS_ADD(at, at + 1);                               \
+        }                                                                                   \
+    } while (0)
+
+CHANGED_RUNS_TARGET
+static size_t CHANGED_RUNS_NAME(const void *original, const void *updated, memsnap_changed_run_scan *scan,
+                                memsnap_changed_run *runs, size_t capacity) {
+    const unsigned char *a = original;
+    const unsigned char *b = updated;
+    const size_t block = scan->block_size;
+    const size_t gap = scan->merge_gap;
+    const size_t end = scan->end;
+    // A changed block (or the ragged tail) closes at most block / 2 runs; one more for the last.
+    const size_t need = memsnap_changed_runs_minimum_capacity(block);
+    size_t position = scan->position;
+    size_t open_start = scan->open_start;
+    size_t open_end = scan->open_end;
+    int open = scan->has_open_run;
+    size_t count = 0;
+    if (capacity < need || block == 0) return 0;
+    while (position < end) {
+        size_t whole = (end - position) / block;
+        if (whole > 64) whole = 64;
+        if (whole == 0) {
+            // A region ending mid-block: the tail is narrowed directly.
+            if (capacity - count < need) goto out;
+            CHANGED_RUNS_NARROW(position, end);
+            position = end;
+            break;
+        }
+        uint64_t differing = DIFFERING_BLOCKS(a + position, b + position, block, whole);
+        while (differing != 0) {
+            size_t index = (size_t)__builtin_ctzll(differing);
+            if (capacity - count < need) {
+                position += index * block;  // blocks before it are done; resume at this one
+                goto out;
+            }
+            differing &= differing - 1;
+            size_t start = position + index * block;
+            CHANGED_RUNS_NARROW(start, start + block);
+        }
+        position += whole * block;
+    }
+    if (open && count < capacity) {
+        runs[count].start = open_start;
+        runs[count].end = open_end;
+        count++;
+        open = 0;
+    }
+out:
+    scan->position = position;
+    scan->open_start = open_start;
+    scan->open_end = open_end;
+    scan->has_open_run = open;
+    return count;
+}
+
+#undef CHANGED_RUNS_ADD
+#undef CHANGED_RUNS_EMIT
+#undef CHANGED_RUNS_NARROW
