@@ -167,7 +167,7 @@ public final class SnapshotWorkers: Sendable {
         try rounds.withLock { _ in
             let round = try runBodies(body)
             _ = try restoreWorkers(round, changedUnderneath: [])
-            return round.diffs
+            return RoundDiffs(workers: round.batches.map { Array($0) }, dirtyPageCounts: round.written.map(\.count))
         }
     }
 
@@ -179,7 +179,7 @@ public final class SnapshotWorkers: Sendable {
     @discardableResult
     public func merge(workerDiffs: [[SnapshotDiff]], names: [String]? = nil) throws(MemSnapError) -> JoinReport {
         try rounds.withLock { (_) throws(MemSnapError) -> JoinReport in
-            try merge(workerDiffs: workerDiffs, round: nil, names: names)
+            try merge(workerBatches: workerDiffs.map { SnapshotDiffBatch($0) }, round: nil, names: names)
         }
     }
 
@@ -193,14 +193,15 @@ public final class SnapshotWorkers: Sendable {
         try rounds.withLock { _ in
             var mainAhead: MainMemoryAhead?
             let round = try runBodies(body) { mainAhead = collectMainMemoryAhead() }
-            return try merge(workerDiffs: round.diffs.workers, round: round, names: nil, mainAhead: mainAhead)
+            return try merge(workerBatches: round.batches, round: round, names: nil, mainAhead: mainAhead)
         }
     }
 
     /// A round's diffs, the pages each worker wrote (what restoring it in place drops), and
     /// which workers their own threads already restored in place.
     private struct Round {
-        var diffs: RoundDiffs
+        /// Each worker's diffs, by worker index.
+        var batches: [SnapshotDiffBatch]
         var written: [DirtyPages]
         var restoredInPlace: [Bool]
     }
@@ -210,7 +211,7 @@ public final class SnapshotWorkers: Sendable {
     /// writes to the next join, as if nothing had been collected.
     private struct MainMemoryAhead {
         var dirty: DirtyPages
-        var diffs: [SnapshotDiff]
+        var diffs: SnapshotDiffBatch
     }
 
     /// Most runs re-armed one by one after a collect ahead: past this, one scan of the whole
@@ -223,7 +224,7 @@ public final class SnapshotWorkers: Sendable {
     private func collectMainMemoryAhead() -> MainMemoryAhead? {
         guard mainTracker.mode == .uffdAsync,
               let dirty = try? mainTracker.collect(),
-              let diffs = try? snapshot.diff(mainMemory, dirtyPages: dirty, options: options) else { return nil }
+              let diffs = try? snapshot.diffBatch(mainMemory, dirtyPages: dirty, options: options) else { return nil }
         return MainMemoryAhead(dirty: dirty, diffs: diffs)
     }
 
@@ -231,17 +232,17 @@ public final class SnapshotWorkers: Sendable {
     /// collect ahead of few runs, only those runs are re-armed; otherwise the whole memory is
     /// collected again, and the diffs ahead are kept if it wrote nothing since (which the
     /// contract promises; anything written since is collected and diffed all the same).
-    private func collectMainMemory(ahead: MainMemoryAhead?) throws(MemSnapError) -> (DirtyPages, [SnapshotDiff]) {
+    private func collectMainMemory(ahead: MainMemoryAhead?) throws(MemSnapError) -> (DirtyPages, SnapshotDiffBatch) {
         if let ahead, ahead.dirty.runs.count <= SnapshotWorkers.aheadRunLimit {
             let rearmed = try mainTracker.collectAndReset(within: ahead.dirty.runs)
             if rearmed == ahead.dirty.runs { return (ahead.dirty, ahead.diffs) }
             let rest = try mainTracker.collectAndReset()
             let dirty = DirtyPages(pageCount: rest.pageCount, runs: ahead.dirty.runs + rearmed + rest.runs)
-            return (dirty, try snapshot.diff(mainMemory, dirtyPages: dirty, options: options))
+            return (dirty, try snapshot.diffBatch(mainMemory, dirtyPages: dirty, options: options))
         }
         let dirty = try mainTracker.collectAndReset()
         if let ahead, dirty == ahead.dirty { return (dirty, ahead.diffs) }
-        return (dirty, try snapshot.diff(mainMemory, dirtyPages: dirty, options: options))
+        return (dirty, try snapshot.diffBatch(mainMemory, dirtyPages: dirty, options: options))
     }
 
     /// Runs the bodies on the workers' threads, diffs each worker and restores it in place where
@@ -249,7 +250,7 @@ public final class SnapshotWorkers: Sendable {
     /// thread meanwhile.
     private func runBodies(_ body: @escaping @Sendable (Worker) throws -> Void, alongside: () -> Void = {}) throws -> Round {
         let workerCount = count
-        let outcomes = Locked<[Result<[SnapshotDiff], any Error>?]>(Array(repeating: nil, count: workerCount))
+        let outcomes = Locked<[Result<SnapshotDiffBatch, any Error>?]>(Array(repeating: nil, count: workerCount))
         let dirtySets = Locked<[DirtyPages?]>(Array(repeating: nil, count: workerCount))
         let restoredEarly = Locked<[Bool]>(Array(repeating: false, count: workerCount))
         let memories = workerMemories
@@ -260,11 +261,11 @@ public final class SnapshotWorkers: Sendable {
         threads.run { index in
             let worker = Worker(index: index, memory: memories[index])
             let tracker = trackers[index]
-            let outcome = Result { () throws -> [SnapshotDiff] in
+            let outcome = Result { () throws -> SnapshotDiffBatch in
                 do { try body(worker) } catch { throw BodyFailure(underlying: error) }
                 let dirty = try tracker.collectAndReset()
                 dirtySets.withLock { $0[index] = dirty }
-                let diffs = try snapshot.diff(worker.memory, dirtyPages: dirty, options: options)
+                let diffs = try snapshot.diffBatch(worker.memory, dirtyPages: dirty, options: options)
                 // The diffs hold copies of the written bytes: the memory can go back to the
                 // snapshot now, in parallel with the other workers, rather than after the merge.
                 if SnapshotWorkers.restoreInPlace(worker.memory, tracker, written: dirty, changedUnderneath: [],
@@ -278,7 +279,7 @@ public final class SnapshotWorkers: Sendable {
             alongside()
         }
         let results = outcomes.withLock { $0 }
-        var workerDiffs: [[SnapshotDiff]] = []
+        var workerDiffs: [SnapshotDiffBatch] = []
         for index in 0..<count {
             switch results[index] {
             case let .success(diffs)?:
@@ -295,7 +296,7 @@ public final class SnapshotWorkers: Sendable {
             }
         }
         let written = dirtySets.withLock { $0 }.map { $0 ?? DirtyPages(pageCount: 0, runs: []) }
-        return Round(diffs: RoundDiffs(workers: workerDiffs, dirtyPageCounts: written.map(\.count)), written: written,
+        return Round(batches: workerDiffs, written: written,
                      restoredInPlace: restoredEarly.withLock { $0 })
     }
 
@@ -308,23 +309,23 @@ public final class SnapshotWorkers: Sendable {
     @discardableResult
     public func join() throws(MemSnapError) -> JoinReport {
         try rounds.withLock { (_) throws(MemSnapError) -> JoinReport in
-            try merge(workerDiffs: [], round: nil, names: nil)
+            try merge(workerBatches: [], round: nil, names: nil)
         }
     }
 
-    /// `round`: the round that produced `workerDiffs`, nil when the workers did not run since
+    /// `round`: the round that produced `workerBatches`, nil when the workers did not run since
     /// they were last restored (a join, or a merge of diffs from `runWithoutMerging`).
     /// `mainAhead`: the main memory's writes collected during the round, if they were.
     private func merge(
-        workerDiffs: [[SnapshotDiff]], round: Round?, names: [String]?, mainAhead: MainMemoryAhead? = nil
+        workerBatches: [SnapshotDiffBatch], round: Round?, names: [String]?, mainAhead: MainMemoryAhead? = nil
     ) throws(MemSnapError) -> JoinReport {
         let mainDirty: DirtyPages
-        let batches: [[SnapshotDiff]]
+        let batches: [SnapshotDiffBatch]
         let written: [Range<Int>]
         do {
-            let mainDiffs: [SnapshotDiff]
+            let mainDiffs: SnapshotDiffBatch
             (mainDirty, mainDiffs) = try collectMainMemory(ahead: mainAhead)
-            batches = [mainDiffs] + workerDiffs
+            batches = [mainDiffs] + workerBatches
             written = try snapshot.apply(batches: batches) { index in
                 if index == 0 { return "main memory's " }
                 if let names, index - 1 < names.count { return "\(names[index - 1])'s " }
@@ -340,7 +341,7 @@ public final class SnapshotWorkers: Sendable {
         return JoinReport(
             dirtyPageCounts: [mainDirty.count] + (round?.written.map(\.count) ?? []),
             diffCount: batches.reduce(0) { $0 + $1.count },
-            diffBytes: batches.reduce(0) { $0 + $1.reduce(0) { $0 + $1.bytes.count } },
+            diffBytes: batches.reduce(0) { $0 + $1.byteCount },
             writtenRanges: written,
             remappedMemories: remapped)
     }

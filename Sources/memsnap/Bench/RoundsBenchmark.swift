@@ -167,7 +167,7 @@ struct RoundsBenchmark {
             let current = round
             round += 1
             let plans = allPlans[current % plannedRounds]
-            let outcomes = Locked<[Int: Result<[SnapshotDiff], MemSnapError>]>([:])
+            let outcomes = Locked<[Int: Result<SnapshotDiffBatch, MemSnapError>]>([:])
             let seconds = Stopwatch.time {
                 anchorThreads.run { index in
                     let region = regions[index]
@@ -175,18 +175,19 @@ struct RoundsBenchmark {
                         RoundsBenchmark.write(plans[index], into: $0, seed: UInt64(current * 100 + index))
                     }
                     let dirty = DirtyPages(pageCount: pageCount, runs: plans[index].map { $0..<$0 + 1 })
-                    let outcome = Result { () throws(MemSnapError) in try snapshot.diff(region, dirtyPages: dirty) }
+                    let outcome = Result { () throws(MemSnapError) in try snapshot.diffBatch(region, dirtyPages: dirty) }
                     outcomes.withLock { $0[index] = outcome }
                 }
             }.seconds
             writeAndDiff.append(seconds)
+            var batches: [SnapshotDiffBatch] = []
             for index in 0..<workerCount {
                 guard let outcome = outcomes.withLock({ $0[index] }) else {
                     throw ValidationError("anchor worker \(index) ended without a result")
                 }
-                snapshot.queueDiffs(try outcome.get())
+                batches.append(try outcome.get())
             }
-            merge.append(try Stopwatch.time { try snapshot.applyQueuedDiffs() }.seconds)
+            merge.append(try Stopwatch.time { try snapshot.apply(batches: batches) }.seconds)
         }
         let anchorWrite = median(writeAndDiff)
         let anchorMerge = median(merge)
