@@ -66,17 +66,25 @@ public final class Arena {
             /// (about 0.35 ms per GiB of heap here), and every write is found, system calls'
             /// (`read(2)` into the heap) included.
             case wholeHeap
-            /// Only the chunks of the heap (2 MiB each) written in recent syncs: a chunk that
-            /// several syncs in a row found unwritten is write-protected, and its next first write
-            /// takes a fault (a signal and two mprotect calls, a few microseconds) that puts it
-            /// back in the scan. A sync's scan then costs what was written lately, not the heap;
-            /// under a high write rate no chunk is protected and a sync scans the whole heap.
-            /// Costs: a system call that writes into a protected chunk (`read(2)` into the heap)
-            /// fails with EFAULT, so write such buffers from the program first or use
-            /// `.wholeHeap`; opening protects the whole heap once (an mprotect walk). Used only
-            /// where uffd-async tracking works and memsnap's SIGSEGV handler is the first to see
-            /// faults (a handler installed after it could swallow them); otherwise syncs scan the
-            /// whole heap.
+            /// Only the chunks of the heap (2 MiB each) written since the last sync, plus those
+            /// the program rewrites so often that they are left writable: a chunk is
+            /// write-protected again by the sync that scans its write (or, for a chunk that
+            /// keeps faulting back in soon after, once it has gone up to 64 syncs unwritten), and
+            /// its next first write takes a fault (a signal and an mprotect, a few microseconds
+            /// plus a walk of the chunk's page-table entries) that puts it back in the scan. A
+            /// sync's scan then costs what was written lately, not the heap; under a high write
+            /// rate no chunk stays protected and a sync scans the whole heap.
+            ///
+            /// Choose it for large heaps synced often with few writes per sync (below about one
+            /// chunk in ten written per sync), where the whole-heap scan would dominate a small
+            /// sync, and where nothing but the program's own stores writes into the heap.
+            /// Costs: a system call that writes into a protected chunk (`read(2)` or `recv(2)`
+            /// into the heap) fails with EFAULT instead of being tracked, so write such buffers
+            /// from the program first or use `.wholeHeap`; the first store to a cold chunk pays
+            /// the fault; opening protects the whole heap once (an mprotect walk).
+            /// Used only where uffd-async tracking works and memsnap's SIGSEGV handler is the
+            /// first to see faults (a handler installed after it could swallow them); otherwise
+            /// syncs scan the whole heap.
             case recentlyWrittenChunks
         }
         public var tracking: Tracking
@@ -84,10 +92,11 @@ public final class Arena {
         public var syncScan: SyncScan = .wholeHeap
         /// `.recentlyWrittenChunks`: the chunk size as a power of two (tests use small chunks).
         package var chunkShift = 21
-        /// `.recentlyWrittenChunks`: how many syncs in a row must find a chunk unwritten before
-        /// it is protected (a protection plus a later fault cost about as much as this many
-        /// scans of the chunk).
-        package var idleSyncsBeforeProtecting = 64
+        /// `.recentlyWrittenChunks`: the most syncs in a row that must find a chunk unwritten
+        /// before it is protected. Each chunk's own threshold adapts between 0 (protected by the
+        /// sync that scans its write) and this, growing while the chunk faults back in soon after
+        /// each protection (see `ChunkProtection`).
+        package var maximumIdleSyncsBeforeProtecting = 64
         /// The log is checkpointed into the heap file when it grows past this many bytes.
         public var checkpointLogBytes: Int
         /// How long an open waits for a conflicting lock to go away before it fails with

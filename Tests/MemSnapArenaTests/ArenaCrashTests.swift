@@ -17,7 +17,7 @@ struct ArenaCrashTests {
     static let readySuffix = ".child-ready"
 
     /// The soak workload writes without declaring anything: automatic tracking must find it all.
-    @Test(arguments: [TrackingUnderTest.wholeHeap, .recentChunks])
+    @Test(arguments: [TrackingUnderTest.wholeHeap, .recentChunks, .recentChunksAdaptive])
     func killingTheWriterAtRandomMomentsAlwaysLeavesTheLastCompletedSync(tracking: TrackingUnderTest) throws {
         let directory = ArenaDirectory()
         try ArenaSoak.create(directory.arena)

@@ -293,10 +293,12 @@ extension SmallTmpfs {
 // MARK: Tracking modes
 
 /// The ways an arena finds written pages, as the tests run them. `recentChunks` uses small
-/// chunks protected after one idle sync, so that a small test heap has many chunks turning cold
-/// and written again.
+/// chunks left writable for at most one idle sync, so that a small test heap has many chunks
+/// turning cold and written again; `recentChunksAdaptive` the same small chunks with the default
+/// bound on idle syncs, so that chunks the workload rewrites often are left writable for longer
+/// (their thresholds grow) while the others are protected by the sync that scans their write.
 enum TrackingUnderTest: String, CaseIterable, CustomStringConvertible, Sendable {
-    case wholeHeap, recentChunks, explicit
+    case wholeHeap, recentChunks, recentChunksAdaptive, explicit
 
     var description: String { rawValue }
 
@@ -306,7 +308,11 @@ enum TrackingUnderTest: String, CaseIterable, CustomStringConvertible, Sendable 
         case .recentChunks:
             var configuration = Arena.Configuration(tracking: .automatic, syncScan: .recentlyWrittenChunks)
             configuration.chunkShift = 16
-            configuration.idleSyncsBeforeProtecting = 1
+            configuration.maximumIdleSyncsBeforeProtecting = 1
+            return configuration
+        case .recentChunksAdaptive:
+            var configuration = Arena.Configuration(tracking: .automatic, syncScan: .recentlyWrittenChunks)
+            configuration.chunkShift = 16
             return configuration
         case .explicit: return Arena.Configuration(tracking: .explicit)
         }

@@ -12,20 +12,24 @@ import MemSnap
 /// `SyncScan.recentlyWrittenChunks` the tracker narrows each scan to the chunks (2 MiB, one page
 /// table, by default) that can hold writes:
 ///
-/// - A chunk that `idleSyncsBeforeProtecting` syncs in a row found unwritten is write-protected
-///   with `mprotect` ("cold"). The first write to a cold chunk faults into memsnap's C SIGSEGV
-///   handler, which makes the chunk writable again and marks it in a record; the write then runs.
-/// - A sync protects the chunks that turned idle *first*, then takes the record's marks, then
-///   scans every writable chunk plus the ones it just protected, and re-arms exactly them. A
-///   write is therefore in a scanned chunk whatever the interleaving: written while the chunk was
-///   writable, it is found by the next scan of the chunk (every sync scans a writable chunk, and
-///   the sync that protects it scans it after protecting); written while the chunk was cold, it
-///   faulted first, so the chunk is marked and the next sync scans it.
-/// - The switch by dirty rate is per chunk: a chunk written more often than once per
-///   `idleSyncsBeforeProtecting` syncs is never protected, so under a high dirty rate every chunk
-///   stays writable, no write faults, and a sync is the plain whole-heap scan. Under a low rate,
-///   a sync costs the chunks written in the last syncs, and a first write to a cold chunk costs a
-///   signal and two mprotect calls.
+/// - A protected ("cold") chunk is read-only (`mprotect`). The first write to it faults into
+///   memsnap's C SIGSEGV handler, which makes the chunk writable again and marks it in a record;
+///   the write then runs.
+/// - A sync takes the record's marks, then protects the writable chunks that have been idle for
+///   their threshold, then scans every chunk that was writable or marked (the ones it just
+///   protected included, after protecting them) and re-arms exactly them. A write is therefore in
+///   a scanned chunk whatever the interleaving: written while the chunk was writable, it is found
+///   by the next scan of the chunk (every sync scans a writable chunk, the one that protects it
+///   included); written while the chunk was cold, it faulted first, so the chunk is marked before
+///   the write completes, and the sync that takes the mark scans it.
+/// - The switch by dirty rate is per chunk and adapts (`ChunkProtection.adaptThreshold`): a
+///   chunk's threshold starts at 0 idle syncs (the sync that scans its write protects it again,
+///   so a sync after a few writes scans only the chunks they hit), grows for chunks that fault
+///   back in soon after being protected, up to `maximumIdleSyncsBeforeProtecting`, and shrinks for
+///   chunks that stay cold long after. Under a high dirty rate every chunk settles writable, no
+///   write faults, and a sync is the plain whole-heap scan; under a low rate a sync costs the
+///   chunks written since the last sync, and a first write to a cold chunk costs a signal and an
+///   mprotect, paid by the store (and one more mprotect by the sync that protects it again).
 /// - If mprotect cannot split the mapping any further (vm.max_map_count), the handler makes the
 ///   whole range writable and gives up; the tracker then scans the whole heap from that sync on.
 ///
@@ -56,7 +60,7 @@ final class ArenaWriteTracker {
         do {
             protection = try ChunkProtection(
                 base: region.base, chunkCount: pageCount / chunkPages, chunkShift: max(Page.shift, configuration.chunkShift),
-                idleSyncsBeforeProtecting: max(1, configuration.idleSyncsBeforeProtecting))
+                maximumIdleSyncs: configuration.maximumIdleSyncsBeforeProtecting)
         } catch {
             // Another SIGSEGV handler sits in front of memsnap's (it could swallow the chunk
             // faults), or every record slot is taken: scan the whole heap instead, as documented.

@@ -92,7 +92,7 @@ struct ArenaReport: Codable, BenchmarkReport {
 
     func table() -> String {
         var table = Table(columns: ["updates/sync", "pages/sync", "sync: whole heap", "mean", "sync: recent chunks", "mean",
-                                    "stores mean", "sync: markDirty", "mean", "LMDB commit", "mean", "raw write+fdatasync",
+                                    "stores: recent chunks", "stores: whole heap", "sync: markDirty", "mean", "LMDB commit", "mean", "raw write+fdatasync",
                                     "recent vs LMDB", "mean vs mean", "whole vs LMDB", "mean vs mean",
                                     "updates/s: recent", "LMDB"])
         func ratio(_ mine: Double, _ theirs: Double?) -> String { theirs.map { format(mine / $0, decimals: 2) + "x" } ?? "-" }
@@ -101,7 +101,7 @@ struct ArenaReport: Codable, BenchmarkReport {
                 "\(row.updatesPerSync)", format(row.dirtyPagesPerSync, decimals: 1),
                 formatDuration(row.wholeHeap.medianSeconds), formatDuration(row.wholeHeap.meanSeconds),
                 formatDuration(row.recentChunks.medianSeconds), formatDuration(row.recentChunks.meanSeconds),
-                formatDuration(row.recentChunks.storeMeanSeconds),
+                formatDuration(row.recentChunks.storeMeanSeconds), formatDuration(row.wholeHeap.storeMeanSeconds),
                 formatDuration(row.markDirty.medianSeconds), formatDuration(row.markDirty.meanSeconds),
                 row.lmdb.map { formatDuration($0.medianSeconds) } ?? "not built", row.lmdb.map { formatDuration($0.meanSeconds) } ?? "-",
                 formatDuration(row.rawWriteAndSyncSeconds),
