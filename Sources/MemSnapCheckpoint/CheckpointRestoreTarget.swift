@@ -211,9 +211,9 @@ private func checkBounds(offset: Int, count: Int, size: Int, during operation: @
     }
 }
 
-/// pwrite of an extent into a raw image (tag 0 only), retrying short writes. One plain pwrite
-/// per extent (no iovec array): restores call this once per extent, tens of thousands of times.
-/// The caller checked that `offset + bytes.count` is within the image.
+/// pwrite of an extent into a raw image (tag 0 only), retrying short writes, without an iovec
+/// array: restores call this once per extent, tens of thousands of times. The caller checked that
+/// `offset + bytes.count` is within the image.
 private func writeImage(
     _ descriptor: FileDescriptor, tag: UInt64, offset: Int, bytes: UnsafeRawBufferPointer,
     during operation: @autoclosure () -> String
@@ -221,20 +221,9 @@ private func writeImage(
     guard tag == 0 else {
         throw MemSnapError(operation(), .invalidArgument("an extent with tag \(tag) cannot be restored into a raw image"))
     }
-    guard let base = bytes.baseAddress else { return }
-    var done = 0
-    while done < bytes.count {
-        let (position, overflow) = offset.addingReportingOverflow(done)
-        guard !overflow, let filePosition = off_t(exactly: position) else {
-            throw MemSnapError(operation(), .systemCall("pwrite", .fileTooLarge))
-        }
-        switch valueOrErrno({ pwrite(descriptor.rawValue, base + done, bytes.count - done, filePosition) }) {
-        case let .success(written) where written > 0:
-            done += written
-        case .success:
-            throw MemSnapError(operation(), .systemCall("pwrite", .noSpace))
-        case let .failure(errno):
-            throw MemSnapError(operation(), .systemCall("pwrite", errno))
-        }
+    do throws(PartialWriteFailure) {
+        try writeAll(descriptor.rawValue, bytes, at: offset)
+    } catch {
+        throw MemSnapError(operation(), .systemCall("pwrite", error.errno))
     }
 }

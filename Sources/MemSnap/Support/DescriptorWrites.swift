@@ -59,6 +59,35 @@ package func writeAll(
     }
 }
 
+/// `writeAll(_:_:at:)` of one buffer, without building an iovec array: for callers that write
+/// once per extent or chunk, tens of thousands of times (restore targets). A write that makes no
+/// progress fails with ENOSPC rather than being retried forever.
+///
+/// - Throws: `PartialWriteFailure` as `writeAll(_:_:at:)`.
+package func writeAll(_ descriptor: Int32, _ bytes: UnsafeRawBufferPointer, at offset: Int?) throws(PartialWriteFailure) {
+    guard let base = bytes.baseAddress else { return }
+    var done = 0
+    while done < bytes.count {
+        var position: off_t?
+        if let offset {
+            let (sum, overflow) = offset.addingReportingOverflow(done)
+            guard !overflow, let exact = off_t(exactly: sum) else {
+                throw PartialWriteFailure(errno: .fileTooLarge, bytesWritten: done)
+            }
+            position = exact
+        }
+        let result = valueOrErrno {
+            if let position { pwrite(descriptor, base + done, bytes.count - done, position) }
+            else { write(descriptor, base + done, bytes.count - done) }
+        }
+        switch result {
+        case let .success(written) where written > 0: done += written
+        case .success: throw PartialWriteFailure(errno: .noSpace, bytesWritten: done)
+        case let .failure(errno): throw PartialWriteFailure(errno: errno, bytesWritten: done)
+        }
+    }
+}
+
 /// `writeAll(_:_:at:)` at a file offset, its failure reported as `pwritev` failing during
 /// `operation`.
 package func writeAll(
