@@ -137,7 +137,7 @@ struct DirtyTrackerTests {
         let outcome = region.withUnsafeMutableBytes { kernelWrite(into: $0.baseAddress! + 2 * pageSize + 16, count: 100) }
         let written = try tracker.collect()
         switch mode {
-        case .uffdAsync, .softDirty, .compare:
+        case .uffdAsync, .softDirty, .compare, .privateCopies:
             // The kernel's write is tracked like any other.
             #expect(outcome.result == 100)
             #expect(written.runs == [.page(2)])
@@ -188,13 +188,13 @@ struct DirtyTrackerTests {
 
     @Test func modesAreNamedAsInTheEnvironmentVariable() throws {
         #expect(DirtyTrackingMode.environmentVariable == "MEMSNAP_DIRTY_TRACKING")
-        #expect(DirtyTrackingMode.allCases.map(\.rawValue) == ["auto", "uffd-async", "segfault", "uffd", "soft-dirty", "compare", "none"])
+        #expect(DirtyTrackingMode.allCases.map(\.rawValue) == ["auto", "uffd-async", "segfault", "uffd", "soft-dirty", "compare", "private-copies", "none"])
         #expect(try DirtyTrackingMode(parsing: nil) == .auto)
         #expect(try DirtyTrackingMode(parsing: "") == .auto)
         #expect(try DirtyTrackingMode(parsing: "segfault") == .segfault)
         let error = expectMemSnapError { _ = try DirtyTrackingMode(parsing: "dirty-bits") }
         #expect(error?.description == "read MEMSNAP_DIRTY_TRACKING: \"dirty-bits\" is not a tracking mode; "
-            + "expected one of auto, uffd-async, segfault, uffd, soft-dirty, compare, none")
+            + "expected one of auto, uffd-async, segfault, uffd, soft-dirty, compare, private-copies, none")
     }
 
     @Test("a remapped region must be reset before collecting again", arguments: workingModes)

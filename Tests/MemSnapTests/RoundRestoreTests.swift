@@ -3,8 +3,10 @@ import MemSnapTestSupport
 import Testing
 
 /// Modes a `SnapshotWorkers` pool can run with here: soft-dirty allows one tracker per process
-/// (its reset is process-wide), and a pool needs one per memory.
+/// (its reset is process-wide), and a pool needs one per memory; `private-copies`, which only
+/// forgets writes when a memory is restored, is the pool's own default.
 let poolModes = workingModes.filter { $0 != .softDirty }
+    + (DirtyTrackingMode.privateCopies.availability == .available ? [.privateCopies] : [])
 
 @Suite("SnapshotWorkers restores a round in place: what a round costs follows what it wrote")
 struct RoundRestoreTests {

@@ -18,8 +18,15 @@
 /// `DirtyTracker.restoreInPlace`). A worker drops its pages on its own thread as soon as its
 /// diffs are taken, before the merge: a private mapping shows the file's current content
 /// wherever it holds no copy, so the merge's writes into the snapshot appear in the dropped
-/// pages as they do in the pages never written. A region is remapped and its tracker re-armed instead when the
-/// snapshot grew or the region's committed size differs from it (growth, shrink), when it wrote
+/// pages as they do in the pages never written.
+///
+/// Tracking: with no mode chosen (see `poolTracking`), the pool tracks `private-copies`: a
+/// memory's dirty pages are simply the copies it holds (one `PAGEMAP_SCAN`), which restoring it
+/// drops, so nothing is protected or re-armed, a write costs the one copy-on-write fault it
+/// would cost untracked, and a memory that wrote nothing costs a scan of nearly empty page
+/// tables. Any other mode can be chosen through `tracking` or `MEMSNAP_DIRTY_TRACKING`.
+///
+/// A region is remapped and its tracker re-armed instead when the snapshot grew or the region's committed size differs from it (growth, shrink), when it wrote
 /// more than `inPlaceRestoreLimit` of its pages (one remap is then cheaper than dropping them
 /// run by run), when its mechanism cannot tell which pages it copied (`none`), and on every
 /// failure path. `JoinReport.remappedMemories` says which were remapped.
@@ -99,7 +106,8 @@ public final class SnapshotWorkers: Sendable {
     private let mappedSizes = Locked<[UInt: Int]>([:])
 
     /// Maps the snapshot into `count` worker regions and a main region of `memoryMaxSize` bytes
-    /// each (default: the snapshot's maximum) and starts tracking them.
+    /// each (default: the snapshot's maximum) and starts tracking them, with `tracking`'s mode
+    /// or, when it names none, `private-copies` where it works (see `poolTracking`).
     /// Starts one thread per worker, which waits (using no CPU) between rounds and ends with the pool.
     /// - Throws: `.invalidArgument` for a count below 1; mapping and tracking failures;
     ///   `.systemCall("pthread_create", ...)` if the worker threads cannot start.
@@ -111,6 +119,7 @@ public final class SnapshotWorkers: Sendable {
         guard count >= 1 else { throw MemSnapError(operation, .invalidArgument("need at least one worker, not \(count)")) }
         try options.validate(during: operation)
         let maxSize = Swift.max(memoryMaxSize ?? snapshot.maxSize, Page.size)
+        let tracking = try SnapshotWorkers.poolTracking(tracking)
         func trackedRegion() throws(MemSnapError) -> (VirtualRegion, DirtyTracker) {
             let region = try VirtualRegion(maxSize: maxSize)
             try snapshot.mapCopyOnWrite(into: region)
@@ -136,12 +145,29 @@ public final class SnapshotWorkers: Sendable {
         }
     }
 
+    /// The configuration the pool's trackers use: `configuration` as given, except that with no
+    /// mode chosen (neither `configuration.mode` nor `MEMSNAP_DIRTY_TRACKING`, or `auto`) a pool
+    /// tracks `private-copies` where it works. A pool restores every memory after each collect,
+    /// which is all that mode needs to be exact, and its writes then cost one copy-on-write
+    /// fault, as in an untracked mapping (BENCHMARKS.md, "Fork/join rounds").
+    static func poolTracking(_ configuration: DirtyTracker.Configuration) throws(MemSnapError) -> DirtyTracker.Configuration {
+        var requested = DirtyTrackingMode.auto
+        if let mode = configuration.mode { requested = mode } else { requested = try DirtyTrackingMode.fromEnvironment() }
+        guard requested == .auto, DirtyTrackingMode.privateCopies.availability == .available else { return configuration }
+        var chosen = configuration
+        chosen.mode = .privateCopies
+        return chosen
+    }
+
     deinit {
         mainTracker.stop()
         for tracker in workerTrackers { tracker.stop() }
     }
 
     public var count: Int { workerMemories.count }
+
+    /// The mode every memory of the pool is tracked with (`poolTracking`'s choice).
+    public var trackingMode: DirtyTrackingMode { mainTracker.mode }
 
     /// A round's diffs, not merged: what `runWithoutMerging` returns, and what a host that
     /// runs part of a batch for another (MemSnapRemote) sends back.
@@ -219,10 +245,11 @@ public final class SnapshotWorkers: Sendable {
     private static let aheadRunLimit = 64
 
     /// Collects and diffs the main memory without resetting its tracker, where the tracker can
-    /// later re-arm exactly those runs (uffd-async); nil otherwise or on any error (the merge
+    /// later re-arm exactly those runs (uffd-async) or has nothing to re-arm (private-copies,
+    /// whose collect is a scan and nothing more); nil otherwise or on any error (the merge
     /// then collects as a join does, and reports the error itself).
     private func collectMainMemoryAhead() -> MainMemoryAhead? {
-        guard mainTracker.mode == .uffdAsync,
+        guard mainTracker.mode == .uffdAsync || mainTracker.mode == .privateCopies,
               let dirty = try? mainTracker.collect(),
               let diffs = try? snapshot.diffBatch(mainMemory, dirtyPages: dirty, options: options) else { return nil }
         return MainMemoryAhead(dirty: dirty, diffs: diffs)
@@ -233,7 +260,7 @@ public final class SnapshotWorkers: Sendable {
     /// collected again, and the diffs ahead are kept if it wrote nothing since (which the
     /// contract promises; anything written since is collected and diffed all the same).
     private func collectMainMemory(ahead: MainMemoryAhead?) throws(MemSnapError) -> (DirtyPages, SnapshotDiffBatch) {
-        if let ahead, ahead.dirty.runs.count <= SnapshotWorkers.aheadRunLimit {
+        if let ahead, mainTracker.mode == .uffdAsync, ahead.dirty.runs.count <= SnapshotWorkers.aheadRunLimit {
             let rearmed = try mainTracker.collectAndReset(within: ahead.dirty.runs)
             if rearmed == ahead.dirty.runs { return (ahead.dirty, ahead.diffs) }
             let rest = try mainTracker.collectAndReset()

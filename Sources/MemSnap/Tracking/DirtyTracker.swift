@@ -115,6 +115,7 @@ public final class DirtyTracker: @unchecked Sendable {
                 region: region, threadSlots: configuration.threadSlots, copyBeforeWrite: configuration.copyBeforeWrite)
         case .softDirty: mechanism = try SoftDirtyMechanism(region: region)
         case .compare: mechanism = try CompareMechanism(region: region)
+        case .privateCopies: mechanism = try PrivateCopyMechanism(region: region)
         case .none: mechanism = NoTrackingMechanism()
         case .auto: throw MemSnapError(operation, .invalidArgument("auto must be resolved to a mode first"))
         }

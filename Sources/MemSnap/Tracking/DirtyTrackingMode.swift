@@ -16,7 +16,12 @@ import SystemPackage
 /// | `uffd` | synchronous userfaultfd write-protect, handler thread | ~50 µs | fails with EFAULT, not recorded |
 /// | `soft-dirty` | `clear_refs` + pagemap bit 55 (process-wide) | one minor fault | recorded |
 /// | `compare` | a saved copy, compared page by page | none (collect reads everything) | recorded (if the bytes changed) |
+/// | `private-copies` | `PAGEMAP_SCAN` for the pages the region copied (no protection at all) | none beyond the copy-on-write fault | recorded |
 /// | `none` | reports every page | none | n/a |
+///
+/// `private-copies` is the one mode whose reset does not forget (see
+/// `resetForgetsEarlierWrites`): it is made for `SnapshotWorkers`, which restores every memory
+/// after each collect, and `auto` never chooses it.
 public enum DirtyTrackingMode: String, CaseIterable, Sendable, CustomStringConvertible {
     /// The first mode of `DirtyTrackingMode.preferenceOrder` that works on this system.
     case auto
@@ -25,6 +30,15 @@ public enum DirtyTrackingMode: String, CaseIterable, Sendable, CustomStringConve
     case uffd
     case softDirty = "soft-dirty"
     case compare
+    /// The pages the region holds its own copies of: anonymous pages, present or swapped out,
+    /// other than the shared zero page (one `PAGEMAP_SCAN`, Linux 6.7). In a private mapping of
+    /// a file these are exactly the pages written since it was mapped or last restored in place;
+    /// in anonymous memory, the pages written since they were committed. Writes cost nothing
+    /// beyond their copy-on-write fault (no protection, no marker, no TLB shootdown to re-arm),
+    /// but a reset cannot forget a page already copied (its copy holds the data), so collects
+    /// are cumulative until the region is restored in place or remapped. Shared mappings are
+    /// refused (their writes make no copy).
+    case privateCopies = "private-copies"
     case none
 
     public var description: String { rawValue }
@@ -56,6 +70,11 @@ public enum DirtyTrackingMode: String, CaseIterable, Sendable, CustomStringConve
         self = mode
     }
 
+    /// Whether `DirtyTracker.reset()` and `collectAndReset()` forget the writes reported so far.
+    /// False for `private-copies` only: it reports every page the region holds a copy of until
+    /// the region is restored in place (`SnapshotWorkers` does after each round) or remapped.
+    public var resetForgetsEarlierWrites: Bool { self != .privateCopies }
+
     /// Whether each attributes a write to the thread that made it (for thread-local collects).
     public var attributesWritesToThreads: Bool { self == .segfault || self == .uffd }
 
@@ -69,6 +88,7 @@ public enum DirtyTrackingMode: String, CaseIterable, Sendable, CustomStringConve
         case .segfault: return Probes.segfault
         case .uffd: return Probes.syncWriteProtect
         case .softDirty: return Probes.softDirty
+        case .privateCopies: return Probes.privateCopies
         case .compare, .none: return .available
         }
     }
@@ -137,6 +157,10 @@ enum Probes {
         }
         return functionalProbe(.segfault)
     }()
+
+    /// PAGEMAP_SCAN (Linux 6.7) tells anonymous copies from the file's pages; older kernels
+    /// fail the ioctl with ENOTTY or EINVAL, which the probe reports.
+    static let privateCopies: DirtyTrackingMode.Availability = functionalProbe(.privateCopies)
 
     /// Soft-dirty needs CONFIG_MEM_SOFT_DIRTY. Kernels without it still accept the clear_refs
     /// write, so only a written page showing bit 55 proves it works.

@@ -35,7 +35,33 @@ struct PagemapScanner: ~Copyable {
         inverted: UInt64 = 0, anyOf: UInt64 = 0,
         during operation: @autoclosure () -> String
     ) throws(MemSnapError) -> [Range<Int>] {
-        guard let base = range.baseAddress, range.count > 0 else { return [] }
+        var runs: [Range<Int>] = []
+        try forEachRegion(
+            range, categories: categories, writeProtectMatches: writeProtectMatches,
+            requireAsyncRegistration: requireAsyncRegistration, returning: categories | anyOf | filter,
+            inverted: inverted, anyOf: anyOf, during: operation()
+        ) { run, found in
+            guard filter == 0 || found & filter != 0 else { return }
+            if let previous = runs.last, previous.upperBound == run.lowerBound {
+                runs[runs.count - 1] = previous.lowerBound..<run.upperBound
+            } else {
+                runs.append(run)
+            }
+        }
+        return runs
+    }
+
+    /// The kernel's answer as it comes: each region of pages in `range` that match (page
+    /// indices relative to `range`'s start, ascending, not merged) with its categories masked
+    /// by `returning`. Neighbouring regions differ in those categories or were cut by the
+    /// vector's end. The other parameters are `scan`'s.
+    func forEachRegion(
+        _ range: UnsafeRawBufferPointer, categories: UInt64, writeProtectMatches: Bool,
+        requireAsyncRegistration: Bool, returning returnMask: UInt64, inverted: UInt64 = 0, anyOf: UInt64 = 0,
+        during operation: @autoclosure () -> String,
+        _ body: (_ pages: Range<Int>, _ categories: UInt64) -> Void
+    ) throws(MemSnapError) {
+        guard let base = range.baseAddress, range.count > 0 else { return }
         let start = UInt64(UInt(bitPattern: base))
         let end = start + UInt64(range.count)
         var flags: UInt64 = 0
@@ -43,7 +69,6 @@ struct PagemapScanner: ~Copyable {
         if requireAsyncRegistration { flags |= MEMSNAP_PM_SCAN_CHECK_WPASYNC }
         let capacity = Int(MEMSNAP_PAGEMAP_SCAN_MAX_VEC)
         var regions = [memsnap_page_region](repeating: memsnap_page_region(), count: capacity)
-        var runs: [Range<Int>] = []
         var cursor = start
         while cursor < end {
             let returned: Int32 = regions.withUnsafeMutableBufferPointer { vector in
@@ -52,25 +77,20 @@ struct PagemapScanner: ~Copyable {
                     start: cursor, end: end, walk_end: 0,
                     vec: UInt64(UInt(bitPattern: vector.baseAddress)), vec_len: UInt64(capacity),
                     max_pages: 0, category_inverted: inverted, category_mask: categories,
-                    category_anyof_mask: anyOf, return_mask: categories | anyOf | filter)
+                    category_anyof_mask: anyOf, return_mask: returnMask)
                 let result = memsnap_ioctl(descriptor, MEMSNAP_PAGEMAP_SCAN, &argument)
                 if result >= 0 { cursor = max(argument.walk_end, cursor) }
                 return result
             }
             guard returned >= 0 else { throw MemSnapError.systemCall("PAGEMAP_SCAN", during: operation()) }
             let shift = UInt64(Page.shift)
-            for region in regions.prefix(Int(returned)) where filter == 0 || region.categories & filter != 0 {
-                let first = Int((region.start - start) >> shift)
-                let last = Int((region.end - start) >> shift)
-                if let previous = runs.last, previous.upperBound == first {
-                    runs[runs.count - 1] = previous.lowerBound..<last
-                } else {
-                    runs.append(first..<last)
-                }
+            // The kernel only reports regions within [start, end); a region outside (which a
+            // broken kernel could return) is skipped rather than trusted.
+            for region in regions.prefix(Int(returned)) where region.start >= start && region.start < region.end && region.end <= end {
+                body(Int((region.start - start) >> shift)..<Int((region.end - start) >> shift), region.categories)
             }
             // A vector that was not filled means the walk reached `end`.
             if Int(returned) < capacity { break }
         }
-        return runs
     }
 }

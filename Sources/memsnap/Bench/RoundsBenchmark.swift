@@ -192,7 +192,7 @@ struct RoundsBenchmark {
         let anchorWrite = median(writeAndDiff)
         let anchorMerge = median(merge)
         return RoundsReport(
-            date: isoDate(), mode: (mode ?? (try? DirtyTrackingMode.auto.resolved()) ?? .none).rawValue,
+            date: isoDate(), mode: pool.trackingMode.rawValue,
             snapshotBytes: size, workers: workers, dirtyFraction: dirtyFraction, pagesPerWorker: pagesPerWorker,
             repetitions: repetitions, threadsOnlySeconds: threadsOnly, wakeThreadsSeconds: wakeThreads, emptyRoundSeconds: empty,
             dirtyRoundSeconds: dirtyRound, anchorWriteAndDiffSeconds: anchorWrite, anchorMergeSeconds: anchorMerge,

@@ -21,7 +21,7 @@ struct TrackingBenchmarkCommand: ParsableCommand {
     var repetitions: Int = 3
 
     @Option(help: "Modes to measure (comma-separated); default: every mode.", transform: parseModes)
-    var modes: [DirtyTrackingMode] = DirtyTrackingMode.allCases.filter { $0 != .auto }
+    var modes: [DirtyTrackingMode] = DirtyTrackingMode.allCases.filter { $0 != .auto && $0.resetForgetsEarlierWrites }
 
     @Flag(help: "Print JSON instead of a table.")
     var json = false
@@ -29,6 +29,11 @@ struct TrackingBenchmarkCommand: ParsableCommand {
     func validate() throws {
         guard (1...50).contains(repetitions) else { throw ValidationError("--repetitions must be 1...50") }
         guard !modes.isEmpty else { throw ValidationError("--modes names no mode") }
+        if let cumulative = modes.first(where: { !$0.resetForgetsEarlierWrites }) {
+            // This benchmark resets and writes again without restoring the region.
+            throw ValidationError("\(cumulative.rawValue) only forgets writes when the memory is restored: "
+                + "measure it with `memsnap bench rounds --mode \(cumulative.rawValue)`")
+        }
         // Source, target and the tracked region, populated; compare mode keeps a copy too.
         try validateSize(size, memoryCopies: 4)
     }
@@ -44,7 +49,8 @@ struct TrackingBenchmarkCommand: ParsableCommand {
 func parseModes(_ text: String) throws -> [DirtyTrackingMode] {
     try text.split(separator: ",").map {
         guard let mode = DirtyTrackingMode(rawValue: String($0)), mode != .auto else {
-            throw ValidationError("'\($0)' is not a tracking mode (uffd-async, segfault, uffd, soft-dirty, compare, none)")
+            let modes = DirtyTrackingMode.allCases.filter { $0 != .auto }.map(\.rawValue).joined(separator: ", ")
+            throw ValidationError("'\($0)' is not a tracking mode (\(modes))")
         }
         return mode
     }
