@@ -8,7 +8,8 @@ import WasmKit
 /// with instances of a module as the workers, as Faasm runs a function's threads.
 ///
 /// The pool forks a main instance and `count` workers from the snapshot and tracks each one's
-/// memory with its own `DirtyTracker` (the mode from `WasmTracking.resolve`). A round
+/// memory with its own `DirtyTracker` (with no mode chosen, `private-copies` where it works, as
+/// in `SnapshotWorkers`; otherwise the mode from `WasmTracking.resolve`). A round
 /// (`run`) starts one OS thread per worker; each calls the exported function with its
 /// arguments, then, still on its own thread, collects its dirty pages and diffs its memory
 /// against the snapshot. At the join the main instance's diffs are applied first, then each
@@ -39,7 +40,8 @@ import WasmKit
 /// them while a call is in progress.
 public final class WasmWorkers: @unchecked Sendable {
     public struct Configuration: Sendable {
-        /// The tracker configuration; its mode goes through `WasmTracking.resolve`.
+        /// The tracker configuration; its mode goes through `WasmTracking.resolve`, after a pool
+        /// with none chosen picks `private-copies` where it works (`SnapshotWorkers.trackingMode`).
         public var tracking: DirtyTracker.Configuration
         public var diff: DiffOptions
 
@@ -78,8 +80,10 @@ public final class WasmWorkers: @unchecked Sendable {
         guard (1...1024).contains(count) else {
             throw MemSnapError(operation, .invalidArgument("need 1 to 1024 workers, not \(count)"))
         }
-        var tracking = configuration.tracking
-        tracking.mode = try WasmTracking.resolve(configuration.tracking.mode, engine: zygote.program.engine)
+        // A pool restores every instance after each round: with no mode chosen, the copies an
+        // instance holds are its writes (`private-copies`), as in `SnapshotWorkers`.
+        var tracking = try SnapshotWorkers.poolTracking(configuration.tracking)
+        tracking.mode = try WasmTracking.resolve(tracking.mode, engine: zygote.program.engine)
         self.zygote = zygote
         self.configuration = configuration
         self.trackingMode = tracking.mode ?? .auto

@@ -150,7 +150,8 @@ public final class SnapshotWorkers: Sendable {
     /// tracks `private-copies` where it works. A pool restores every memory after each collect,
     /// which is all that mode needs to be exact, and its writes then cost one copy-on-write
     /// fault, as in an untracked mapping (BENCHMARKS.md, "Fork/join rounds").
-    static func poolTracking(_ configuration: DirtyTracker.Configuration) throws(MemSnapError) -> DirtyTracker.Configuration {
+    /// `WasmWorkers` chooses the same way: it, too, restores every instance after each round.
+    package static func poolTracking(_ configuration: DirtyTracker.Configuration) throws(MemSnapError) -> DirtyTracker.Configuration {
         var requested = DirtyTrackingMode.auto
         if let mode = configuration.mode { requested = mode } else { requested = try DirtyTrackingMode.fromEnvironment() }
         guard requested == .auto, DirtyTrackingMode.privateCopies.availability == .available else { return configuration }
