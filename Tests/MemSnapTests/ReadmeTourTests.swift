@@ -22,7 +22,8 @@ struct ReadmeTourTests {
         try snapshot.mapCopyOnWrite(into: worker)    // restore: every worker write is gone
 
         // Which pages did the worker write? The best mechanism this kernel allows, chosen at run time
-        // (uffd-async here; MEMSNAP_DIRTY_TRACKING=segfault|uffd|soft-dirty|compare|none overrides).
+        // (uffd-async here; MEMSNAP_DIRTY_TRACKING=segfault|uffd|soft-dirty|compare|private-copies|none
+        // overrides).
         let tracker = try DirtyTracker(tracking: worker)
         worker.withUnsafeMutableBytes { $0.storeBytes(of: 1, toByteOffset: 3 * 4096, as: UInt64.self) }
         let written = try tracker.collectAndReset()   // written.runs == [3..<4], and a new interval began
