@@ -50,14 +50,57 @@ enum ChainRestore {
         }
         // Each frame's raw size is at most 2 x 64 MiB (checked on open): no overflow in practice.
         let totalRaw = links.reduce(0) { total, link in link.file.frames.reduce(total) { $0 &+ $1.rawSize } }
-        try ParallelWork.run(threads: min(threads, max(1, jobs.count))) { _ in
-            let workspace = FrameWorkspace()
+        let threadCount = min(threads, max(1, jobs.count))
+        // One restore thread writes into the target at a time, and a thread that finds another
+        // writing does not wait: it keeps its frame's writes and decodes its next frame into its
+        // other workspace, writing both when the turn is free or when it has no free workspace
+        // left. A file on tmpfs takes its inode lock for every write, so two threads' writes ran
+        // one at a time anyway, the second one spinning or asleep in the kernel instead of
+        // decompressing.
+        let writeTurn = Locked(())
+        let defersWrites = target != nil && threadCount > 1
+        try ParallelWork.run(threads: threadCount) { _ in
+            let workspaces = defersWrites ? [FrameWorkspace(), FrameWorkspace()] : [FrameWorkspace()]
+            var nextWorkspace = 0
+            var pending: [PendingFrame] = []
             var covered = [ExtentCoverage](repeating: ExtentCoverage(), count: links.count)
+            func fail(_ job: (link: Int, frame: Int), _ error: MemSnapError) {
+                failures.withLock { current in
+                    if let current, (current.link, current.frame) < (job.link, job.frame) { return }
+                    current = (job.link, job.frame, error)
+                }
+            }
+            /// Writes every pending frame, in the order decoded; called with the write turn held.
+            func writePending() {
+                for frame in pending {
+                    do throws(MemSnapError) { try frame.workspace.writes.replay(into: frame.target) } catch { fail(frame.job, error) }
+                }
+                pending.removeAll(keepingCapacity: true)
+            }
             while let next = counter.claim() {
                 let job = jobs[next]
                 if let failed = failures.withLock({ $0 }), (failed.link, failed.frame) < (job.link, job.frame) { break }
+                let workspace = workspaces[nextWorkspace]
+                nextWorkspace = (nextWorkspace + 1) % workspaces.count
                 do throws(MemSnapError) {
-                    let bytes = try contexts[job.link].restoreFrame(job.frame, workspace: workspace, coverage: &covered[job.link])
+                    let sink: CheckpointRestoreTarget?
+                    if defersWrites {
+                        workspace.writes.removeAll()
+                        sink = workspace.writes
+                    } else {
+                        sink = contexts[job.link].target
+                    }
+                    let bytes = try contexts[job.link].restoreFrame(job.frame, workspace: workspace, target: sink,
+                                                                    coverage: &covered[job.link])
+                    if defersWrites, let target = contexts[job.link].target {
+                        pending.append(PendingFrame(job: job, workspace: workspace, target: target))
+                        // With every workspace holding unwritten bytes, wait for the turn.
+                        if pending.count == workspaces.count {
+                            writeTurn.withLock { _ in writePending() }
+                        } else {
+                            _ = writeTurn.withLockIfAvailable { _ in writePending() }
+                        }
+                    }
                     let done = restored.withLock { totals in
                         totals.extentBytes[job.link] &+= bytes
                         totals.rawBytes &+= contexts[job.link].link.file.frames[job.frame].rawSize
@@ -65,12 +108,10 @@ enum ChainRestore {
                     }
                     progress?(CheckpointProgress(bytesDone: done, bytesTotal: totalRaw))
                 } catch {
-                    failures.withLock { current in
-                        if let current, (current.link, current.frame) < (job.link, job.frame) { return }
-                        current = (job.link, job.frame, error)
-                    }
+                    fail(job, error)
                 }
             }
+            if !pending.isEmpty { writeTurn.withLock { _ in writePending() } }
             let finished = covered
             coverage.withLock { all in
                 for link in all.indices { all[link].merge(finished[link]) }
@@ -88,10 +129,41 @@ enum ChainRestore {
 }
 
 /// One restore thread's buffers, reused from frame to frame: the frame as read (header and
-/// stored payload), and what decompresses it (v3 only).
+/// stored payload), what decompresses it (v3 only), and the writes of the frame last decoded
+/// into them while they wait for the write turn (they point into these buffers).
 private final class FrameWorkspace {
     let stored = ReusableBuffer()
     let decode = FrameDecodeScratch()
+    let writes = FrameWrites()
+}
+
+/// A decoded frame whose writes wait for the restore's write turn. It holds the workspace its
+/// writes point into, which keeps those buffers alive until they are written.
+private struct PendingFrame {
+    let job: (link: Int, frame: Int)
+    let workspace: FrameWorkspace
+    let target: CheckpointRestoreTarget
+}
+
+/// The writes of one frame, recorded instead of written: `applyExtents` checks and cuts the
+/// extents as for any target, and the restore thread replays them into the real target when it
+/// has the write turn. The bytes stay in the thread's workspace, which is not reused until then.
+/// Only ever a stand-in for a target within one restore thread: it is never prepared or committed.
+private final class FrameWrites: CheckpointRestoreTarget, @unchecked Sendable {
+    private var writes: [(tag: UInt64, offset: Int, bytes: UnsafeRawBufferPointer)] = []
+
+    func write(tag: UInt64, offset: Int, bytes: UnsafeRawBufferPointer) throws(MemSnapError) {
+        writes.append((tag, offset, bytes))
+    }
+
+    func commit(imageSize: Int) throws(MemSnapError) {}
+
+    func removeAll() { writes.removeAll(keepingCapacity: true) }
+
+    /// Writes every recorded extent into `target`, in the order recorded; stops at the first error.
+    func replay(into target: CheckpointRestoreTarget) throws(MemSnapError) {
+        for write in writes { try target.write(tag: write.tag, offset: write.offset, bytes: write.bytes) }
+    }
 }
 
 /// What a restore thread needs for the frames of one link; the file and target outlive the threads.
@@ -103,7 +175,10 @@ private struct FrameContext: @unchecked Sendable {
 
     /// Reads, checks, decompresses and (with a target) writes frame `index`; returns its extent
     /// bytes and adds its extents to `coverage`.
-    func restoreFrame(_ index: Int, workspace: FrameWorkspace, coverage: inout ExtentCoverage) throws(MemSnapError) -> Int {
+    /// `target` is this context's target or a stand-in that records the writes for later.
+    func restoreFrame(
+        _ index: Int, workspace: FrameWorkspace, target: CheckpointRestoreTarget?, coverage: inout ExtentCoverage
+    ) throws(MemSnapError) -> Int {
         let file = link.file
         let expected = file.frames[index]
         let place = link.place(index)

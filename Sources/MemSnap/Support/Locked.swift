@@ -31,6 +31,16 @@ package final class Locked<Value> {
         defer { pthread_mutex_unlock(mutex) }
         return try body(&value)
     }
+
+    /// `body` under the lock if no other thread holds it now; nil, without waiting or calling
+    /// `body`, if one does.
+    package func withLockIfAvailable<Result, Failure: Error>(
+        _ body: (inout Value) throws(Failure) -> Result
+    ) throws(Failure) -> Result? {
+        guard pthread_mutex_trylock(mutex) == 0 else { return nil }
+        defer { pthread_mutex_unlock(mutex) }
+        return try body(&value)
+    }
 }
 
 // The mutex serialises every access to `value`; see the type's thread-safety note.
