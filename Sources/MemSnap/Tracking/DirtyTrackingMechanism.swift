@@ -30,8 +30,10 @@ protocol DirtyTrackingMechanism: AnyObject {
 
     /// The pages among the first `pageCount` that the region holds its own copies of, given the
     /// runs the last collect-and-reset reported and no write since: what
-    /// `DirtyTracker.restoreInPlace` drops. nil where the mechanism cannot tell (the region is
-    /// then remapped instead).
+    /// `DirtyTracker.restoreInPlace` drops. The runs may also cover pages that hold no copy
+    /// (dropping those changes no content, only page tables: `private-copies` widens runs to
+    /// whole page-table spans so the kernel can free them). nil where the mechanism cannot tell
+    /// (the region is then remapped instead).
     func privatePages(reported: [Range<Int>], pageCount: Int) -> [Range<Int>]?
 
     /// After `DirtyTracker.restoreInPlace` dropped `dropped` and the file under the region
