@@ -57,7 +57,9 @@ enum ChainRestore {
         // left. A file on tmpfs takes its inode lock for every write, so two threads' writes ran
         // one at a time anyway, the second one spinning or asleep in the kernel instead of
         // decompressing.
-        let writeTurn = Locked(())
+        // Its value counts the frames written and nothing reads it: ThreadSanitizer reports the
+        // accesses to a lock's zero-sized value as races once one thread only tries the lock.
+        let writeTurn = Locked(0)
         let defersWrites = target != nil && threadCount > 1
         try ParallelWork.run(threads: threadCount) { _ in
             let workspaces = defersWrites ? [FrameWorkspace(), FrameWorkspace()] : [FrameWorkspace()]
@@ -71,7 +73,8 @@ enum ChainRestore {
                 }
             }
             /// Writes every pending frame, in the order decoded; called with the write turn held.
-            func writePending() {
+            func writePending(_ written: inout Int) {
+                written += pending.count
                 for frame in pending {
                     do throws(MemSnapError) { try frame.workspace.writes.replay(into: frame.target) } catch { fail(frame.job, error) }
                 }
@@ -96,9 +99,9 @@ enum ChainRestore {
                         pending.append(PendingFrame(job: job, workspace: workspace, target: target))
                         // With every workspace holding unwritten bytes, wait for the turn.
                         if pending.count == workspaces.count {
-                            writeTurn.withLock { _ in writePending() }
+                            writeTurn.withLock { written in writePending(&written) }
                         } else {
-                            _ = writeTurn.withLockIfAvailable { _ in writePending() }
+                            _ = writeTurn.withLockIfAvailable { written in writePending(&written) }
                         }
                     }
                     let done = restored.withLock { totals in
@@ -111,7 +114,7 @@ enum ChainRestore {
                     fail(job, error)
                 }
             }
-            if !pending.isEmpty { writeTurn.withLock { _ in writePending() } }
+            if !pending.isEmpty { writeTurn.withLock { written in writePending(&written) } }
             let finished = covered
             coverage.withLock { all in
                 for link in all.indices { all[link].merge(finished[link]) }
