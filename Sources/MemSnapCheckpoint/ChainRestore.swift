@@ -63,7 +63,6 @@ enum ChainRestore {
         let defersWrites = target != nil && threadCount > 1
         try ParallelWork.run(threads: threadCount) { _ in
             let workspaces = defersWrites ? [FrameWorkspace(), FrameWorkspace()] : [FrameWorkspace()]
-            var nextWorkspace = 0
             var pending: [PendingFrame] = []
             var covered = [ExtentCoverage](repeating: ExtentCoverage(), count: links.count)
             func fail(_ job: (link: Int, frame: Int), _ error: MemSnapError) {
@@ -72,19 +71,45 @@ enum ChainRestore {
                     current = (job.link, job.frame, error)
                 }
             }
+            func failedBefore(_ job: (link: Int, frame: Int)) -> Bool {
+                guard let failed = failures.withLock({ $0 }) else { return false }
+                return (failed.link, failed.frame) < (job.link, job.frame)
+            }
+            /// Counts a frame done (its extent bytes at once; its raw bytes, which progress
+            /// reports, once written).
+            func finish(_ job: (link: Int, frame: Int), extentBytes: Int, written: Bool) {
+                let done = restored.withLock { totals in
+                    totals.extentBytes[job.link] &+= extentBytes
+                    guard written else { return Int?.none }
+                    totals.rawBytes &+= contexts[job.link].link.file.frames[job.frame].rawSize
+                    return totals.rawBytes
+                }
+                if let done { progress?(CheckpointProgress(bytesDone: done, bytesTotal: totalRaw)) }
+            }
             /// Writes every pending frame, in the order decoded; called with the write turn held.
+            /// A frame after one that failed is not written: the restore fails anyway, and a
+            /// full disk should not be filled further.
             func writePending(_ written: inout Int) {
                 written += pending.count
-                for frame in pending {
-                    do throws(MemSnapError) { try frame.workspace.writes.replay(into: frame.target) } catch { fail(frame.job, error) }
+                for frame in pending where !failedBefore(frame.job) {
+                    do throws(MemSnapError) {
+                        try frame.workspace.writes.replay(into: frame.target)
+                        finish(frame.job, extentBytes: 0, written: true)
+                    } catch {
+                        fail(frame.job, error)
+                    }
                 }
                 pending.removeAll(keepingCapacity: true)
             }
             while let next = counter.claim() {
                 let job = jobs[next]
-                if let failed = failures.withLock({ $0 }), (failed.link, failed.frame) < (job.link, job.frame) { break }
-                let workspace = workspaces[nextWorkspace]
-                nextWorkspace = (nextWorkspace + 1) % workspaces.count
+                if failedBefore(job) { break }
+                // The workspace no pending frame's writes point into (there is always one: the
+                // turn is waited for as soon as every workspace holds a pending frame).
+                guard let workspace = workspaces.first(where: { free in !pending.contains { $0.workspace === free } }) else {
+                    fail(job, MemSnapError(operation, .invalidArgument("no free restore workspace (an internal error)")))
+                    break
+                }
                 do throws(MemSnapError) {
                     let sink: CheckpointRestoreTarget?
                     if defersWrites {
@@ -96,6 +121,7 @@ enum ChainRestore {
                     let bytes = try contexts[job.link].restoreFrame(job.frame, workspace: workspace, target: sink,
                                                                     coverage: &covered[job.link])
                     if defersWrites, let target = contexts[job.link].target {
+                        finish(job, extentBytes: bytes, written: false)
                         pending.append(PendingFrame(job: job, workspace: workspace, target: target))
                         // With every workspace holding unwritten bytes, wait for the turn.
                         if pending.count == workspaces.count {
@@ -103,13 +129,9 @@ enum ChainRestore {
                         } else {
                             _ = writeTurn.withLockIfAvailable { written in writePending(&written) }
                         }
+                    } else {
+                        finish(job, extentBytes: bytes, written: true)
                     }
-                    let done = restored.withLock { totals in
-                        totals.extentBytes[job.link] &+= bytes
-                        totals.rawBytes &+= contexts[job.link].link.file.frames[job.frame].rawSize
-                        return totals.rawBytes
-                    }
-                    progress?(CheckpointProgress(bytesDone: done, bytesTotal: totalRaw))
                 } catch {
                     fail(job, error)
                 }

@@ -48,7 +48,9 @@ public struct CheckpointOptions: Sendable {
     public var level: Int32
     /// Most uncompressed extent bytes per frame; large extents are split at absolute multiples
     /// of it, so one huge extent still spreads over every thread. A multiple of the page size,
-    /// at most 64 MiB (readers allocate up to twice this per thread).
+    /// at most 64 MiB (readers allocate up to twice this per thread, and a restore with two or
+    /// more threads twice that again: each thread decodes its next frame while the last one
+    /// waits to be written).
     public var chunkSize: Int
     /// Threads compressing frames (v3; v1 and v2 frames are hashed and written by the calling
     /// thread, which measured faster). The output does not depend on it.

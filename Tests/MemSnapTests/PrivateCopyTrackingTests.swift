@@ -63,6 +63,20 @@ struct PrivateCopyTrackingTests {
         #expect(try tracker.collect() == DirtyPages(pageCount: 8, runs: [.page(6)]))
     }
 
+    @Test func guardPagesAreNeitherCopiesNorScanned() throws {
+        let region = try MemoryKind.memfdCopyOnWrite.makeRegion(pages: 4)
+        let tracker = try DirtyTracker(tracking: region, mode: .privateCopies)
+        defer { tracker.stop() }
+        let madviseGuardInstall: Int32 = 102  // MADV_GUARD_INSTALL, Linux 6.13
+        guard madvise(region.withUnsafeBytes { UnsafeMutableRawPointer(mutating: $0.baseAddress!) } + pageSize,
+                      pageSize, madviseGuardInstall) == 0 else {
+            #expect(errno == EINVAL, "only a kernel without guard regions may refuse them")
+            return
+        }
+        region.store(2, at: 2 * pageSize)
+        #expect(try tracker.collect().runs == [.page(2)], "the guard page is not a copy (reading it would fault)")
+    }
+
     @Test func aSharedMappingIsRefusedBecauseItsWritesMakeNoCopy() throws {
         let region = try MemoryKind.memfdShared.makeRegion(pages: 4)
         expectReason(.unavailable(

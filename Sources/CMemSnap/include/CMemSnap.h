@@ -34,6 +34,7 @@ static const int MEMSNAP_MADV_SEQUENTIAL = 2;
 static const int MEMSNAP_MADV_HUGEPAGE = 14;
 static const int MEMSNAP_MADV_NOHUGEPAGE = 15;
 static const int MEMSNAP_MADV_DONTNEED = 4;
+static const int MEMSNAP_MADV_UNMERGEABLE = 13;
 
 /// One range for `memsnap_madvise_ranges` (the layout of struct iovec).
 struct memsnap_address_range { void *start; size_t length; };

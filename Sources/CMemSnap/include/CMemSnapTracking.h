@@ -79,6 +79,9 @@ static const uint64_t MEMSNAP_PAGE_IS_SWAPPED = 1ULL << 4;
 static const uint64_t MEMSNAP_PAGE_IS_PFNZERO = 1ULL << 5;
 static const uint64_t MEMSNAP_PAGE_IS_HUGE = 1ULL << 6;
 static const uint64_t MEMSNAP_PAGE_IS_SOFT_DIRTY = 1ULL << 7;
+/// A guard region (MADV_GUARD_INSTALL), reported from Linux 6.15; older kernels refuse the bit
+/// with EINVAL.
+static const uint64_t MEMSNAP_PAGE_IS_GUARD = 1ULL << 8;
 
 static const uint64_t MEMSNAP_PM_SCAN_WP_MATCHING = 1ULL << 0;
 static const uint64_t MEMSNAP_PM_SCAN_CHECK_WPASYNC = 1ULL << 1;

@@ -153,7 +153,9 @@ public final class DirtyTracker: @unchecked Sendable {
         try collect(reset: false)
     }
 
-    /// The pages written since the last reset, and a new interval started in the same step.
+    /// The pages written since the last reset, and a new interval started in the same step
+    /// (`private-copies` cannot forget: its pages stay reported until the region is restored in
+    /// place or remapped; see `DirtyTrackingMode.resetForgetsEarlierWrites`).
     /// - Throws: as `collect()`.
     public func collectAndReset() throws(MemSnapError) -> DirtyPages {
         try collect(reset: true)
@@ -190,8 +192,9 @@ public final class DirtyTracker: @unchecked Sendable {
         }
     }
 
-    /// Starts a new interval: forgets the writes so far. After the region was remapped this also
-    /// re-arms tracking on its new mappings.
+    /// Starts a new interval: forgets the writes so far (except `private-copies`, see
+    /// `collectAndReset()`). After the region was remapped this also re-arms tracking on its new
+    /// mappings.
     /// - Throws: `.invalidArgument` after `stop()`; mechanism failures.
     public func reset() throws(MemSnapError) {
         try operations.withLock { (stopped: inout Bool) throws(MemSnapError) in

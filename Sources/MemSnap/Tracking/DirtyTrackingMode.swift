@@ -37,7 +37,9 @@ public enum DirtyTrackingMode: String, CaseIterable, Sendable, CustomStringConve
     /// beyond their copy-on-write fault (no protection, no marker, no TLB shootdown to re-arm),
     /// but a reset cannot forget a page already copied (its copy holds the data), so collects
     /// are cumulative until the region is restored in place or remapped. Shared mappings are
-    /// refused (their writes make no copy).
+    /// refused (their writes make no copy). `MEMSNAP_DIRTY_TRACKING=private-copies` makes every
+    /// tracker of the process cumulative, not only pools'; it never misses a write, but
+    /// trackers that are never restored then report more and more pages.
     case privateCopies = "private-copies"
     case none
 
@@ -159,8 +161,29 @@ enum Probes {
     }()
 
     /// PAGEMAP_SCAN (Linux 6.7) tells anonymous copies from the file's pages; older kernels
-    /// fail the ioctl with ENOTTY or EINVAL, which the probe reports.
-    static let privateCopies: DirtyTrackingMode.Availability = functionalProbe(.privateCopies)
+    /// fail the ioctl with ENOTTY or EINVAL, which the probe reports. The probe maps a memfd
+    /// copy-on-write, reads one page and writes another: only the written one may be reported
+    /// (the mode relies on a read mapping the file's page, not a copy).
+    static let privateCopies: DirtyTrackingMode.Availability = {
+        if case let .unavailable(reason) = functionalProbe(.privateCopies) { return .unavailable(reason) }
+        do throws(MemSnapError) {
+            let region = try VirtualRegion(maxSize: 4 * Page.size)
+            let file = try MemoryFile(name: "memsnap-probe", size: 4 * Page.size)
+            try file.map(into: region, length: 4 * Page.size, sharing: .copyOnWrite)
+            let tracker = try DirtyTracker(tracking: region, mode: .privateCopies, probing: true)
+            defer { tracker.stop() }
+            let read = region.withUnsafeBytes { $0.load(fromByteOffset: Page.size, as: UInt64.self) }
+            region.store(read &+ 7, at: 2 * Page.size)
+            let written = try tracker.collect()
+            guard written.runs == [2..<3] else {
+                return .unavailable("probe read page 1 and wrote page 2 of a copy-on-write mapping "
+                    + "but private-copies reported \(written.pages)")
+            }
+            return .available
+        } catch {
+            return .unavailable(error.reason.description)
+        }
+    }()
 
     /// Soft-dirty needs CONFIG_MEM_SOFT_DIRTY. Kernels without it still accept the clear_refs
     /// write, so only a written page showing bit 55 proves it works.

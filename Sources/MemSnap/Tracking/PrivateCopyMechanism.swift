@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import CMemSnap
 
 /// `private-copies`: the pages the region holds its own copies of, asked of the kernel with one
@@ -16,7 +19,10 @@ import CMemSnap
 /// (`restoredInPlace`, after `VirtualRegion.dropPagesLocked`) or remapped. `SnapshotWorkers`
 /// restores every memory after each collect, which is what makes the collects exact there.
 /// Writes through a shared mapping make no copy and would be missed: arming refuses a region
-/// whose committed prefix holds one.
+/// whose committed prefix holds one. KSM could turn a copy of zeros into the shared zero page
+/// (with `use_zero_pages`), hiding that write: arming marks the committed prefix unmergeable.
+/// Guard regions (`MADV_GUARD_INSTALL`) look like swapped-out pages to the scan on their own;
+/// where the kernel reports them (6.15), they are neither copies nor dropped.
 ///
 /// Restoring drops whole page-table spans where it can: a span that held copies and nothing
 /// else the region mapped (no page of the file or zero page that reads mapped) is dropped from
@@ -27,22 +33,40 @@ import CMemSnap
 final class PrivateCopyMechanism: DirtyTrackingMechanism {
     private let region: VirtualRegion
     private let scanner: PagemapScanner
-    /// Spans (absolute address / `spanBytes`) in which the last collect saw pages mapped from
-    /// the file or the zero page. Only the tracker's serialised calls touch it.
+    /// Spans (absolute page index / `spanPages`) in which the last collect saw pages mapped from
+    /// the file or the zero page, or guard regions. Only the tracker's serialised calls touch it.
     private var spansWithMappedReads: Set<Int> = []
 
-    /// Bytes one page-table page maps (a PMD's reach: 2 MiB with 4 KiB pages).
+    /// Pages one page-table page maps (a PMD's reach: 512, 2 MiB, with 4 KiB pages).
     static let spanPages = Page.size / 8
+    /// The categories a collect asks for: `PAGE_IS_GUARD` too where the kernel knows it.
+    private let returnedCategories: UInt64
 
     init(region: VirtualRegion) throws(MemSnapError) {
+        let operation = "start private-copies tracking of \(ByteCount(region.maxSize))"
         self.region = region
-        scanner = try PagemapScanner(during: "start private-copies tracking of \(ByteCount(region.maxSize))")
+        scanner = try PagemapScanner(during: operation)
+        let categories = MEMSNAP_PAGE_IS_FILE | MEMSNAP_PAGE_IS_PFNZERO | MEMSNAP_PAGE_IS_PRESENT | MEMSNAP_PAGE_IS_SWAPPED
+        // One page of the reservation answers whether the kernel accepts the guard category.
+        do {
+            try scanner.forEachRegion(
+                region.pagePrefix(1), categories: 0, writeProtectMatches: false, requireAsyncRegistration: false,
+                returning: categories | MEMSNAP_PAGE_IS_GUARD, anyOf: MEMSNAP_PAGE_IS_PRESENT | MEMSNAP_PAGE_IS_SWAPPED,
+                during: operation) { _, _ in }
+            returnedCategories = categories | MEMSNAP_PAGE_IS_GUARD
+        } catch let error where error.errno == .invalidArgument {
+            returnedCategories = categories
+        }
     }
 
     func arm(pageCount: Int, afterMappingChange: Bool) throws(MemSnapError) {
         spansWithMappedReads = []
         let operation = "start private-copies tracking"
         guard pageCount > 0 else { return }
+        // EINVAL: a kernel without KSM, which cannot merge anything.
+        if madvise(region.base, pageCount << Page.shift, MEMSNAP_MADV_UNMERGEABLE) != 0, errno != EINVAL {
+            throw MemSnapError.systemCall("madvise MADV_UNMERGEABLE", during: operation)
+        }
         let start = region.baseAddress
         let areas = try ProcessMapping.overlapping(start..<start + UInt(pageCount << Page.shift))
         if let shared = areas.first(where: \.shared) {
@@ -61,10 +85,12 @@ final class PrivateCopyMechanism: DirtyTrackingMechanism {
         let span = PrivateCopyMechanism.spanPages
         try scanner.forEachRegion(
             region.pagePrefix(pageCount), categories: 0, writeProtectMatches: false, requireAsyncRegistration: false,
-            returning: MEMSNAP_PAGE_IS_FILE | MEMSNAP_PAGE_IS_PFNZERO | MEMSNAP_PAGE_IS_PRESENT | MEMSNAP_PAGE_IS_SWAPPED,
+            returning: returnedCategories,
             anyOf: MEMSNAP_PAGE_IS_PRESENT | MEMSNAP_PAGE_IS_SWAPPED, during: "collect private-copies dirty pages"
         ) { run, categories in
-            guard categories & (MEMSNAP_PAGE_IS_FILE | MEMSNAP_PAGE_IS_PFNZERO) == 0 else {
+            // Pages mapped from the file or the zero page by reads, and guard regions: no copy,
+            // and their span is not dropped whole.
+            guard categories & (MEMSNAP_PAGE_IS_FILE | MEMSNAP_PAGE_IS_PFNZERO | MEMSNAP_PAGE_IS_GUARD) == 0 else {
                 var spanIndex = (basePage + run.lowerBound) / span
                 let lastSpan = (basePage + run.upperBound - 1) / span
                 while spanIndex <= lastSpan {
