@@ -65,24 +65,32 @@ public struct SnapshotDiffBatch: RandomAccessCollection, Sendable {
 }
 
 /// Collects a batch's diffs while the differ scans: bytes go straight into one growing buffer
-/// (preallocated from the dirty size, doubled when a batch outgrows it), each diff one table
-/// entry. `finish()` hands both over as a `SnapshotDiffBatch`.
+/// (preallocated from the dirty size, doubled when a batch outgrows it), each diff one entry
+/// of a growing table written in place (no per-diff array append). `finish()` hands both over
+/// as a `SnapshotDiffBatch`.
 ///
-/// Ownership: owns its buffer until `finish()` (or deinit) releases it.
+/// Ownership: owns its buffers until `finish()` (or deinit) releases them.
 struct DiffBatchBuilder: ~Copyable {
     private var storage: UnsafeMutableRawPointer
     private var capacity: Int
     private var used = 0
-    private var runs: [SnapshotDiffBatch.Run] = []
+    private var runs: UnsafeMutablePointer<SnapshotDiffBatch.Run>
+    private var runCapacity: Int
+    private var runCount = 0
 
-    /// `payloadHint` bytes are allocated up front, room for `runHint` diffs reserved.
+    /// `payloadHint` bytes are allocated up front, room for `runHint` diffs.
     init(payloadHint: Int, runHint: Int) {
         capacity = max(256, payloadHint)
         storage = .allocate(byteCount: capacity, alignment: 16)
-        runs.reserveCapacity(max(16, runHint))
+        runCapacity = max(16, runHint)
+        runs = .allocate(capacity: runCapacity)
     }
 
-    deinit { storage.deallocate() }
+    deinit {
+        storage.deallocate()
+        runs.deinitialize(count: runCount)
+        runs.deallocate()
+    }
 
     /// `count` bytes of room at the end of the payload.
     @inline(__always)
@@ -103,52 +111,95 @@ struct DiffBatchBuilder: ~Copyable {
         capacity = newCapacity
     }
 
+    /// Room for `count` more table entries.
+    @inline(__always)
+    private mutating func reserveRuns(_ count: Int) {
+        if runCapacity - runCount < count { growRuns(toHold: count) }
+    }
+
+    @inline(never)
+    private mutating func growRuns(toHold count: Int) {
+        var newCapacity = runCapacity * 2
+        while newCapacity - runCount < count { newCapacity *= 2 }
+        let grown = UnsafeMutablePointer<SnapshotDiffBatch.Run>.allocate(capacity: newCapacity)
+        grown.moveInitialize(from: runs, count: runCount)
+        runs.deallocate()
+        runs = grown
+        runCapacity = newCapacity
+    }
+
+    @inline(__always)
+    private mutating func appendRun(_ run: SnapshotDiffBatch.Run) {
+        reserveRuns(1)
+        (runs + runCount).initialize(to: run)
+        runCount &+= 1
+    }
+
     /// A bytewise (new bytes) or xor (new XOR original) diff of `run`.
     mutating func appendBytes(
         _ operation: MergeOperation, original: UnsafeRawPointer, updated: UnsafeRawPointer, run: Range<Int>
     ) {
-        appendBytes(operation, original: original, updated: updated, start: run.lowerBound, end: run.upperBound)
-    }
-
-    /// A bytewise (new bytes) or xor (new XOR original) diff of bytes `start..<end`
-    /// (0 <= start <= end, inside both buffers).
-    @inline(__always)
-    mutating func appendBytes(
-        _ operation: MergeOperation, original: UnsafeRawPointer, updated: UnsafeRawPointer, start: Int, end: Int
-    ) {
-        let count = end &- start
+        let count = run.count
         let target = room(for: count)
         if operation == .xor {
-            memsnap_xor_bytes(target, original + start, updated + start, count)
+            memsnap_xor_bytes(target, original + run.lowerBound, updated + run.lowerBound, count)
         } else {
-            target.copyMemory(from: updated + start, byteCount: count)
+            target.copyMemory(from: updated + run.lowerBound, byteCount: count)
         }
-        runs.append(SnapshotDiffBatch.Run(offset: start, payloadStart: used, count: count,
-                                          dataType: .raw, operation: operation))
+        appendRun(SnapshotDiffBatch.Run(offset: run.lowerBound, payloadStart: used, count: count,
+                                        dataType: .raw, operation: operation))
         used &+= count
+    }
+
+    /// A bytewise (new bytes) or xor (new XOR original) diff for each of `changed` (runs
+    /// start..<end inside both buffers, which hold `limit` bytes; from the kernel), in order.
+    /// The table entries are written in place, the bytes copied by C (`memsnap_copy_runs`:
+    /// short runs as fixed 32-byte moves into the payload's slack, no call to memcpy).
+    mutating func appendRuns(
+        _ changed: UnsafeBufferPointer<memsnap_changed_run>, _ operation: MergeOperation,
+        original: UnsafeRawPointer, updated: UnsafeRawPointer, limit: Int
+    ) {
+        guard let base = changed.baseAddress, !changed.isEmpty else { return }
+        reserveRuns(changed.count)
+        var payloadEnd = used
+        for index in 0..<changed.count {
+            let run = base[index]
+            let count = run.end &- run.start
+            (runs + (runCount &+ index)).initialize(to: SnapshotDiffBatch.Run(
+                offset: run.start, payloadStart: payloadEnd, count: count, dataType: .raw, operation: operation))
+            payloadEnd &+= count
+        }
+        runCount &+= changed.count
+        let target = room(for: payloadEnd &- used &+ Int(MEMSNAP_COPY_RUNS_SLACK))
+        _ = memsnap_copy_runs(target, original, updated, limit, base, changed.count, operation == .xor ? 1 : 0)
+        used = payloadEnd
     }
 
     /// A diff carrying `bytes` as they are (typed values computed by the caller).
     mutating func append(offset: Int, dataType: MergeDataType, operation: MergeOperation, bytes: UnsafeRawBufferPointer) {
         let target = room(for: bytes.count)
         if let source = bytes.baseAddress, !bytes.isEmpty { target.copyMemory(from: source, byteCount: bytes.count) }
-        runs.append(SnapshotDiffBatch.Run(offset: offset, payloadStart: used, count: bytes.count,
-                                          dataType: dataType, operation: operation))
+        appendRun(SnapshotDiffBatch.Run(offset: offset, payloadStart: used, count: bytes.count,
+                                        dataType: dataType, operation: operation))
         used += bytes.count
     }
 
-    /// The batch: the payload copied once into its array, the table handed over.
+    /// The batch: the payload and the table each copied once into their arrays.
     mutating func finish() -> SnapshotDiffBatch {
         let source = UnsafeRawPointer(storage)
+        let byteCount = used
         // An empty batch must not go through `unsafeUninitializedCapacity`: with capacity 0 it
         // stores the count into the shared empty-array singleton, a write that races with every
         // other thread finishing an empty batch (ThreadSanitizer reports it).
-        let payload = used == 0 ? [] : [UInt8](unsafeUninitializedCapacity: used) { buffer, initialized in
-            if let target = buffer.baseAddress { UnsafeMutableRawPointer(target).copyMemory(from: source, byteCount: used) }
-            initialized = used
+        let payload = byteCount == 0 ? [] : [UInt8](unsafeUninitializedCapacity: byteCount) { buffer, initialized in
+            if let target = buffer.baseAddress { UnsafeMutableRawPointer(target).copyMemory(from: source, byteCount: byteCount) }
+            initialized = byteCount
         }
-        let batch = SnapshotDiffBatch(payload: payload, runs: runs)
-        runs = []
+        let table = UnsafeMutableBufferPointer(start: runs, count: runCount)
+        let runArray = table.isEmpty ? [] : Array(table)
+        let batch = SnapshotDiffBatch(payload: payload, runs: runArray)
+        runs.deinitialize(count: runCount)
+        runCount = 0
         used = 0
         return batch
     }
