@@ -66,31 +66,25 @@ public struct SnapshotDiffBatch: RandomAccessCollection, Sendable {
 
 /// Collects a batch's diffs while the differ scans: bytes go straight into one growing buffer
 /// (preallocated from the dirty size, doubled when a batch outgrows it), each diff one entry
-/// of a growing table written in place (no per-diff array append). `finish()` hands both over
-/// as a `SnapshotDiffBatch`.
+/// of the batch's table, which is written once: the kernel's runs are converted in a small
+/// scratch on the stack and appended a slice at a time (no per-diff append, no second copy of
+/// the table). `finish()` hands both over as a `SnapshotDiffBatch`.
 ///
-/// Ownership: owns its buffers until `finish()` (or deinit) releases them.
+/// Ownership: owns its buffer until `finish()` (or deinit) releases it.
 struct DiffBatchBuilder: ~Copyable {
     private var storage: UnsafeMutableRawPointer
     private var capacity: Int
     private var used = 0
-    private var runs: UnsafeMutablePointer<SnapshotDiffBatch.Run>
-    private var runCapacity: Int
-    private var runCount = 0
+    private var runs: [SnapshotDiffBatch.Run] = []
 
-    /// `payloadHint` bytes are allocated up front, room for `runHint` diffs.
+    /// `payloadHint` bytes are allocated up front, room for `runHint` diffs reserved.
     init(payloadHint: Int, runHint: Int) {
         capacity = max(256, payloadHint)
         storage = .allocate(byteCount: capacity, alignment: 16)
-        runCapacity = max(16, runHint)
-        runs = .allocate(capacity: runCapacity)
+        runs.reserveCapacity(max(16, runHint))
     }
 
-    deinit {
-        storage.deallocate()
-        runs.deinitialize(count: runCount)
-        runs.deallocate()
-    }
+    deinit { storage.deallocate() }
 
     /// `count` bytes of room at the end of the payload.
     @inline(__always)
@@ -111,29 +105,8 @@ struct DiffBatchBuilder: ~Copyable {
         capacity = newCapacity
     }
 
-    /// Room for `count` more table entries.
-    @inline(__always)
-    private mutating func reserveRuns(_ count: Int) {
-        if runCapacity - runCount < count { growRuns(toHold: count) }
-    }
-
-    @inline(never)
-    private mutating func growRuns(toHold count: Int) {
-        var newCapacity = runCapacity * 2
-        while newCapacity - runCount < count { newCapacity *= 2 }
-        let grown = UnsafeMutablePointer<SnapshotDiffBatch.Run>.allocate(capacity: newCapacity)
-        grown.moveInitialize(from: runs, count: runCount)
-        runs.deallocate()
-        runs = grown
-        runCapacity = newCapacity
-    }
-
-    @inline(__always)
-    private mutating func appendRun(_ run: SnapshotDiffBatch.Run) {
-        reserveRuns(1)
-        (runs + runCount).initialize(to: run)
-        runCount &+= 1
-    }
+    /// Table entries converted per slice in `appendRuns` (8 KiB of stack: stays in L1).
+    static let runSlice = 256
 
     /// A bytewise (new bytes) or xor (new XOR original) diff of `run`.
     mutating func appendBytes(
@@ -146,30 +119,42 @@ struct DiffBatchBuilder: ~Copyable {
         } else {
             target.copyMemory(from: updated + run.lowerBound, byteCount: count)
         }
-        appendRun(SnapshotDiffBatch.Run(offset: run.lowerBound, payloadStart: used, count: count,
-                                        dataType: .raw, operation: operation))
+        runs.append(SnapshotDiffBatch.Run(offset: run.lowerBound, payloadStart: used, count: count,
+                                          dataType: .raw, operation: operation))
         used &+= count
     }
 
     /// A bytewise (new bytes) or xor (new XOR original) diff for each of `changed` (runs
     /// start..<end inside both buffers, which hold `limit` bytes; from the kernel), in order.
-    /// The table entries are written in place, the bytes copied by C (`memsnap_copy_runs`:
-    /// short runs as fixed 32-byte moves into the payload's slack, no call to memcpy).
+    /// The bytes are copied by C (`memsnap_copy_runs`: short runs as fixed 32-byte moves into
+    /// the payload's slack, no call to memcpy).
     mutating func appendRuns(
         _ changed: UnsafeBufferPointer<memsnap_changed_run>, _ operation: MergeOperation,
         original: UnsafeRawPointer, updated: UnsafeRawPointer, limit: Int
     ) {
         guard let base = changed.baseAddress, !changed.isEmpty else { return }
-        reserveRuns(changed.count)
-        var payloadEnd = used
-        for index in 0..<changed.count {
-            let run = base[index]
-            let count = run.end &- run.start
-            (runs + (runCount &+ index)).initialize(to: SnapshotDiffBatch.Run(
-                offset: run.start, payloadStart: payloadEnd, count: count, dataType: .raw, operation: operation))
-            payloadEnd &+= count
+        // Reserving exactly what is needed would reallocate on every call: grow geometrically.
+        if runs.capacity - runs.count < changed.count {
+            runs.reserveCapacity(max(runs.count + changed.count, runs.capacity * 2))
         }
-        runCount &+= changed.count
+        var payloadEnd = used
+        withUnsafeTemporaryAllocation(of: SnapshotDiffBatch.Run.self, capacity: Self.runSlice) { slice in
+            guard let sliceBase = slice.baseAddress else { return }
+            var sliceStart = 0
+            while sliceStart < changed.count {
+                let sliceCount = min(Self.runSlice, changed.count &- sliceStart)
+                for index in 0..<sliceCount {
+                    let run = base[sliceStart &+ index]
+                    let count = run.end &- run.start
+                    (sliceBase + index).initialize(to: SnapshotDiffBatch.Run(
+                        offset: run.start, payloadStart: payloadEnd, count: count, dataType: .raw, operation: operation))
+                    payloadEnd &+= count
+                }
+                runs.append(contentsOf: UnsafeBufferPointer(start: sliceBase, count: sliceCount))
+                sliceBase.deinitialize(count: sliceCount)
+                sliceStart &+= sliceCount
+            }
+        }
         let target = room(for: payloadEnd &- used &+ Int(MEMSNAP_COPY_RUNS_SLACK))
         _ = memsnap_copy_runs(target, original, updated, limit, base, changed.count, operation == .xor ? 1 : 0)
         used = payloadEnd
@@ -179,12 +164,12 @@ struct DiffBatchBuilder: ~Copyable {
     mutating func append(offset: Int, dataType: MergeDataType, operation: MergeOperation, bytes: UnsafeRawBufferPointer) {
         let target = room(for: bytes.count)
         if let source = bytes.baseAddress, !bytes.isEmpty { target.copyMemory(from: source, byteCount: bytes.count) }
-        appendRun(SnapshotDiffBatch.Run(offset: offset, payloadStart: used, count: bytes.count,
-                                        dataType: dataType, operation: operation))
+        runs.append(SnapshotDiffBatch.Run(offset: offset, payloadStart: used, count: bytes.count,
+                                          dataType: dataType, operation: operation))
         used += bytes.count
     }
 
-    /// The batch: the payload and the table each copied once into their arrays.
+    /// The batch: the payload copied once into its array, the table handed over.
     mutating func finish() -> SnapshotDiffBatch {
         let source = UnsafeRawPointer(storage)
         let byteCount = used
@@ -195,11 +180,8 @@ struct DiffBatchBuilder: ~Copyable {
             if let target = buffer.baseAddress { UnsafeMutableRawPointer(target).copyMemory(from: source, byteCount: byteCount) }
             initialized = byteCount
         }
-        let table = UnsafeMutableBufferPointer(start: runs, count: runCount)
-        let runArray = table.isEmpty ? [] : Array(table)
-        let batch = SnapshotDiffBatch(payload: payload, runs: runArray)
-        runs.deinitialize(count: runCount)
-        runCount = 0
+        let batch = SnapshotDiffBatch(payload: payload, runs: runs)
+        runs = []
         used = 0
         return batch
     }
