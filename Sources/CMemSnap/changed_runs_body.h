@@ -111,6 +111,140 @@ out:
     return count;
 }
 
+// memsnap_changed_runs over a list of ranges, each range scanned as by its own call (runs never
+// join across ranges), in two phases per batch of up to CHANGED_RUNS_BATCH chunks (a chunk: up
+// to 64 blocks of one range): first the block masks of the whole batch (loads and no
+// data-dependent branch, so the loads stream), then the narrowing of its changed blocks, whose
+// bytes are still in the core's caches. Narrowing right after each chunk's loads instead holds
+// up the next chunk's loads behind its mispredicted branches. When a range is entered, the
+// first cache line of the range after the next is prefetched in both buffers: its page walks
+// (which a prefetch waits for) and first misses then overlap other work, where the hardware
+// prefetchers stop at page boundaries; prefetching the very next range helped less (it is
+// scanned too soon after). In a C harness of `memsnap bench diff`'s workload at 10 % dirty
+// (interleaved runs): 0.72 to 0.76x memcmp one phase per range, 0.75 to 0.77x in two phases,
+// 0.80 to 0.83x with the prefetch two ranges ahead.
+#ifndef CHANGED_RUNS_BATCH
+#define CHANGED_RUNS_BATCH 16
+#endif
+CHANGED_RUNS_TARGET
+static size_t CHANGED_RUNS_RANGES_NAME(const void *original, const void *updated, const memsnap_changed_run *ranges,
+                                       size_t range_count, size_t *next_range, memsnap_changed_run_scan *scan,
+                                       memsnap_changed_run *runs, size_t capacity) {
+    const unsigned char *a = original;
+    const unsigned char *b = updated;
+    const size_t block = scan->block_size;
+    const size_t gap = scan->merge_gap;
+    const size_t need = memsnap_changed_runs_minimum_capacity(block);
+    size_t position = scan->position;
+    size_t end = scan->end;
+    size_t range = *next_range;  // the next range to enter
+    size_t open_start = scan->open_start;
+    size_t open_end = scan->open_end;
+    int open = scan->has_open_run;
+    size_t count = 0;
+    struct {
+        size_t position;
+        size_t end;
+        size_t range;  // `range` while the chunk's range is the current one
+        size_t blocks;
+        uint64_t differing;
+    } chunks[CHANGED_RUNS_BATCH];
+    if (capacity < need || block == 0) return 0;
+    for (;;) {
+        if (position >= end) {
+            // The current range is done: its last run closes, the next range starts.
+            if (open) {
+                if (count >= capacity) goto out;
+                runs[count].start = open_start;
+                runs[count].end = open_end;
+                count++;
+                open = 0;
+            }
+            if (range >= range_count) break;
+            position = ranges[range].start;
+            end = ranges[range].end;
+            range++;
+            continue;
+        }
+        if (end - position < block) {
+            // A range ending mid-block: the tail is narrowed directly.
+            if (capacity - count < need) goto out;
+            CHANGED_RUNS_NARROW(position, end);
+            position = end;
+            continue;
+        }
+        // Phase 1: the block masks of up to CHANGED_RUNS_BATCH chunks, from here on, up to the
+        // first range tail shorter than a block.
+        size_t batch = 0;
+        {
+            size_t ahead = position, ahead_end = end, ahead_range = range;
+            while (batch < CHANGED_RUNS_BATCH) {
+                if (ahead >= ahead_end) {
+                    if (ahead_range >= range_count) break;
+                    ahead = ranges[ahead_range].start;
+                    ahead_end = ranges[ahead_range].end;
+                    ahead_range++;
+                    if (ahead_range + 1 < range_count) {
+                        const size_t far = ahead_range + 1;
+                        if (ranges[far].end > ranges[far].start) {
+                            __builtin_prefetch(a + ranges[far].start, 0, 3);
+                            __builtin_prefetch(b + ranges[far].start, 0, 3);
+                        }
+                    }
+                    continue;
+                }
+                size_t whole = (ahead_end - ahead) / block;
+                if (whole == 0) break;
+                if (whole > 64) whole = 64;
+                chunks[batch].position = ahead;
+                chunks[batch].end = ahead_end;
+                chunks[batch].range = ahead_range;
+                chunks[batch].blocks = whole;
+                chunks[batch].differing = DIFFERING_BLOCKS(a + ahead, b + ahead, block, whole);
+                batch++;
+                ahead += whole * block;
+            }
+        }
+        // Phase 2: narrow the changed blocks, chunk by chunk, in order.
+        for (size_t chunk = 0; chunk < batch; chunk++) {
+            if (chunks[chunk].range != range) {
+                // The chunk opens a later range: the current one (done) closes its run first.
+                if (open) {
+                    if (count >= capacity) goto out;
+                    runs[count].start = open_start;
+                    runs[count].end = open_end;
+                    count++;
+                    open = 0;
+                }
+                range = chunks[chunk].range;
+                end = chunks[chunk].end;
+            }
+            const size_t base = chunks[chunk].position;
+            uint64_t differing = chunks[chunk].differing;
+            position = base;
+            while (differing != 0) {
+                size_t index = (size_t)__builtin_ctzll(differing);
+                if (capacity - count < need) {
+                    position = base + index * block;  // blocks before it are done; resume at this one
+                    goto out;
+                }
+                differing &= differing - 1;
+                size_t start = base + index * block;
+                CHANGED_RUNS_NARROW(start, start + block);
+            }
+            position = base + chunks[chunk].blocks * block;
+        }
+    }
+out:
+    scan->position = position;
+    scan->end = end;
+    scan->open_start = open_start;
+    scan->open_end = open_end;
+    scan->has_open_run = open;
+    *next_range = range;
+    return count;
+}
+
 #undef CHANGED_RUNS_ADD
 #undef CHANGED_RUNS_EMIT
 #undef CHANGED_RUNS_NARROW

@@ -77,11 +77,13 @@ static inline uint64_t lane_mask_baseline(const unsigned char *a, const unsigned
 }
 
 #define CHANGED_RUNS_NAME changed_runs_baseline
+#define CHANGED_RUNS_RANGES_NAME changed_runs_in_ranges_baseline
 #define CHANGED_RUNS_TARGET
 #define LANE_MASK lane_mask_baseline
 #define DIFFERING_BLOCKS differing_blocks_baseline
 #include "changed_runs_body.h"
 #undef CHANGED_RUNS_NAME
+#undef CHANGED_RUNS_RANGES_NAME
 #undef CHANGED_RUNS_TARGET
 #undef LANE_MASK
 #undef DIFFERING_BLOCKS
@@ -102,11 +104,13 @@ static inline uint64_t lane_mask_avx512(const unsigned char *a, const unsigned c
 }
 
 #define CHANGED_RUNS_NAME changed_runs_avx2
+#define CHANGED_RUNS_RANGES_NAME changed_runs_in_ranges_avx2
 #define CHANGED_RUNS_TARGET __attribute__((target("avx2")))
 #define LANE_MASK lane_mask_avx2
 #define DIFFERING_BLOCKS differing_blocks_avx2
 #include "changed_runs_body.h"
 #undef CHANGED_RUNS_NAME
+#undef CHANGED_RUNS_RANGES_NAME
 #undef CHANGED_RUNS_TARGET
 #undef LANE_MASK
 #undef DIFFERING_BLOCKS
@@ -121,6 +125,20 @@ static inline uint64_t differing_blocks_avx512_wide(const void *left, const void
     const unsigned char *b = right;
     uint64_t mask = 0;
     if (blocks > 64) blocks = 64;
+    if (block_size == 128) {
+        // The default block size, unrolled (two vectors of each side per block): the loop over
+        // 64-byte steps scanned equal pages at 0.9x memcmp from memory, this at memcmp's pace.
+        for (size_t block = 0; block < blocks; block++) {
+            const unsigned char *x = a + block * 128;
+            const unsigned char *y = b + block * 128;
+            __m512i low = _mm512_xor_si512(_mm512_loadu_si512((const void *)x), _mm512_loadu_si512((const void *)y));
+            __m512i high = _mm512_xor_si512(_mm512_loadu_si512((const void *)(x + 64)),
+                                            _mm512_loadu_si512((const void *)(y + 64)));
+            __m512i either = _mm512_or_si512(low, high);
+            mask |= (uint64_t)(_mm512_test_epi64_mask(either, either) != 0) << block;
+        }
+        return mask;
+    }
     for (size_t block = 0; block < blocks; block++) {
         const unsigned char *x = a + block * block_size;
         const unsigned char *y = b + block * block_size;
@@ -135,11 +153,13 @@ static inline uint64_t differing_blocks_avx512_wide(const void *left, const void
 }
 
 #define CHANGED_RUNS_NAME changed_runs_avx512
+#define CHANGED_RUNS_RANGES_NAME changed_runs_in_ranges_avx512
 #define CHANGED_RUNS_TARGET __attribute__((target("avx512f,avx512bw")))
 #define LANE_MASK lane_mask_avx512
 #define DIFFERING_BLOCKS differing_blocks_avx512_wide
 #include "changed_runs_body.h"
 #undef CHANGED_RUNS_NAME
+#undef CHANGED_RUNS_RANGES_NAME
 #undef CHANGED_RUNS_TARGET
 #undef LANE_MASK
 #undef DIFFERING_BLOCKS
@@ -147,6 +167,9 @@ static inline uint64_t differing_blocks_avx512_wide(const void *left, const void
 
 static differing_blocks_function chosen = differing_blocks_baseline;
 static changed_runs_function chosen_changed_runs = changed_runs_baseline;
+typedef size_t (*changed_runs_in_ranges_function)(const void *, const void *, const memsnap_changed_run *, size_t,
+                                                  size_t *, memsnap_changed_run_scan *, memsnap_changed_run *, size_t);
+static changed_runs_in_ranges_function chosen_changed_runs_in_ranges = changed_runs_in_ranges_baseline;
 static pthread_once_t choose_once = PTHREAD_ONCE_INIT;
 
 static void choose(void) {
@@ -155,9 +178,11 @@ static void choose(void) {
     if (__builtin_cpu_supports("avx512bw")) {
         chosen = differing_blocks_avx512;
         chosen_changed_runs = changed_runs_avx512;
+        chosen_changed_runs_in_ranges = changed_runs_in_ranges_avx512;
     } else if (__builtin_cpu_supports("avx2")) {
         chosen = differing_blocks_avx2;
         chosen_changed_runs = changed_runs_avx2;
+        chosen_changed_runs_in_ranges = changed_runs_in_ranges_avx2;
     }
 #endif
 }
@@ -196,4 +221,61 @@ void memsnap_xor_bytes(void *target, const void *left, const void *right, size_t
     const unsigned char *a = left;
     const unsigned char *b = right;
     for (size_t index = 0; index < count; index++) out[index] = a[index] ^ b[index];
+}
+
+size_t memsnap_changed_runs_in_ranges(const void *original, const void *updated, const memsnap_changed_run *ranges,
+                                      size_t range_count, size_t *next_range, memsnap_changed_run_scan *scan,
+                                      memsnap_changed_run *runs, size_t capacity) {
+    pthread_once(&choose_once, choose);
+    return chosen_changed_runs_in_ranges(original, updated, ranges, range_count, next_range, scan, runs, capacity);
+}
+
+size_t memsnap_changed_runs_in_ranges_using(int kernel, const void *original, const void *updated,
+                                            const memsnap_changed_run *ranges, size_t range_count, size_t *next_range,
+                                            memsnap_changed_run_scan *scan, memsnap_changed_run *runs, size_t capacity) {
+    switch (kernel) {
+    case 0: return changed_runs_in_ranges_baseline(original, updated, ranges, range_count, next_range, scan, runs, capacity);
+#if defined(__x86_64__)
+    case 1:
+        __builtin_cpu_init();
+        if (!__builtin_cpu_supports("avx2")) return SIZE_MAX;
+        return changed_runs_in_ranges_avx2(original, updated, ranges, range_count, next_range, scan, runs, capacity);
+    case 2:
+        __builtin_cpu_init();
+        if (!__builtin_cpu_supports("avx512bw")) return SIZE_MAX;
+        return changed_runs_in_ranges_avx512(original, updated, ranges, range_count, next_range, scan, runs, capacity);
+#endif
+    default: return SIZE_MAX;
+    }
+}
+
+size_t memsnap_copy_runs(void *payload, const void *original, const void *updated, size_t limit,
+                         const memsnap_changed_run *runs, size_t count, int xor_original) {
+    unsigned char *target = payload;
+    const unsigned char *a = original;
+    const unsigned char *b = updated;
+    size_t written = 0;
+    for (size_t index = 0; index < count; index++) {
+        size_t start = runs[index].start;
+        size_t length = runs[index].end - start;
+        if (length <= 32 && limit - start >= 32) {
+            // Short runs (the common case: a few stored words) move as 32 bytes without a call
+            // or a branch on their length; the bytes past the run land in the next run's place
+            // or the payload's slack.
+            unsigned char chunk[32];
+            memcpy(chunk, b + start, 32);
+            if (xor_original) {
+                unsigned char old[32];
+                memcpy(old, a + start, 32);
+                for (unsigned byte = 0; byte < 32; byte++) chunk[byte] ^= old[byte];
+            }
+            memcpy(target + written, chunk, 32);
+        } else if (xor_original) {
+            memsnap_xor_bytes(target + written, a + start, b + start, length);
+        } else {
+            memcpy(target + written, b + start, length);
+        }
+        written += length;
+    }
+    return written;
 }

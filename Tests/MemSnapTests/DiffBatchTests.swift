@@ -143,6 +143,69 @@ struct DiffBatchTests {
         }
     }
 
+    @Test("every kernel over a list of ranges finds each range's byte-by-byte runs (never joined across ranges): empty, ragged and adjacent ranges, batches of many, resuming from a full table")
+    func everyKernelOverRangesFindsEachRangesRuns() {
+        var random = TestSeed.generator()
+        for trial in 0..<150 {
+            // Exactly sized buffers: a read past `count` is a heap overflow AddressSanitizer reports.
+            let count = 1 + Int(random.next() % UInt64(24 * pageSize))
+            let original = (0..<count).map { _ in UInt8(truncatingIfNeeded: random.next()) }
+            var updated = original
+            for _ in 0..<Int(random.next() % 120) {
+                let start = Int(random.next() % UInt64(count))
+                let length = 1 + Int(random.next() % (random.next() % 5 == 0 ? 3000 : 24))
+                for index in start..<min(count, start + length) where random.next() % 5 != 0 { updated[index] = ~original[index] }
+            }
+            // Sorted, disjoint ranges: pages, ragged lengths, empty ones and ranges touching the next.
+            var ranges: [memsnap_changed_run] = []
+            var cursor = 0
+            while ranges.count < 40 {
+                if random.next() % 3 != 0 { cursor += Int(random.next() % UInt64(3 * pageSize)) }
+                if random.next() % 4 == 0 { cursor -= cursor % pageSize }
+                let length = random.next() % 4 == 0 ? 0
+                    : random.next() % 2 == 0 ? pageSize * (1 + Int(random.next() % 3)) : Int(random.next() % 9000)
+                guard cursor + length <= count else { break }
+                ranges.append(memsnap_changed_run(start: cursor, end: cursor + length))
+                cursor += length
+            }
+            let blockSize = 16 << Int(random.next() % 9)
+            let gap = [0, 1, 7, 20, 64, 200, 5000][Int(random.next() % 7)]
+            let minimum = memsnap_changed_runs_minimum_capacity(blockSize)
+            let capacity = random.next() % 2 == 0 ? minimum + Int(random.next() % 8) : minimum + Int(random.next() % 4096)
+            let expected = ranges.flatMap { Self.referenceRuns(original, updated, $0.start, $0.end, gap: gap) }
+            original.withUnsafeBytes { old in
+                updated.withUnsafeBytes { new in
+                    for kernel: Int32 in 0...2 {
+                        var scan = memsnap_changed_run_scan(position: 0, end: 0, block_size: blockSize, merge_gap: gap,
+                                                            open_start: 0, open_end: 0, has_open_run: 0)
+                        var nextRange = 0
+                        var table = [memsnap_changed_run](repeating: memsnap_changed_run(), count: capacity)
+                        var runs: [Range<Int>] = []
+                        var finished = false
+                        var available = true
+                        for _ in 0..<100_000 {
+                            let found = table.withUnsafeMutableBufferPointer { table in
+                                ranges.withUnsafeBufferPointer { ranges in
+                                    memsnap_changed_runs_in_ranges_using(kernel, old.baseAddress, new.baseAddress, ranges.baseAddress,
+                                                                         ranges.count, &nextRange, &scan, table.baseAddress, capacity)
+                                }
+                            }
+                            if found < 0 { available = false; break }  // SIZE_MAX: not on this CPU
+                            runs += table[0..<found].map { $0.start..<$0.end }
+                            if nextRange == ranges.count && scan.position >= scan.end && scan.has_open_run == 0 {
+                                finished = true
+                                break
+                            }
+                        }
+                        guard available else { continue }
+                        #expect(finished, "trial \(trial), kernel \(kernel): no progress")
+                        #expect(runs == expected, "trial \(trial), kernel \(kernel), \(ranges.count) ranges, block \(blockSize), gap \(gap), table \(capacity)")
+                    }
+                }
+            }
+        }
+    }
+
     @Test("a table smaller than the block size needs is refused without advancing")
     func aTooSmallTableIsRefused() {
         let original = [UInt8](repeating: 0, count: 256)

@@ -88,18 +88,27 @@ enum Differ {
                 guard !segmentRange.isEmpty, segment.operation != .ignore else { continue }
                 // Dirty ranges are sorted and so are segments: walk both once.
                 while dirtyIndex < dirty.count && dirty[dirtyIndex].upperBound <= segmentRange.lowerBound { dirtyIndex += 1 }
-                var touched: [Range<Int>] = []
-                var index = dirtyIndex
-                while index < dirty.count && dirty[index].lowerBound < segmentRange.upperBound {
-                    let overlap = dirty[index].clamped(to: segmentRange)
-                    if !overlap.isEmpty { touched.append(overlap) }
-                    index += 1
+                var endIndex = dirtyIndex
+                while endIndex < dirty.count && dirty[endIndex].lowerBound < segmentRange.upperBound { endIndex += 1 }
+                // (Never an array of capacity 0 through unsafeUninitializedCapacity: see finish().)
+                guard endIndex > dirtyIndex else { continue }
+                // The overlaps as a table the kernel reads (start, end): one per dirty range.
+                let touched = [memsnap_changed_run](unsafeUninitializedCapacity: endIndex - dirtyIndex) { table, filled in
+                    filled = 0
+                    guard let base = table.baseAddress else { return }
+                    for index in dirtyIndex..<endIndex {
+                        let overlap = dirty[index].clamped(to: segmentRange)
+                        guard !overlap.isEmpty else { continue }
+                        (base + filled).initialize(to: memsnap_changed_run(start: overlap.lowerBound, end: overlap.upperBound))
+                        filled += 1
+                    }
                 }
                 guard !touched.isEmpty else { continue }
                 switch segment.operation {
                 case .bytewise, .xor:
-                    for range in touched {
-                        appendChangedRuns(originalBase, updatedBase, in: range, segment.operation, options: options,
+                    touched.withUnsafeBufferPointer { ranges in
+                        appendChangedRuns(originalBase, updatedBase, limit: comparable, in: ranges, segment.operation,
+                                          options: options,
                                           table: runTable, to: &batch)
                     }
                 case .sum, .product, .subtract, .max, .min:
@@ -125,31 +134,33 @@ enum Differ {
     /// range that their cost does not show.
     static let changedRunTableCapacity = 4096
 
-    /// Appends a diff for each maximal run of changed bytes in `range` (runs at most
-    /// `options.mergeGap` equal bytes apart joined). The C kernel `memsnap_changed_runs` scans,
-    /// narrows and joins (so it can pick AVX-512 or AVX2 at run time) and fills `table` with
-    /// runs; this copies their bytes into the batch.
+    /// Appends a diff for each maximal run of changed bytes in each of `ranges` (sorted, inside
+    /// the first `limit` bytes of both buffers; runs at most `options.mergeGap` equal bytes apart joined, never across
+    /// ranges). The C kernel `memsnap_changed_runs_in_ranges` scans, narrows and joins (so it can
+    /// pick AVX-512 or AVX2 at run time) over all the ranges in one call and fills `table` with
+    /// runs; `DiffBatchBuilder.appendRuns` records them and has C copy their bytes.
     static func appendChangedRuns(
-        _ original: UnsafeRawPointer, _ updated: UnsafeRawPointer, in range: Range<Int>, _ operation: MergeOperation,
-        options: DiffOptions, table: UnsafeMutableBufferPointer<memsnap_changed_run>, to batch: inout DiffBatchBuilder
+        _ original: UnsafeRawPointer, _ updated: UnsafeRawPointer, limit: Int,
+        in ranges: UnsafeBufferPointer<memsnap_changed_run>, _ operation: MergeOperation, options: DiffOptions,
+        table: UnsafeMutableBufferPointer<memsnap_changed_run>, to batch: inout DiffBatchBuilder
     ) {
-        guard let runs = table.baseAddress, !range.isEmpty else { return }
-        // size_t is imported as Int; every value is non-negative (the range is clamped to the
+        guard let runs = table.baseAddress, let rangeBase = ranges.baseAddress, !ranges.isEmpty else { return }
+        // size_t is imported as Int; every value is non-negative (the ranges are clamped to the
         // memory, the options validated), so the kernel sees them unchanged.
         var scan = memsnap_changed_run_scan(
-            position: range.lowerBound, end: range.upperBound, block_size: options.blockSize,
-            merge_gap: options.mergeGap, open_start: 0, open_end: 0, has_open_run: 0)
+            position: 0, end: 0, block_size: options.blockSize, merge_gap: options.mergeGap,
+            open_start: 0, open_end: 0, has_open_run: 0)
+        var nextRange = 0
         while true {
-            let before = scan.position
-            let found = memsnap_changed_runs(original, updated, &scan, runs, table.count)
-            for index in 0..<max(0, min(found, table.count)) {
-                let run = runs[index]
-                // The kernel's runs lie inside `range`.
-                batch.appendBytes(operation, original: original, updated: updated, start: run.start, end: run.end)
-            }
-            if scan.position >= scan.end && scan.has_open_run == 0 { break }
+            let before = (nextRange, scan.position)
+            let found = memsnap_changed_runs_in_ranges(original, updated, rangeBase, ranges.count, &nextRange, &scan,
+                                                       runs, table.count)
+            // The kernel's runs lie inside the ranges.
+            batch.appendRuns(UnsafeBufferPointer(start: runs, count: max(0, min(found, table.count))), operation,
+                             original: original, updated: updated, limit: limit)
+            if nextRange >= ranges.count && scan.position >= scan.end && scan.has_open_run == 0 { break }
             // A table too small for the block size would stall the kernel: never loop forever.
-            if found == 0 && scan.position == before { break }
+            if found == 0 && nextRange == before.0 && scan.position == before.1 { break }
         }
     }
 

@@ -65,8 +65,10 @@ public struct SnapshotDiffBatch: RandomAccessCollection, Sendable {
 }
 
 /// Collects a batch's diffs while the differ scans: bytes go straight into one growing buffer
-/// (preallocated from the dirty size, doubled when a batch outgrows it), each diff one table
-/// entry. `finish()` hands both over as a `SnapshotDiffBatch`.
+/// (preallocated from the dirty size, doubled when a batch outgrows it), each diff one entry
+/// of the batch's table, which is written once: the kernel's runs are converted in a small
+/// scratch on the stack and appended a slice at a time (no per-diff append, no second copy of
+/// the table). `finish()` hands both over as a `SnapshotDiffBatch`.
 ///
 /// Ownership: owns its buffer until `finish()` (or deinit) releases it.
 struct DiffBatchBuilder: ~Copyable {
@@ -103,29 +105,59 @@ struct DiffBatchBuilder: ~Copyable {
         capacity = newCapacity
     }
 
+    /// Table entries converted per slice in `appendRuns` (8 KiB of stack: stays in L1).
+    static let runSlice = 256
+
     /// A bytewise (new bytes) or xor (new XOR original) diff of `run`.
     mutating func appendBytes(
         _ operation: MergeOperation, original: UnsafeRawPointer, updated: UnsafeRawPointer, run: Range<Int>
     ) {
-        appendBytes(operation, original: original, updated: updated, start: run.lowerBound, end: run.upperBound)
-    }
-
-    /// A bytewise (new bytes) or xor (new XOR original) diff of bytes `start..<end`
-    /// (0 <= start <= end, inside both buffers).
-    @inline(__always)
-    mutating func appendBytes(
-        _ operation: MergeOperation, original: UnsafeRawPointer, updated: UnsafeRawPointer, start: Int, end: Int
-    ) {
-        let count = end &- start
+        let count = run.count
         let target = room(for: count)
         if operation == .xor {
-            memsnap_xor_bytes(target, original + start, updated + start, count)
+            memsnap_xor_bytes(target, original + run.lowerBound, updated + run.lowerBound, count)
         } else {
-            target.copyMemory(from: updated + start, byteCount: count)
+            target.copyMemory(from: updated + run.lowerBound, byteCount: count)
         }
-        runs.append(SnapshotDiffBatch.Run(offset: start, payloadStart: used, count: count,
+        runs.append(SnapshotDiffBatch.Run(offset: run.lowerBound, payloadStart: used, count: count,
                                           dataType: .raw, operation: operation))
         used &+= count
+    }
+
+    /// A bytewise (new bytes) or xor (new XOR original) diff for each of `changed` (runs
+    /// start..<end inside both buffers, which hold `limit` bytes; from the kernel), in order.
+    /// The bytes are copied by C (`memsnap_copy_runs`: short runs as fixed 32-byte moves into
+    /// the payload's slack, no call to memcpy).
+    mutating func appendRuns(
+        _ changed: UnsafeBufferPointer<memsnap_changed_run>, _ operation: MergeOperation,
+        original: UnsafeRawPointer, updated: UnsafeRawPointer, limit: Int
+    ) {
+        guard let base = changed.baseAddress, !changed.isEmpty else { return }
+        // Reserving exactly what is needed would reallocate on every call: grow geometrically.
+        if runs.capacity - runs.count < changed.count {
+            runs.reserveCapacity(max(runs.count + changed.count, runs.capacity * 2))
+        }
+        var payloadEnd = used
+        withUnsafeTemporaryAllocation(of: SnapshotDiffBatch.Run.self, capacity: Self.runSlice) { slice in
+            guard let sliceBase = slice.baseAddress else { return }
+            var sliceStart = 0
+            while sliceStart < changed.count {
+                let sliceCount = min(Self.runSlice, changed.count &- sliceStart)
+                for index in 0..<sliceCount {
+                    let run = base[sliceStart &+ index]
+                    let count = run.end &- run.start
+                    (sliceBase + index).initialize(to: SnapshotDiffBatch.Run(
+                        offset: run.start, payloadStart: payloadEnd, count: count, dataType: .raw, operation: operation))
+                    payloadEnd &+= count
+                }
+                runs.append(contentsOf: UnsafeBufferPointer(start: sliceBase, count: sliceCount))
+                sliceBase.deinitialize(count: sliceCount)
+                sliceStart &+= sliceCount
+            }
+        }
+        let target = room(for: payloadEnd &- used &+ Int(MEMSNAP_COPY_RUNS_SLACK))
+        _ = memsnap_copy_runs(target, original, updated, limit, base, changed.count, operation == .xor ? 1 : 0)
+        used = payloadEnd
     }
 
     /// A diff carrying `bytes` as they are (typed values computed by the caller).
@@ -140,12 +172,13 @@ struct DiffBatchBuilder: ~Copyable {
     /// The batch: the payload copied once into its array, the table handed over.
     mutating func finish() -> SnapshotDiffBatch {
         let source = UnsafeRawPointer(storage)
+        let byteCount = used
         // An empty batch must not go through `unsafeUninitializedCapacity`: with capacity 0 it
         // stores the count into the shared empty-array singleton, a write that races with every
         // other thread finishing an empty batch (ThreadSanitizer reports it).
-        let payload = used == 0 ? [] : [UInt8](unsafeUninitializedCapacity: used) { buffer, initialized in
-            if let target = buffer.baseAddress { UnsafeMutableRawPointer(target).copyMemory(from: source, byteCount: used) }
-            initialized = used
+        let payload = byteCount == 0 ? [] : [UInt8](unsafeUninitializedCapacity: byteCount) { buffer, initialized in
+            if let target = buffer.baseAddress { UnsafeMutableRawPointer(target).copyMemory(from: source, byteCount: byteCount) }
+            initialized = byteCount
         }
         let batch = SnapshotDiffBatch(payload: payload, runs: runs)
         runs = []

@@ -57,8 +57,14 @@ struct DiffReport: Codable, BenchmarkReport {
         var diffCount: Int
         var diffBytes: Int
         var fractionOfMemcmpBandwidth: Double
-        /// The same pages of the twin (equal private copies): the scan alone, no diff produced.
+        /// The scan alone, no diff produced: the worker's own dirty pages with its stores undone
+        /// (so equal to the snapshot), the bytes the diff and `memcmpSeconds` read.
         var scanOnlySeconds: Double
+        /// The scan alone over the twin's pages (the figure called "scan alone" before
+        /// 2026-11-30 evening).
+        var scanOnlyTwinSeconds: Double
+        /// diffSeconds against `memcmpTwinSeconds`, the anchor used before 2026-11-30 evening.
+        var fractionOfMemcmpTwinBandwidth: Double
         /// The same diffs as an array of `SnapshotDiff` (`Snapshot.diff`) instead of one batch
         /// (`Snapshot.diffBatch`, what `diffSeconds` measures).
         var arraySeconds: Double
@@ -70,7 +76,12 @@ struct DiffReport: Codable, BenchmarkReport {
     var dirtyPages: Int
     var dirtyBytes: Int
     var repetitions: Int
+    /// memcmp of the worker's own dirty pages (its stores undone) against the snapshot's: the
+    /// bytes the diff reads, in the memory it reads them from. The anchor of every ratio.
     var memcmpSeconds: Double
+    /// memcmp of a twin's pages (equal private copies made by memcpy) against the snapshot's:
+    /// the anchor before 2026-11-30 evening, kept for comparison.
+    var memcmpTwinSeconds: Double
     var blocks: [BlockResult]
     var workers: Int
     var mergeDiffCount: Int
@@ -84,19 +95,26 @@ struct DiffReport: Codable, BenchmarkReport {
         var lines = [
             "snapshot \(ByteCount(snapshotBytes)) of synthetic heap; \(dirtyPages) dirty pages "
                 + "(\(format(dirtyFraction * 100, decimals: 1)) %), 4 scattered 8-byte stores each; medians of \(repetitions)",
-            "memcmp of the same \(ByteCount(dirtyBytes)) of dirty pages (snapshot against equal private copies): "
-                + "\(formatDuration(memcmpSeconds)) "
+            "memcmp of the same \(ByteCount(dirtyBytes)) of dirty pages, the worker's own (stores undone) against "
+                + "the snapshot's: \(formatDuration(memcmpSeconds)) "
                 + "(\(formatBandwidth(bytes: dirtyBytes, seconds: memcmpSeconds)))",
+            "memcmp of a twin's equal private copies of those pages (the anchor before 2026-11-30 evening): "
+                + "\(formatDuration(memcmpTwinSeconds)) "
+                + "(\(formatBandwidth(bytes: dirtyBytes, seconds: memcmpTwinSeconds)))",
             "",
         ]
-        var table = Table(columns: ["block", "diff (batch)", "vs memcmp bandwidth", "diffs", "bytes produced",
-                                    "scan only (equal copies)", "as [SnapshotDiff]"])
+        var table = Table(columns: ["block", "diff (batch)", "vs memcmp bandwidth", "vs twin memcmp", "diffs",
+                                    "bytes produced", "scan only (stores undone)", "scan only (twin)",
+                                    "as [SnapshotDiff]"])
         for block in blocks {
             table.append(["\(block.blockSize) B", formatDuration(block.diffSeconds),
                           format(block.fractionOfMemcmpBandwidth * 100, decimals: 0) + " %",
+                          format(block.fractionOfMemcmpTwinBandwidth * 100, decimals: 0) + " %",
                           "\(block.diffCount)", "\(ByteCount(block.diffBytes))",
                           formatDuration(block.scanOnlySeconds) + " ("
                             + format(memcmpSeconds / block.scanOnlySeconds * 100, decimals: 0) + " %)",
+                          formatDuration(block.scanOnlyTwinSeconds) + " ("
+                            + format(memcmpTwinSeconds / block.scanOnlyTwinSeconds * 100, decimals: 0) + " %)",
                           formatDuration(block.arraySeconds) + " ("
                             + format(memcmpSeconds / block.arraySeconds * 100, decimals: 0) + " %)"])
         }
@@ -139,6 +157,52 @@ struct DiffBenchmark {
         return sorted
     }
 
+    /// The 8-byte words of a worker's dirty pages that differ from the snapshot, with the values
+    /// the worker wrote: what the anchor undoes and redoes.
+    struct ChangedWords {
+        var offsets: [Int] = []
+        var values: [UInt64] = []
+
+        /// Gives every changed word the snapshot's value back: the pages equal the snapshot's.
+        func restore(_ memory: VirtualRegion, from snapshot: Snapshot) {
+            snapshot.withUnsafeBytes { image in
+                memory.withUnsafeMutableBytes { bytes in
+                    for offset in offsets {
+                        bytes.storeBytes(of: image.load(fromByteOffset: offset, as: UInt64.self),
+                                         toByteOffset: offset, as: UInt64.self)
+                    }
+                }
+            }
+        }
+
+        /// Writes the worker's values again.
+        func redo(_ memory: VirtualRegion) {
+            memory.withUnsafeMutableBytes { bytes in
+                for (offset, value) in zip(offsets, values) {
+                    bytes.storeBytes(of: value, toByteOffset: offset, as: UInt64.self)
+                }
+            }
+        }
+    }
+
+    static func changedWords(in memory: VirtualRegion, against snapshot: Snapshot, pages: [Int]) -> ChangedWords {
+        var words = ChangedWords()
+        snapshot.withUnsafeBytes { image in
+            memory.withUnsafeBytes { bytes in
+                for page in pages {
+                    for offset in stride(from: page * Page.size, to: (page + 1) * Page.size, by: 8) {
+                        let value = bytes.load(fromByteOffset: offset, as: UInt64.self)
+                        if value != image.load(fromByteOffset: offset, as: UInt64.self) {
+                            words.offsets.append(offset)
+                            words.values.append(value)
+                        }
+                    }
+                }
+            }
+        }
+        return words
+    }
+
     func run(blockSizes: [Int], workers: Int) throws -> DiffReport {
         let snapshot = try Snapshot(size: size, maxSize: size, name: "bench-diff")
         try snapshot.update(at: 0, count: size) { SyntheticHeap().fill($0) }
@@ -148,10 +212,14 @@ struct DiffBenchmark {
         let dirtyPages = DirtyPages(pageCount: pageCount, runs: pages.map { $0..<$0 + 1 })
         let dirtyBytes = dirtyPages.count * Page.size
 
-        // The physical limit: memcmp over the same dirty pages, in the same kind of memory. A twin
-        // worker holds private copy-on-write copies of exactly those pages with equal contents,
-        // so memcmp reads every byte (a difference would let it stop early) from memory laid out
-        // as the real worker's is.
+        // The physical limit is memcmp of the bytes the diff reads: the worker's own dirty pages
+        // against the snapshot's. memcmp stops at the first difference, so for the anchor the
+        // worker's stores are undone (the changed words get the snapshot's values back) and then
+        // redone: the same physical pages, the same addresses, equal contents, every byte read.
+        // Before 2026-11-30 evening the anchor read a twin instead (another mapping whose dirty
+        // pages were made equal by memcpy, so its private copies were allocated in page order by
+        // a different pass): the twin's figures are kept next to it, nothing hidden.
+        let changedWords = Self.changedWords(in: worker, against: snapshot, pages: pages)
         let twin = try VirtualRegion(maxSize: size)
         try snapshot.mapCopyOnWrite(into: twin)
         snapshot.withUnsafeBytes { image in
@@ -161,17 +229,24 @@ struct DiffBenchmark {
                 }
             }
         }
-        var sink: Int32 = 0
-        let memcmpSeconds = Stopwatch.median(repetitions: repetitions) {
-            snapshot.withUnsafeBytes { image in
-                twin.withUnsafeBytes { target in
-                    for range in dirtyPages.byteRanges {
-                        sink |= memcmp(target.baseAddress! + range.lowerBound, image.baseAddress! + range.lowerBound, range.count)
+        func memcmpOfDirtyPages(_ memory: VirtualRegion) -> Double {
+            var sink: Int32 = 0
+            let seconds = Stopwatch.median(repetitions: repetitions) {
+                snapshot.withUnsafeBytes { image in
+                    memory.withUnsafeBytes { target in
+                        for range in dirtyPages.byteRanges {
+                            sink |= memcmp(target.baseAddress! + range.lowerBound, image.baseAddress! + range.lowerBound, range.count)
+                        }
                     }
                 }
             }
+            precondition(sink == 0, "the compared pages must equal the snapshot's")
+            return seconds
         }
-        precondition(sink == 0, "the twin must equal the snapshot")
+        let memcmpTwinSeconds = memcmpOfDirtyPages(twin)
+        changedWords.restore(worker, from: snapshot)
+        let memcmpSeconds = memcmpOfDirtyPages(worker)
+        changedWords.redo(worker)
 
         var blocks: [DiffReport.BlockResult] = []
         for blockSize in blockSizes {
@@ -180,7 +255,14 @@ struct DiffBenchmark {
             let seconds = try Stopwatch.median(repetitions: repetitions) {
                 diffs = try snapshot.diffBatch(worker, dirtyPages: dirtyPages, options: options)
             }
+            changedWords.restore(worker, from: snapshot)
+            var undone = SnapshotDiffBatch()
             let scanSeconds = try Stopwatch.median(repetitions: repetitions) {
+                undone = try snapshot.diffBatch(worker, dirtyPages: dirtyPages, options: options)
+            }
+            changedWords.redo(worker)
+            guard undone.isEmpty else { throw ValidationError("the worker with its stores undone still differs") }
+            let scanTwinSeconds = try Stopwatch.median(repetitions: repetitions) {
                 _ = try snapshot.diffBatch(twin, dirtyPages: dirtyPages, options: options)
             }
             var array: [SnapshotDiff] = []
@@ -191,7 +273,8 @@ struct DiffBenchmark {
             blocks.append(.init(
                 blockSize: blockSize, diffSeconds: seconds, diffCount: diffs.count,
                 diffBytes: diffs.byteCount, fractionOfMemcmpBandwidth: memcmpSeconds / seconds,
-                scanOnlySeconds: scanSeconds, arraySeconds: arraySeconds))
+                scanOnlySeconds: scanSeconds, scanOnlyTwinSeconds: scanTwinSeconds,
+                fractionOfMemcmpTwinBandwidth: memcmpTwinSeconds / seconds, arraySeconds: arraySeconds))
         }
 
         // Many workers' diffs merged at one sync point: their batches as made
@@ -216,7 +299,8 @@ struct DiffBenchmark {
         }
         return DiffReport(
             date: isoDate(), snapshotBytes: size, dirtyFraction: dirtyFraction, dirtyPages: dirtyPages.count,
-            dirtyBytes: dirtyBytes, repetitions: repetitions, memcmpSeconds: memcmpSeconds, blocks: blocks,
+            dirtyBytes: dirtyBytes, repetitions: repetitions, memcmpSeconds: memcmpSeconds,
+            memcmpTwinSeconds: memcmpTwinSeconds, blocks: blocks,
             workers: workers, mergeDiffCount: workerBatches.reduce(0) { $0 + $1.count },
             mergeDiffBytes: workerBatches.reduce(0) { $0 + $1.byteCount },
             mergeSeconds: median(mergeSamples), mergeArraySeconds: median(arrayMergeSamples))
