@@ -3,6 +3,15 @@
 // bytes) and DIFFERING_BLOCKS (the block kernel of the same width), then includes this file.
 // A template rather than a macro so the compiler inlines both helpers into each copy.
 
+// Appends the open run to the table (the caller made sure there is room) and closes it.
+#define CHANGED_RUNS_CLOSE()                                                                \
+    do {                                                                                    \
+        runs[count].start = open_start;                                                     \
+        runs[count].end = open_end;                                                         \
+        count++;                                                                            \
+        open = 0;                                                                           \
+    } while (0)
+
 // Joins [first, last_end) to the open run, or closes it and opens a new one.
 #define CHANGED_RUNS_ADD(first, last_end)                                                   \
     do {                                                                                    \
@@ -10,11 +19,7 @@
         if (open && add_first - open_end <= gap) {                                          \
             open_end = (last_end);                                                          \
         } else {                                                                            \
-            if (open) {                                                                     \
-                runs[count].start = open_start;                                             \
-                runs[count].end = open_end;                                                 \
-                count++;                                                                    \
-            }                                                                               \
+            if (open) CHANGED_RUNS_CLOSE();                                                 \
             open_start = add_first;                                                         \
             open_end = (last_end);                                                          \
             open = 1;                                                                       \
@@ -97,12 +102,7 @@ static size_t CHANGED_RUNS_NAME(const void *original, const void *updated, memsn
         }
         position += whole * block;
     }
-    if (open && count < capacity) {
-        runs[count].start = open_start;
-        runs[count].end = open_end;
-        count++;
-        open = 0;
-    }
+    if (open && count < capacity) CHANGED_RUNS_CLOSE();
 out:
     scan->position = position;
     scan->open_start = open_start;
@@ -155,10 +155,7 @@ static size_t CHANGED_RUNS_RANGES_NAME(const void *original, const void *updated
             // The current range is done: its last run closes, the next range starts.
             if (open) {
                 if (count >= capacity) goto out;
-                runs[count].start = open_start;
-                runs[count].end = open_end;
-                count++;
-                open = 0;
+                CHANGED_RUNS_CLOSE();
             }
             if (range >= range_count) break;
             position = ranges[range].start;
@@ -211,10 +208,7 @@ static size_t CHANGED_RUNS_RANGES_NAME(const void *original, const void *updated
                 // The chunk opens a later range: the current one (done) closes its run first.
                 if (open) {
                     if (count >= capacity) goto out;
-                    runs[count].start = open_start;
-                    runs[count].end = open_end;
-                    count++;
-                    open = 0;
+                    CHANGED_RUNS_CLOSE();
                 }
                 range = chunks[chunk].range;
                 end = chunks[chunk].end;
@@ -245,6 +239,7 @@ out:
     return count;
 }
 
+#undef CHANGED_RUNS_CLOSE
 #undef CHANGED_RUNS_ADD
 #undef CHANGED_RUNS_EMIT
 #undef CHANGED_RUNS_NARROW

@@ -90,10 +90,10 @@ enum ChainRestore {
             /// A frame after one that failed is not written: the restore fails anyway, and a
             /// full disk should not be filled further.
             func writePending(_ written: inout Int) {
-                written += pending.count
                 for frame in pending where !failedBefore(frame.job) {
                     do throws(MemSnapError) {
                         try frame.workspace.writes.replay(into: frame.target)
+                        written += 1
                         finish(frame.job, extentBytes: 0, written: true)
                     } catch {
                         fail(frame.job, error)

@@ -152,9 +152,7 @@ public final class SnapshotWorkers: Sendable {
     /// fault, as in an untracked mapping (BENCHMARKS.md, "Fork/join rounds").
     /// `WasmWorkers` chooses the same way: it, too, restores every instance after each round.
     package static func poolTracking(_ configuration: DirtyTracker.Configuration) throws(MemSnapError) -> DirtyTracker.Configuration {
-        var requested = DirtyTrackingMode.auto
-        if let mode = configuration.mode { requested = mode } else { requested = try DirtyTrackingMode.fromEnvironment() }
-        guard requested == .auto, DirtyTrackingMode.privateCopies.availability == .available else { return configuration }
+        guard try configuration.requestedMode() == .auto, DirtyTrackingMode.privateCopies.availability == .available else { return configuration }
         var chosen = configuration
         chosen.mode = .privateCopies
         return chosen

@@ -46,6 +46,13 @@ public final class DirtyTracker: @unchecked Sendable {
         /// The most thread slots a tracker accepts.
         public static let maxThreadSlots = 65_536
 
+        /// The mode asked for: `mode`, else `MEMSNAP_DIRTY_TRACKING`, else `auto` (not resolved).
+        /// - Throws: `.invalidArgument` for a bad `MEMSNAP_DIRTY_TRACKING`.
+        func requestedMode() throws(MemSnapError) -> DirtyTrackingMode {
+            if let mode { return mode }
+            return try DirtyTrackingMode.fromEnvironment()
+        }
+
         /// Throws `.invalidArgument` for a `fullCopyFraction` outside 0...1 (or NaN) or a
         /// `threadSlots` outside 0...`maxThreadSlots`.
         func validate(during operation: String) throws(MemSnapError) {
@@ -92,9 +99,8 @@ public final class DirtyTracker: @unchecked Sendable {
     ///   region that is already tracked; system call failures.
     public convenience init(tracking region: VirtualRegion, configuration: Configuration = Configuration()) throws(MemSnapError) {
         try configuration.validate(during: "start dirty tracking")
-        let requested: DirtyTrackingMode
-        if let mode = configuration.mode { requested = mode } else { requested = try DirtyTrackingMode.fromEnvironment() }
-        try self.init(tracking: region, mode: requested.resolved(), configuration: configuration, probing: false)
+        try self.init(tracking: region, mode: configuration.requestedMode().resolved(), configuration: configuration,
+                      probing: false)
     }
 
     /// The designated initializer; `probing` skips the availability check (the probes use it).

@@ -39,24 +39,27 @@ final class PrivateCopyMechanism: DirtyTrackingMechanism {
 
     /// Pages one page-table page maps (a PMD's reach: 512, 2 MiB, with 4 KiB pages).
     static let spanPages = Page.size / 8
-    /// The categories a collect asks for: `PAGE_IS_GUARD` too where the kernel knows it.
-    private let returnedCategories: UInt64
-
-    init(region: VirtualRegion) throws(MemSnapError) {
-        let operation = "start private-copies tracking of \(ByteCount(region.maxSize))"
-        self.region = region
-        scanner = try PagemapScanner(during: operation)
+    /// The categories a collect asks for: `PAGE_IS_GUARD` too where the kernel knows it (6.15;
+    /// older kernels refuse the bit with EINVAL). Asked once per process, of one scratch page.
+    private static let returnedCategories: UInt64 = {
         let categories = MEMSNAP_PAGE_IS_FILE | MEMSNAP_PAGE_IS_PFNZERO | MEMSNAP_PAGE_IS_PRESENT | MEMSNAP_PAGE_IS_SWAPPED
-        // One page of the reservation answers whether the kernel accepts the guard category.
-        do {
-            try scanner.forEachRegion(
-                region.pagePrefix(1), categories: 0, writeProtectMatches: false, requireAsyncRegistration: false,
+        do throws(MemSnapError) {
+            let operation = "probe PAGEMAP_SCAN's guard category"
+            let scratch = try VirtualRegion(maxSize: Page.size, committing: Page.size)
+            try PagemapScanner(during: operation).forEachRegion(
+                scratch.pagePrefix(1), categories: 0, writeProtectMatches: false, requireAsyncRegistration: false,
                 returning: categories | MEMSNAP_PAGE_IS_GUARD, anyOf: MEMSNAP_PAGE_IS_PRESENT | MEMSNAP_PAGE_IS_SWAPPED,
                 during: operation) { _, _ in }
-            returnedCategories = categories | MEMSNAP_PAGE_IS_GUARD
-        } catch let error where error.errno == .invalidArgument {
-            returnedCategories = categories
+            return categories | MEMSNAP_PAGE_IS_GUARD
+        } catch {
+            // EINVAL: no guard category; anything else fails every collect too, and says why there.
+            return categories
         }
+    }()
+
+    init(region: VirtualRegion) throws(MemSnapError) {
+        self.region = region
+        scanner = try PagemapScanner(during: "start private-copies tracking of \(ByteCount(region.maxSize))")
     }
 
     func arm(pageCount: Int, afterMappingChange: Bool) throws(MemSnapError) {
@@ -85,7 +88,7 @@ final class PrivateCopyMechanism: DirtyTrackingMechanism {
         let span = PrivateCopyMechanism.spanPages
         try scanner.forEachRegion(
             region.pagePrefix(pageCount), categories: 0, writeProtectMatches: false, requireAsyncRegistration: false,
-            returning: returnedCategories,
+            returning: PrivateCopyMechanism.returnedCategories,
             anyOf: MEMSNAP_PAGE_IS_PRESENT | MEMSNAP_PAGE_IS_SWAPPED, during: "collect private-copies dirty pages"
         ) { run, categories in
             // Pages mapped from the file or the zero page by reads, and guard regions: no copy,
