@@ -65,6 +65,47 @@ static inline uint64_t differing_byte_mask(uint64_t difference) {
     return (folded * UINT64_C(0x0102040810204080)) >> 56;
 }
 
+// One run's bytes (or, with `xor_original`, updated XOR original) to `target`. Short runs (the
+// common case: a few stored words) move as 32 bytes without a call or a branch on their length;
+// the bytes past the run land in the next run's place or the payload's slack.
+static inline void copy_run(unsigned char *target, const unsigned char *a, const unsigned char *b, size_t limit,
+                            size_t start, size_t length, int xor_original) {
+    if (length <= 32 && limit - start >= 32) {
+        unsigned char chunk[32];
+        memcpy(chunk, b + start, 32);
+        if (xor_original) {
+            unsigned char old[32];
+            memcpy(old, a + start, 32);
+            for (unsigned byte = 0; byte < 32; byte++) chunk[byte] ^= old[byte];
+        }
+        memcpy(target, chunk, 32);
+    } else if (xor_original) {
+        for (size_t index = 0; index < length; index++) target[index] = a[start + index] ^ b[start + index];
+    } else {
+        memcpy(target, b + start, length);
+    }
+}
+
+// The bytes of runs[payload->copied ..< count) into the payload while it has room: the kernel
+// calls this after each narrowed chunk, so the bytes come from the core's caches. A run that
+// does not fit stops the copying (it is retried at the next call and fails again, as room does
+// not grow during a kernel call): the copied runs stay a prefix of the table.
+static inline void copy_closed_runs(const unsigned char *a, const unsigned char *b, const memsnap_changed_run *runs,
+                                    size_t count, memsnap_run_payload *payload) {
+    size_t index = payload->copied;
+    size_t used = payload->used;
+    const size_t capacity = payload->capacity;
+    for (; index < count; index++) {
+        const size_t start = runs[index].start;
+        const size_t length = runs[index].end - start;
+        if (capacity - used < length || capacity - used - length < MEMSNAP_COPY_RUNS_SLACK) break;
+        copy_run(payload->bytes + used, a, b, payload->limit, start, length, payload->xor_original);
+        used += length;
+    }
+    payload->copied = index;
+    payload->used = used;
+}
+
 static inline uint64_t lane_mask_baseline(const unsigned char *a, const unsigned char *b) {
     uint64_t mask = 0;
     for (unsigned word = 0; word < 8; word++) {
@@ -168,7 +209,8 @@ static inline uint64_t differing_blocks_avx512_wide(const void *left, const void
 static differing_blocks_function chosen = differing_blocks_baseline;
 static changed_runs_function chosen_changed_runs = changed_runs_baseline;
 typedef size_t (*changed_runs_in_ranges_function)(const void *, const void *, const memsnap_changed_run *, size_t,
-                                                  size_t *, memsnap_changed_run_scan *, memsnap_changed_run *, size_t);
+                                                  size_t *, memsnap_changed_run_scan *, memsnap_changed_run *, size_t,
+                                                  memsnap_run_payload *);
 static changed_runs_in_ranges_function chosen_changed_runs_in_ranges = changed_runs_in_ranges_baseline;
 static pthread_once_t choose_once = PTHREAD_ONCE_INIT;
 
@@ -225,25 +267,29 @@ void memsnap_xor_bytes(void *target, const void *left, const void *right, size_t
 
 size_t memsnap_changed_runs_in_ranges(const void *original, const void *updated, const memsnap_changed_run *ranges,
                                       size_t range_count, size_t *next_range, memsnap_changed_run_scan *scan,
-                                      memsnap_changed_run *runs, size_t capacity) {
+                                      memsnap_changed_run *runs, size_t capacity, memsnap_run_payload *payload) {
     pthread_once(&choose_once, choose);
-    return chosen_changed_runs_in_ranges(original, updated, ranges, range_count, next_range, scan, runs, capacity);
+    return chosen_changed_runs_in_ranges(original, updated, ranges, range_count, next_range, scan, runs, capacity, payload);
 }
 
 size_t memsnap_changed_runs_in_ranges_using(int kernel, const void *original, const void *updated,
                                             const memsnap_changed_run *ranges, size_t range_count, size_t *next_range,
-                                            memsnap_changed_run_scan *scan, memsnap_changed_run *runs, size_t capacity) {
+                                            memsnap_changed_run_scan *scan, memsnap_changed_run *runs, size_t capacity,
+                                            memsnap_run_payload *payload) {
     switch (kernel) {
-    case 0: return changed_runs_in_ranges_baseline(original, updated, ranges, range_count, next_range, scan, runs, capacity);
+    case 0:
+        return changed_runs_in_ranges_baseline(original, updated, ranges, range_count, next_range, scan, runs, capacity,
+                                               payload);
 #if defined(__x86_64__)
     case 1:
         __builtin_cpu_init();
         if (!__builtin_cpu_supports("avx2")) return SIZE_MAX;
-        return changed_runs_in_ranges_avx2(original, updated, ranges, range_count, next_range, scan, runs, capacity);
+        return changed_runs_in_ranges_avx2(original, updated, ranges, range_count, next_range, scan, runs, capacity, payload);
     case 2:
         __builtin_cpu_init();
         if (!__builtin_cpu_supports("avx512bw")) return SIZE_MAX;
-        return changed_runs_in_ranges_avx512(original, updated, ranges, range_count, next_range, scan, runs, capacity);
+        return changed_runs_in_ranges_avx512(original, updated, ranges, range_count, next_range, scan, runs, capacity,
+                                             payload);
 #endif
     default: return SIZE_MAX;
     }
@@ -252,29 +298,11 @@ size_t memsnap_changed_runs_in_ranges_using(int kernel, const void *original, co
 size_t memsnap_copy_runs(void *payload, const void *original, const void *updated, size_t limit,
                          const memsnap_changed_run *runs, size_t count, int xor_original) {
     unsigned char *target = payload;
-    const unsigned char *a = original;
-    const unsigned char *b = updated;
     size_t written = 0;
     for (size_t index = 0; index < count; index++) {
-        size_t start = runs[index].start;
-        size_t length = runs[index].end - start;
-        if (length <= 32 && limit - start >= 32) {
-            // Short runs (the common case: a few stored words) move as 32 bytes without a call
-            // or a branch on their length; the bytes past the run land in the next run's place
-            // or the payload's slack.
-            unsigned char chunk[32];
-            memcpy(chunk, b + start, 32);
-            if (xor_original) {
-                unsigned char old[32];
-                memcpy(old, a + start, 32);
-                for (unsigned byte = 0; byte < 32; byte++) chunk[byte] ^= old[byte];
-            }
-            memcpy(target + written, chunk, 32);
-        } else if (xor_original) {
-            memsnap_xor_bytes(target + written, a + start, b + start, length);
-        } else {
-            memcpy(target + written, b + start, length);
-        }
+        const size_t start = runs[index].start;
+        const size_t length = runs[index].end - start;
+        copy_run(target + written, original, updated, limit, start, length, xor_original);
         written += length;
     }
     return written;

@@ -143,7 +143,7 @@ struct DiffBatchTests {
         }
     }
 
-    @Test("every kernel over a list of ranges finds each range's byte-by-byte runs (never joined across ranges): empty, ragged and adjacent ranges, batches of many, resuming from a full table")
+    @Test("every kernel over a list of ranges finds each range's byte-by-byte runs (never joined across ranges): empty, ragged and adjacent ranges, batches of many, resuming from a full table; with a payload it copies a prefix of them, bytewise or xor, as far as the room allows")
     func everyKernelOverRangesFindsEachRangesRuns() {
         var random = TestSeed.generator()
         for trial in 0..<150 {
@@ -183,14 +183,41 @@ struct DiffBatchTests {
                         var runs: [Range<Int>] = []
                         var finished = false
                         var available = true
+                        let xor = random.next() % 2 == 0
                         for _ in 0..<100_000 {
+                            // No payload, no room, room for a few runs, or room for all: exactly
+                            // sized, so a write past the room is a heap overflow ASan reports.
+                            let room = [nil, 0, Int(random.next() % 200), count + 64][Int(random.next() % 4)]
+                            var bytes = [UInt8](repeating: 0xA5, count: room ?? 0)
+                            var payload = memsnap_run_payload(bytes: nil, capacity: room ?? 0, limit: count,
+                                                              xor_original: xor ? 1 : 0, copied: 0, used: 0)
                             let found = table.withUnsafeMutableBufferPointer { table in
                                 ranges.withUnsafeBufferPointer { ranges in
-                                    memsnap_changed_runs_in_ranges_using(kernel, old.baseAddress, new.baseAddress, ranges.baseAddress,
-                                                                         ranges.count, &nextRange, &scan, table.baseAddress, capacity)
+                                    bytes.withUnsafeMutableBufferPointer { bytes in
+                                        payload.bytes = bytes.baseAddress
+                                        return withUnsafeMutablePointer(to: &payload) { payloadPointer in
+                                            memsnap_changed_runs_in_ranges_using(
+                                                kernel, old.baseAddress, new.baseAddress, ranges.baseAddress, ranges.count,
+                                                &nextRange, &scan, table.baseAddress, capacity, room == nil ? nil : payloadPointer)
+                                        }
+                                    }
                                 }
                             }
                             if found < 0 { available = false; break }  // SIZE_MAX: not on this CPU
+                            if room != nil {
+                                // A prefix is copied, back to back; the first run left out did not fit.
+                                let copied = table[0..<payload.copied]
+                                let expectedBytes = copied.flatMap { run in
+                                    (run.start..<run.end).map { xor ? original[$0] ^ updated[$0] : updated[$0] }
+                                }
+                                #expect(payload.copied <= found && payload.used == expectedBytes.count)
+                                let mismatch = (0..<min(payload.used, expectedBytes.count)).first { bytes[$0] != expectedBytes[$0] }
+                                #expect(mismatch == nil, "trial \(trial), kernel \(kernel): payload byte \(mismatch ?? 0) differs")
+                                if payload.copied < found {
+                                    let next = table[payload.copied]
+                                    #expect(payload.capacity - payload.used < next.end - next.start + Int(MEMSNAP_COPY_RUNS_SLACK))
+                                }
+                            }
                             runs += table[0..<found].map { $0.start..<$0.end }
                             if nextRange == ranges.count && scan.position >= scan.end && scan.has_open_run == 0 {
                                 finished = true

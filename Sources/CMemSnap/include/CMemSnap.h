@@ -143,21 +143,6 @@ static inline size_t memsnap_changed_runs_minimum_capacity(size_t block_size) { 
 size_t memsnap_changed_runs(const void *original, const void *updated, memsnap_changed_run_scan *scan,
                             memsnap_changed_run *runs, size_t capacity);
 
-/// memsnap_changed_runs over `range_count` ranges (each [start, end) inside both buffers), from
-/// ranges[*next_range] on: each range is scanned as by its own memsnap_changed_runs call (runs
-/// never join across ranges), so the output is those calls' runs in range order. One call
-/// replaces a call per range (a dirty page each, typically); it computes the block masks of
-/// several ranges before narrowing their changed blocks, and prefetches ahead across ranges
-/// (changed_runs_body.h says why). The caller sets *next_range to 0 and `scan`
-/// as for memsnap_changed_runs with `position` = `end` = 0; the kernel advances both. Writes up
-/// to `capacity` runs and returns how many: call again, with the table emptied, until
-/// *next_range == range_count, scan->position == scan->end and scan->has_open_run == 0.
-/// `capacity` must be at least memsnap_changed_runs_minimum_capacity(block_size). Thread-safe
-/// for distinct scans.
-size_t memsnap_changed_runs_in_ranges(const void *original, const void *updated, const memsnap_changed_run *ranges,
-                                      size_t range_count, size_t *next_range, memsnap_changed_run_scan *scan,
-                                      memsnap_changed_run *runs, size_t capacity);
-
 /// Copies the bytes of `count` runs of `updated` (or, with `xor_original` non-zero, updated XOR
 /// original) back to back into `payload`, and returns the sum of their lengths. Both buffers
 /// hold at least `limit` bytes, and every run lies inside [0, limit). `payload` must hold that
@@ -167,10 +152,43 @@ size_t memsnap_changed_runs_in_ranges(const void *original, const void *updated,
 size_t memsnap_copy_runs(void *payload, const void *original, const void *updated, size_t limit,
                          const memsnap_changed_run *runs, size_t count, int xor_original);
 
+/// Where memsnap_changed_runs_in_ranges copies the bytes of the runs it finds, as
+/// memsnap_copy_runs would, while they are still in the core's caches. The caller sets `bytes`,
+/// `capacity`, `limit` and `xor_original`; the kernel sets `copied` and `used` on every call.
+/// Owned by the caller; the kernel keeps no pointer past the call.
+typedef struct memsnap_run_payload {
+    unsigned char *bytes;  ///< where the first run of the call's table goes
+    size_t capacity;       ///< bytes writable at `bytes` (a run is copied only if its length
+                           ///< plus MEMSNAP_COPY_RUNS_SLACK fits in what is left)
+    size_t limit;          ///< both buffers hold at least this many bytes, as for memsnap_copy_runs
+    int xor_original;      ///< non-zero: copy updated XOR original
+    size_t copied;         ///< out: the first `copied` runs of the table are in the payload
+    size_t used;           ///< out: the sum of their lengths, bytes written from `bytes`
+} memsnap_run_payload;
+
+/// memsnap_changed_runs over `range_count` ranges (each [start, end) inside both buffers), from
+/// ranges[*next_range] on: each range is scanned as by its own memsnap_changed_runs call (runs
+/// never join across ranges), so the output is those calls' runs in range order. One call
+/// replaces a call per range (a dirty page each, typically); the block masks run a few ranges
+/// ahead of the narrowing, and it prefetches ahead across ranges (changed_runs_body.h says
+/// why). The caller sets *next_range to 0 and `scan` as for memsnap_changed_runs with
+/// `position` = `end` = 0; the kernel advances both. Writes up to `capacity` runs and returns how
+/// many: call again, with the table emptied, until *next_range == range_count,
+/// scan->position == scan->end and scan->has_open_run == 0. `capacity` must be at least
+/// memsnap_changed_runs_minimum_capacity(block_size).
+///
+/// With `payload` (may be NULL), the bytes of the returned runs are also copied, in order, as
+/// far as payload->capacity allows: payload->copied says how many (a prefix of the table); the
+/// caller copies the rest (memsnap_copy_runs) after making room. Thread-safe for distinct scans.
+size_t memsnap_changed_runs_in_ranges(const void *original, const void *updated, const memsnap_changed_run *ranges,
+                                      size_t range_count, size_t *next_range, memsnap_changed_run_scan *scan,
+                                      memsnap_changed_run *runs, size_t capacity, memsnap_run_payload *payload);
+
 /// memsnap_changed_runs_in_ranges with a given kernel, for tests: as memsnap_changed_runs_using.
 size_t memsnap_changed_runs_in_ranges_using(int kernel, const void *original, const void *updated,
                                             const memsnap_changed_run *ranges, size_t range_count, size_t *next_range,
-                                            memsnap_changed_run_scan *scan, memsnap_changed_run *runs, size_t capacity);
+                                            memsnap_changed_run_scan *scan, memsnap_changed_run *runs, size_t capacity,
+                                            memsnap_run_payload *payload);
 
 /// memsnap_changed_runs with a given kernel, for tests: 0 the 64-bit word one, 1 AVX2, 2 AVX-512.
 /// Returns SIZE_MAX (nothing done) if the CPU or this build lacks that kernel.

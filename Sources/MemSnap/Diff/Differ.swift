@@ -137,8 +137,9 @@ enum Differ {
     /// Appends a diff for each maximal run of changed bytes in each of `ranges` (sorted, inside
     /// the first `limit` bytes of both buffers; runs at most `options.mergeGap` equal bytes apart joined, never across
     /// ranges). The C kernel `memsnap_changed_runs_in_ranges` scans, narrows and joins (so it can
-    /// pick AVX-512 or AVX2 at run time) over all the ranges in one call and fills `table` with
-    /// runs; `DiffBatchBuilder.appendRuns` records them and has C copy their bytes.
+    /// pick AVX-512 or AVX2 at run time) over all the ranges in one call, fills `table` with runs
+    /// and copies their bytes to the payload's free end while they are in the caches;
+    /// `DiffBatchBuilder.appendRuns` records them (and copies what did not fit).
     static func appendChangedRuns(
         _ original: UnsafeRawPointer, _ updated: UnsafeRawPointer, limit: Int,
         in ranges: UnsafeBufferPointer<memsnap_changed_run>, _ operation: MergeOperation, options: DiffOptions,
@@ -150,13 +151,20 @@ enum Differ {
         var scan = memsnap_changed_run_scan(
             position: 0, end: 0, block_size: options.blockSize, merge_gap: options.mergeGap,
             open_start: 0, open_end: 0, has_open_run: 0)
+        var payload = memsnap_run_payload(bytes: nil, capacity: 0, limit: limit, xor_original: operation == .xor ? 1 : 0,
+                                          copied: 0, used: 0)
         var nextRange = 0
         while true {
             let before = (nextRange, scan.position)
+            let room = batch.payloadRoom()
+            payload.bytes = room.baseAddress
+            payload.capacity = room.count
             let found = memsnap_changed_runs_in_ranges(original, updated, rangeBase, ranges.count, &nextRange, &scan,
-                                                       runs, table.count)
-            // The kernel's runs lie inside the ranges.
-            batch.appendRuns(UnsafeBufferPointer(start: runs, count: max(0, min(found, table.count))), operation,
+                                                       runs, table.count, &payload)
+            // The kernel's runs lie inside the ranges; it copied the bytes of a prefix of them.
+            let foundRuns = max(0, min(found, table.count))
+            batch.appendRuns(UnsafeBufferPointer(start: runs, count: foundRuns), operation,
+                             copiedRuns: min(payload.copied, foundRuns), copiedBytes: payload.used,
                              original: original, updated: updated, limit: limit)
             if nextRange >= ranges.count && scan.position >= scan.end && scan.has_open_run == 0 { break }
             // A table too small for the block size would stall the kernel: never loop forever.

@@ -124,13 +124,22 @@ struct DiffBatchBuilder: ~Copyable {
         used &+= count
     }
 
+    /// The free end of the payload, for the kernel to copy run bytes into (see `appendRuns`):
+    /// valid until the builder next changes.
+    mutating func payloadRoom() -> UnsafeMutableBufferPointer<UInt8> {
+        UnsafeMutableBufferPointer(start: (storage + used).bindMemory(to: UInt8.self, capacity: capacity &- used),
+                                   count: capacity &- used)
+    }
+
     /// A bytewise (new bytes) or xor (new XOR original) diff for each of `changed` (runs
     /// start..<end inside both buffers, which hold `limit` bytes; from the kernel), in order.
-    /// The bytes are copied by C (`memsnap_copy_runs`: short runs as fixed 32-byte moves into
-    /// the payload's slack, no call to memcpy).
+    /// The bytes of the first `copiedRuns` runs, `copiedBytes` in all, are already in
+    /// `payloadRoom()` (the kernel copied them while they were in the caches); the rest are
+    /// copied by C here (`memsnap_copy_runs`: short runs as fixed 32-byte moves into the
+    /// payload's slack, no call to memcpy).
     mutating func appendRuns(
         _ changed: UnsafeBufferPointer<memsnap_changed_run>, _ operation: MergeOperation,
-        original: UnsafeRawPointer, updated: UnsafeRawPointer, limit: Int
+        copiedRuns: Int, copiedBytes: Int, original: UnsafeRawPointer, updated: UnsafeRawPointer, limit: Int
     ) {
         guard let base = changed.baseAddress, !changed.isEmpty else { return }
         // Reserving exactly what is needed would reallocate on every call: grow geometrically.
@@ -138,6 +147,7 @@ struct DiffBatchBuilder: ~Copyable {
             runs.reserveCapacity(max(runs.count + changed.count, runs.capacity * 2))
         }
         var payloadEnd = used
+        var copiedEnd = used
         withUnsafeTemporaryAllocation(of: SnapshotDiffBatch.Run.self, capacity: Self.runSlice) { slice in
             guard let sliceBase = slice.baseAddress else { return }
             var sliceStart = 0
@@ -149,14 +159,21 @@ struct DiffBatchBuilder: ~Copyable {
                     (sliceBase + index).initialize(to: SnapshotDiffBatch.Run(
                         offset: run.start, payloadStart: payloadEnd, count: count, dataType: .raw, operation: operation))
                     payloadEnd &+= count
+                    if sliceStart &+ index &+ 1 == copiedRuns { copiedEnd = payloadEnd }
                 }
                 runs.append(contentsOf: UnsafeBufferPointer(start: sliceBase, count: sliceCount))
                 sliceBase.deinitialize(count: sliceCount)
                 sliceStart &+= sliceCount
             }
         }
-        let target = room(for: payloadEnd &- used &+ Int(MEMSNAP_COPY_RUNS_SLACK))
-        _ = memsnap_copy_runs(target, original, updated, limit, base, changed.count, operation == .xor ? 1 : 0)
+        // The kernel's count of bytes agrees with the table's lengths; the table is the authority.
+        assert(copiedEnd &- used == copiedBytes, "the kernel copied \(copiedBytes) bytes for \(copiedRuns) runs")
+        used = copiedEnd
+        if copiedRuns < changed.count {
+            let target = room(for: payloadEnd &- used &+ Int(MEMSNAP_COPY_RUNS_SLACK))
+            _ = memsnap_copy_runs(target, original, updated, limit, base + copiedRuns, changed.count &- copiedRuns,
+                                  operation == .xor ? 1 : 0)
+        }
         used = payloadEnd
     }
 
