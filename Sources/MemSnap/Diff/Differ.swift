@@ -20,13 +20,13 @@ public struct DiffOptions: Sendable, Equatable {
         self.fillOperation = fillOperation
     }
 
-    func validate(during operation: String) throws(MemSnapError) {
+    func validate(during operation: @autoclosure () -> String) throws(MemSnapError) {
         guard blockSize >= 16, blockSize <= Page.size, blockSize & (blockSize - 1) == 0 else {
-            throw MemSnapError(operation, .invalidArgument("block size \(blockSize) is not a power of two from 16 to \(Page.size)"))
+            throw MemSnapError(operation(), .invalidArgument("block size \(blockSize) is not a power of two from 16 to \(Page.size)"))
         }
-        guard mergeGap >= 0 else { throw MemSnapError(operation, .invalidArgument("merge gap \(mergeGap) is negative")) }
+        guard mergeGap >= 0 else { throw MemSnapError(operation(), .invalidArgument("merge gap \(mergeGap) is negative")) }
         guard fillOperation == .bytewise || fillOperation == .xor else {
-            throw MemSnapError(operation, .invalidArgument(
+            throw MemSnapError(operation(), .invalidArgument(
                 "gaps between merge regions can be filled with bytewise or xor, not \(fillOperation)"))
         }
     }
@@ -59,61 +59,73 @@ enum Differ {
         return segments
     }
 
-    /// The diffs that turn `original` into `updated`, reading only `dirty` byte ranges (sorted,
-    /// page-aligned), governed by `segments`. Bytes of `updated` past `original` form one
-    /// bytewise extension diff.
+    /// The diffs that turn `original` into `updated`, reading only the `dirty` pages (page `i`:
+    /// bytes `i * Page.size ..< (i + 1) * Page.size`), governed by `segments`. Bytes of `updated`
+    /// past `original` form one bytewise extension diff. `operation` names the call in errors
+    /// and is formatted only for one.
     static func diff(
-        original: UnsafeRawBufferPointer, updated: UnsafeRawBufferPointer, dirty: [Range<Int>],
-        segments: [Segment], options: DiffOptions, during operation: String
+        original: UnsafeRawBufferPointer, updated: UnsafeRawBufferPointer, dirty: DirtyPages,
+        segments: [Segment], options: DiffOptions, during operation: @autoclosure () -> String
     ) throws(MemSnapError) -> SnapshotDiffBatch {
-        // Sparse writes (the common case) produce a few bytes per dirty page; a batch that
-        // changes more grows the buffer by doubling.
-        // Only dirty bytes inside the memory count (callers may pass any pages), and the hint
-        // is capped: it sizes a first allocation, not a limit.
+        let comparable = min(original.count, updated.count)
+        // The dirty pages inside the compared bytes, as the table the kernel reads (start, end),
+        // made in one pass that also counts their bytes. Page runs are sorted and disjoint, and
+        // `DirtyPages.maxPageCount` keeps every page's byte offset inside Int.
+        let dirtyRanges = UnsafeMutableBufferPointer<memsnap_changed_run>.allocate(capacity: max(1, dirty.runs.count))
+        defer { dirtyRanges.deallocate() }
+        var dirtyRangeCount = 0
         var dirtyBytes = 0
-        for range in dirty {
-            dirtyBytes = min(dirtyBytes + range.clamped(to: 0..<updated.count).count, updated.count)
+        for run in dirty.runs {
+            let start = run.lowerBound << Page.shift
+            let end = min(run.upperBound << Page.shift, comparable)
+            guard start < end else { break }  // this run and every later one lie past the compared bytes
+            dirtyRanges[dirtyRangeCount] = memsnap_changed_run(start: start, end: end)
+            dirtyRangeCount += 1
+            dirtyBytes += end - start
         }
+        // Sparse writes (the common case) produce a few bytes per dirty page; a batch that
+        // changes more grows the buffer by doubling. The hint is capped: it sizes a first
+        // allocation, not a limit.
         let hintCap = 1 << 24
         var batch = DiffBatchBuilder(payloadHint: min(dirtyBytes / 32 + max(0, updated.count - original.count), hintCap),
                                      runHint: min(dirtyBytes >> 10, hintCap >> 4))
-        let comparable = min(original.count, updated.count)
         // One table for the whole call: the kernel fills it, appendChangedRuns empties it.
         let runTable = UnsafeMutableBufferPointer<memsnap_changed_run>.allocate(capacity: changedRunTableCapacity)
         defer { runTable.deallocate() }
-        if let originalBase = original.baseAddress, let updatedBase = updated.baseAddress {
+        // Room for one segment's ranges with the first and last clipped to it (merge regions only).
+        var clipped: [memsnap_changed_run] = []
+        if let originalBase = original.baseAddress, let updatedBase = updated.baseAddress, let rangeBase = dirtyRanges.baseAddress {
             var dirtyIndex = 0
             for segment in segments {
                 let segmentRange = segment.range.clamped(to: 0..<comparable)
                 guard !segmentRange.isEmpty, segment.operation != .ignore else { continue }
                 // Dirty ranges are sorted and so are segments: walk both once.
-                while dirtyIndex < dirty.count && dirty[dirtyIndex].upperBound <= segmentRange.lowerBound { dirtyIndex += 1 }
+                while dirtyIndex < dirtyRangeCount && dirtyRanges[dirtyIndex].end <= segmentRange.lowerBound { dirtyIndex += 1 }
                 var endIndex = dirtyIndex
-                while endIndex < dirty.count && dirty[endIndex].lowerBound < segmentRange.upperBound { endIndex += 1 }
-                // (Never an array of capacity 0 through unsafeUninitializedCapacity: see finish().)
+                while endIndex < dirtyRangeCount && dirtyRanges[endIndex].start < segmentRange.upperBound { endIndex += 1 }
                 guard endIndex > dirtyIndex else { continue }
-                // The overlaps as a table the kernel reads (start, end): one per dirty range.
-                let touched = [memsnap_changed_run](unsafeUninitializedCapacity: endIndex - dirtyIndex) { table, filled in
-                    filled = 0
-                    guard let base = table.baseAddress else { return }
-                    for index in dirtyIndex..<endIndex {
-                        let overlap = dirty[index].clamped(to: segmentRange)
-                        guard !overlap.isEmpty else { continue }
-                        (base + filled).initialize(to: memsnap_changed_run(start: overlap.lowerBound, end: overlap.upperBound))
-                        filled += 1
-                    }
-                }
-                guard !touched.isEmpty else { continue }
                 switch segment.operation {
                 case .bytewise, .xor:
-                    touched.withUnsafeBufferPointer { ranges in
-                        appendChangedRuns(originalBase, updatedBase, limit: comparable, in: ranges, segment.operation,
-                                          options: options,
-                                          table: runTable, to: &batch)
+                    // The ranges as they are when the segment holds them whole (always without
+                    // merge regions), else a copy with the two ends clipped.
+                    let lower = segmentRange.lowerBound, upper = segmentRange.upperBound
+                    let whole = UnsafeBufferPointer(start: rangeBase + dirtyIndex, count: endIndex - dirtyIndex)
+                    if whole[0].start >= lower && whole[whole.count - 1].end <= upper {
+                        appendChangedRuns(originalBase, updatedBase, limit: comparable, in: whole, segment.operation,
+                                          options: options, table: runTable, to: &batch)
+                    } else {
+                        clipped.removeAll(keepingCapacity: true)
+                        for range in whole {
+                            clipped.append(memsnap_changed_run(start: max(range.start, lower), end: min(range.end, upper)))
+                        }
+                        clipped.withUnsafeBufferPointer { ranges in
+                            appendChangedRuns(originalBase, updatedBase, limit: comparable, in: ranges, segment.operation,
+                                              options: options, table: runTable, to: &batch)
+                        }
                     }
                 case .sum, .product, .subtract, .max, .min:
                     guard segmentRange.count % segment.dataType.width == 0 else {
-                        throw MemSnapError(operation, .invalidArgument(
+                        throw MemSnapError(operation(), .invalidArgument(
                             "merge region \(segment.dataType) \(segment.operation) at \(segmentRange.lowerBound) "
                             + "covers \(segmentRange.count) bytes, not a whole number of values"))
                     }
