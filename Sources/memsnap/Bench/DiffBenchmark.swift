@@ -68,6 +68,16 @@ struct DiffReport: Codable, BenchmarkReport {
         /// The same diffs as an array of `SnapshotDiff` (`Snapshot.diff`) instead of one batch
         /// (`Snapshot.diffBatch`, what `diffSeconds` measures).
         var arraySeconds: Double
+        /// Medians of a memcmp of the twin's pages and a diff taken in turn, repetition after
+        /// repetition (added 2026-11-30 night): the two see the same machine. On these shared
+        /// hosts the bandwidth left by neighbours drifts within seconds, and the blocks of
+        /// repetitions behind `memcmpSeconds` and `diffSeconds` are measured seconds apart. Each
+        /// of the pair reads memory the other pushed out of the core's caches, so both take
+        /// longer than in their blocks: the ratio is the figure, not the times.
+        var interleavedMemcmpSeconds: Double
+        var interleavedDiffSeconds: Double
+        /// Median over the repetitions of memcmp time / diff time, each pair measured back to back.
+        var fractionOfMemcmpInterleaved: Double
     }
 
     var date: String
@@ -103,13 +113,17 @@ struct DiffReport: Codable, BenchmarkReport {
                 + "(\(formatBandwidth(bytes: dirtyBytes, seconds: memcmpTwinSeconds)))",
             "",
         ]
-        var table = Table(columns: ["block", "diff (batch)", "vs memcmp bandwidth", "vs twin memcmp", "diffs",
+        var table = Table(columns: ["block", "diff (batch)", "vs memcmp bandwidth", "vs twin memcmp",
+                                    "in turn with twin memcmp", "diffs",
                                     "bytes produced", "scan only (stores undone)", "scan only (twin)",
                                     "as [SnapshotDiff]"])
         for block in blocks {
             table.append(["\(block.blockSize) B", formatDuration(block.diffSeconds),
                           format(block.fractionOfMemcmpBandwidth * 100, decimals: 0) + " %",
                           format(block.fractionOfMemcmpTwinBandwidth * 100, decimals: 0) + " %",
+                          format(block.fractionOfMemcmpInterleaved * 100, decimals: 0) + " % ("
+                            + formatDuration(block.interleavedDiffSeconds) + " / "
+                            + formatDuration(block.interleavedMemcmpSeconds) + ")",
                           "\(block.diffCount)", "\(ByteCount(block.diffBytes))",
                           formatDuration(block.scanOnlySeconds) + " ("
                             + format(memcmpSeconds / block.scanOnlySeconds * 100, decimals: 0) + " %)",
@@ -229,19 +243,21 @@ struct DiffBenchmark {
                 }
             }
         }
-        func memcmpOfDirtyPages(_ memory: VirtualRegion) -> Double {
+        let byteRanges = dirtyPages.byteRanges
+        /// One memcmp of `memory`'s dirty pages against the snapshot's, which they must equal.
+        func memcmpPass(_ memory: VirtualRegion) {
             var sink: Int32 = 0
-            let seconds = Stopwatch.median(repetitions: repetitions) {
-                snapshot.withUnsafeBytes { image in
-                    memory.withUnsafeBytes { target in
-                        for range in dirtyPages.byteRanges {
-                            sink |= memcmp(target.baseAddress! + range.lowerBound, image.baseAddress! + range.lowerBound, range.count)
-                        }
+            snapshot.withUnsafeBytes { image in
+                memory.withUnsafeBytes { target in
+                    for range in byteRanges {
+                        sink |= memcmp(target.baseAddress! + range.lowerBound, image.baseAddress! + range.lowerBound, range.count)
                     }
                 }
             }
             precondition(sink == 0, "the compared pages must equal the snapshot's")
-            return seconds
+        }
+        func memcmpOfDirtyPages(_ memory: VirtualRegion) -> Double {
+            Stopwatch.median(repetitions: repetitions) { memcmpPass(memory) }
         }
         let memcmpTwinSeconds = memcmpOfDirtyPages(twin)
         changedWords.restore(worker, from: snapshot)
@@ -255,6 +271,17 @@ struct DiffBenchmark {
             let seconds = try Stopwatch.median(repetitions: repetitions) {
                 diffs = try snapshot.diffBatch(worker, dirtyPages: dirtyPages, options: options)
             }
+            // In turn: the twin's pages, not the worker's, so that no undoing and redoing of
+            // stores (which would bring the changed lines into the caches) sits between the two.
+            var interleavedMemcmp: [Double] = []
+            var interleavedDiff: [Double] = []
+            for _ in 0..<repetitions {
+                interleavedMemcmp.append(Stopwatch.time { memcmpPass(twin) }.seconds)
+                interleavedDiff.append(try Stopwatch.time {
+                    diffs = try snapshot.diffBatch(worker, dirtyPages: dirtyPages, options: options)
+                }.seconds)
+            }
+            let pairedFractions = zip(interleavedMemcmp, interleavedDiff).map { $0 / $1 }
             changedWords.restore(worker, from: snapshot)
             var undone = SnapshotDiffBatch()
             let scanSeconds = try Stopwatch.median(repetitions: repetitions) {
@@ -274,7 +301,9 @@ struct DiffBenchmark {
                 blockSize: blockSize, diffSeconds: seconds, diffCount: diffs.count,
                 diffBytes: diffs.byteCount, fractionOfMemcmpBandwidth: memcmpSeconds / seconds,
                 scanOnlySeconds: scanSeconds, scanOnlyTwinSeconds: scanTwinSeconds,
-                fractionOfMemcmpTwinBandwidth: memcmpTwinSeconds / seconds, arraySeconds: arraySeconds))
+                fractionOfMemcmpTwinBandwidth: memcmpTwinSeconds / seconds, arraySeconds: arraySeconds,
+                interleavedMemcmpSeconds: median(interleavedMemcmp), interleavedDiffSeconds: median(interleavedDiff),
+                fractionOfMemcmpInterleaved: median(pairedFractions)))
         }
 
         // Many workers' diffs merged at one sync point: their batches as made
