@@ -63,6 +63,32 @@
         }                                                                                   \
     } while (0)
 
+// One changed block (the caller's mask said so) of block_size bytes at `block_start`. For the
+// default 128-byte block, the common case (a stored value or two: every changed byte within
+// merge_gap + 2 bytes of span) is one run from the first changed byte to the last, found with
+// two counts and no loop: any run of equal bytes inside that span is at most merge_gap long, so
+// byte-by-byte runs would be joined into exactly that one. Other blocks are narrowed as usual.
+#define CHANGED_RUNS_NARROW_BLOCK(block_start)                                              \
+    do {                                                                                    \
+        size_t narrow_block = (block_start);                                                \
+        if (block == 128) {                                                                 \
+            uint64_t low_mask = LANE_MASK(a + narrow_block, b + narrow_block);              \
+            uint64_t high_mask = LANE_MASK(a + narrow_block + 64, b + narrow_block + 64);   \
+            size_t first = low_mask != 0 ? (size_t)__builtin_ctzll(low_mask)                \
+                                         : 64 + (size_t)__builtin_ctzll(high_mask | (UINT64_C(1) << 63)); \
+            size_t last = high_mask != 0 ? 127 - (size_t)__builtin_clzll(high_mask)         \
+                                         : 63 - (size_t)__builtin_clzll(low_mask | 1);      \
+            if (last - first <= gap + 1) {                                                  \
+                CHANGED_RUNS_ADD(narrow_block + first, narrow_block + last + 1);            \
+            } else {                                                                        \
+                CHANGED_RUNS_EMIT(low_mask, narrow_block);                                  \
+                CHANGED_RUNS_EMIT(high_mask, narrow_block + 64);                            \
+            }                                                                               \
+        } else {                                                                            \
+            CHANGED_RUNS_NARROW(narrow_block, narrow_block + block);                        \
+        }                                                                                   \
+    } while (0)
+
 CHANGED_RUNS_TARGET
 static size_t CHANGED_RUNS_NAME(const void *original, const void *updated, memsnap_changed_run_scan *scan,
                                 memsnap_changed_run *runs, size_t capacity) {
@@ -98,7 +124,7 @@ static size_t CHANGED_RUNS_NAME(const void *original, const void *updated, memsn
             }
             differing &= differing - 1;
             size_t start = position + index * block;
-            CHANGED_RUNS_NARROW(start, start + block);
+            CHANGED_RUNS_NARROW_BLOCK(start);
         }
         position += whole * block;
     }
@@ -247,7 +273,7 @@ static size_t CHANGED_RUNS_RANGES_NAME(const void *original, const void *updated
                 }
                 differing &= differing - 1;
                 size_t start = base + index * block;
-                CHANGED_RUNS_NARROW(start, start + block);
+                CHANGED_RUNS_NARROW_BLOCK(start);
             }
             position = base + chunks[slot].blocks * block;
             if (payload) copy_closed_runs(a, b, runs, count, payload);
@@ -268,3 +294,4 @@ out:
 #undef CHANGED_RUNS_ADD
 #undef CHANGED_RUNS_EMIT
 #undef CHANGED_RUNS_NARROW
+#undef CHANGED_RUNS_NARROW_BLOCK
