@@ -1,6 +1,7 @@
-// The body of memsnap_changed_runs, compiled once per vector width by compare.c: it defines
-// CHANGED_RUNS_NAME, CHANGED_RUNS_TARGET, LANE_MASK (64 bytes to a 64-bit mask of differing
-// bytes) and DIFFERING_BLOCKS (the block kernel of the same width), then includes this file.
+// The bodies of memsnap_changed_runs and memsnap_changed_runs_in_ranges, compiled once per
+// vector width by compare.c: it defines CHANGED_RUNS_NAME, CHANGED_RUNS_RANGES_NAME,
+// CHANGED_RUNS_TARGET, LANE_MASK (64 bytes to a 64-bit mask of differing bytes) and
+// DIFFERING_BLOCKS (the block kernel of the same width), then includes this file.
 // A template rather than a macro so the compiler inlines both helpers into each copy.
 
 // Appends the open run to the table (the caller made sure there is room) and closes it.
@@ -159,6 +160,8 @@ out:
 #ifndef CHANGED_RUNS_LEAD
 #define CHANGED_RUNS_LEAD 2
 #endif
+// A chunk waiting to be narrowed must never have its ring slot reused.
+_Static_assert(CHANGED_RUNS_LEAD >= 1 && CHANGED_RUNS_LEAD <= CHANGED_RUNS_RING, "the masks lead within the ring");
 CHANGED_RUNS_TARGET
 static size_t CHANGED_RUNS_RANGES_NAME(const void *original, const void *updated, const memsnap_changed_run *ranges,
                                        size_t range_count, size_t *next_range, memsnap_changed_run_scan *scan,

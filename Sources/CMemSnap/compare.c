@@ -5,6 +5,7 @@
 #include "CMemSnap.h"
 
 #include <pthread.h>
+#include <stdint.h>
 #include <string.h>
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -65,12 +66,21 @@ static inline uint64_t differing_byte_mask(uint64_t difference) {
     return (folded * UINT64_C(0x0102040810204080)) >> 56;
 }
 
+// Whether the 32 bytes from `address` lie in one 4096-byte-aligned page. Memory is protected per
+// page (4 KiB or a multiple), so they are as readable as the byte at `address`: a run's fixed
+// 32-byte move never touches a page the run does not, such as a clean page made inaccessible.
+static inline int memsnap_in_one_page(const unsigned char *address) {
+    return ((uintptr_t)address & 4095) <= 4096 - 32;
+}
+
 // One run's bytes (or, with `xor_original`, updated XOR original) to `target`. Short runs (the
-// common case: a few stored words) move as 32 bytes without a call or a branch on their length;
-// the bytes past the run land in the next run's place or the payload's slack.
+// common case: a few stored words) move as 32 bytes without a call or a branch on their length
+// when the 32 bytes lie inside `limit` and inside the page of the run's first byte; the bytes
+// past the run land in the next run's place or the payload's slack.
 static inline void copy_run(unsigned char *target, const unsigned char *a, const unsigned char *b, size_t limit,
                             size_t start, size_t length, int xor_original) {
-    if (length <= 32 && limit - start >= 32) {
+    if (length <= 32 && limit - start >= 32 && memsnap_in_one_page(b + start)
+        && (!xor_original || memsnap_in_one_page(a + start))) {
         unsigned char chunk[32];
         memcpy(chunk, b + start, 32);
         if (xor_original) {

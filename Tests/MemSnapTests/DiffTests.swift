@@ -256,22 +256,29 @@ struct DiffingTests {
         #expect(diffs.map(\.operation) == [.bytewise, .sum, .bytewise])
     }
 
-    @Test func theDiffNeverReadsACleanPage() throws {
+    /// Also with changes in the last bytes of a dirty page before an inaccessible one: a short
+    /// run's bytes move as a fixed 32 bytes only when those stay inside the run's page.
+    @Test(arguments: [MergeOperation.bytewise, .xor])
+    func theDiffNeverReadsACleanPage(fill: MergeOperation) throws {
         let snapshot = try Snapshot(size: 8 * pageSize)
         try snapshot.addMergeRegion(MergeRegion(offset: 6 * pageSize, length: 8, dataType: .int64, operation: .sum))
         let worker = try workerMemory(of: snapshot)
         worker.store(1, at: 2 * pageSize + 16)
+        worker.store(3, at: 3 * pageSize - 8)
         worker.store(2, at: 5 * pageSize + 40)
+        worker.withUnsafeMutableBytes { $0[6 * pageSize - 1] = 4 }
         // Every clean page becomes inaccessible: reading one would crash this test.
         let clean = [0, 1, 3, 4, 6, 7]
         worker.withUnsafeMutableBytes { memory in
             for page in clean { #expect(mprotect(memory.baseAddress! + page * pageSize, pageSize, PROT_NONE) == 0) }
         }
-        let diffs = try snapshot.diff(worker, dirtyPages: DirtyPages(pageCount: 8, runs: [2..<3, 5..<6]))
+        let diffs = try snapshot.diff(worker, dirtyPages: DirtyPages(pageCount: 8, runs: [2..<3, 5..<6]),
+                                      options: DiffOptions(fillOperation: fill))
         worker.withUnsafeMutableBytes { memory in
             for page in clean { #expect(mprotect(memory.baseAddress! + page * pageSize, pageSize, PROT_READ | PROT_WRITE) == 0) }
         }
-        #expect(diffs.map(\.offset) == [2 * pageSize + 16, 5 * pageSize + 40])
+        #expect(diffs.map(\.offset) == [2 * pageSize + 16, 3 * pageSize - 8, 5 * pageSize + 40, 6 * pageSize - 1])
+        #expect(diffs[1].bytes.count == 1 && diffs[3].bytes == [4])
     }
 
     @Test func bytewiseRunsAreBytePreciseAndTinyGapsAreMerged() throws {

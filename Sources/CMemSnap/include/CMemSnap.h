@@ -146,8 +146,10 @@ size_t memsnap_changed_runs(const void *original, const void *updated, memsnap_c
 /// Copies the bytes of `count` runs of `updated` (or, with `xor_original` non-zero, updated XOR
 /// original) back to back into `payload`, and returns the sum of their lengths. Both buffers
 /// hold at least `limit` bytes, and every run lies inside [0, limit). `payload` must hold that
-/// sum plus MEMSNAP_COPY_RUNS_SLACK bytes: a short run is moved as a fixed 32 bytes (read from
-/// inside `limit`), so up to that many bytes past the sum may be written. Thread-safe.
+/// sum plus MEMSNAP_COPY_RUNS_SLACK bytes: a short run is moved as a fixed 32 bytes, so up to
+/// that many bytes past the sum may be written. Those 32 bytes are read only from inside `limit`
+/// and from the 4096-byte-aligned page holding the run's first byte: no page the runs do not
+/// touch is read. Thread-safe.
 #define MEMSNAP_COPY_RUNS_SLACK 32
 size_t memsnap_copy_runs(void *payload, const void *original, const void *updated, size_t limit,
                          const memsnap_changed_run *runs, size_t count, int xor_original);
@@ -163,7 +165,9 @@ typedef struct memsnap_run_payload {
     size_t limit;          ///< both buffers hold at least this many bytes, as for memsnap_copy_runs
     int xor_original;      ///< non-zero: copy updated XOR original
     size_t copied;         ///< out: the first `copied` runs of the table are in the payload
-    size_t used;           ///< out: the sum of their lengths, bytes written from `bytes`
+    size_t used;           ///< out: the sum of their lengths: their bytes start at `bytes`
+                           ///< (up to MEMSNAP_COPY_RUNS_SLACK bytes past them, still inside
+                           ///< `capacity`, may be written too)
 } memsnap_run_payload;
 
 /// memsnap_changed_runs over `range_count` ranges (each [start, end) inside both buffers), from
@@ -178,8 +182,10 @@ typedef struct memsnap_run_payload {
 /// memsnap_changed_runs_minimum_capacity(block_size).
 ///
 /// With `payload` (may be NULL), the bytes of the returned runs are also copied, in order, as
-/// far as payload->capacity allows: payload->copied says how many (a prefix of the table); the
-/// caller copies the rest (memsnap_copy_runs) after making room. Thread-safe for distinct scans.
+/// memsnap_copy_runs does (which may read up to 31 bytes past a run, inside its page and
+/// `limit`), as far as payload->capacity allows: payload->copied says how many (a prefix of the
+/// table); the caller copies the rest (memsnap_copy_runs) after making room. Thread-safe for
+/// distinct scans.
 size_t memsnap_changed_runs_in_ranges(const void *original, const void *updated, const memsnap_changed_run *ranges,
                                       size_t range_count, size_t *next_range, memsnap_changed_run_scan *scan,
                                       memsnap_changed_run *runs, size_t capacity, memsnap_run_payload *payload);

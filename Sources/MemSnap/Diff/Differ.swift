@@ -107,7 +107,8 @@ enum Differ {
                 switch segment.operation {
                 case .bytewise, .xor:
                     // The ranges as they are when the segment holds them whole (always without
-                    // merge regions), else a copy with the two ends clipped.
+                    // merge regions), else a copy clipped to the segment (only the first and
+                    // the last can reach past it).
                     let lower = segmentRange.lowerBound, upper = segmentRange.upperBound
                     let whole = UnsafeBufferPointer(start: rangeBase + dirtyIndex, count: endIndex - dirtyIndex)
                     if whole[0].start >= lower && whole[whole.count - 1].end <= upper {
