@@ -90,7 +90,7 @@ static inline void copy_run(unsigned char *target, const unsigned char *a, const
         }
         memcpy(target, chunk, 32);
     } else if (xor_original) {
-        for (size_t index = 0; index < length; index++) target[index] = a[start + index] ^ b[start + index];
+        memsnap_xor_bytes(target, a + start, b + start, length);
     } else {
         memcpy(target, b + start, length);
     }

@@ -41,7 +41,7 @@ import WasmKit
 public final class WasmWorkers: @unchecked Sendable {
     public struct Configuration: Sendable {
         /// The tracker configuration; its mode goes through `WasmTracking.resolve`, after a pool
-        /// with none chosen picks `private-copies` where it works (`SnapshotWorkers.trackingMode`).
+        /// with none chosen picks `private-copies` where it works (`SnapshotWorkers.poolTracking`).
         public var tracking: DirtyTracker.Configuration
         public var diff: DiffOptions
 

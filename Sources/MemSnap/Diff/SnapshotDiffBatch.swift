@@ -147,7 +147,6 @@ struct DiffBatchBuilder: ~Copyable {
             runs.reserveCapacity(max(runs.count + changed.count, runs.capacity * 2))
         }
         var payloadEnd = used
-        var copiedEnd = used
         withUnsafeTemporaryAllocation(of: SnapshotDiffBatch.Run.self, capacity: Self.runSlice) { slice in
             guard let sliceBase = slice.baseAddress else { return }
             var sliceStart = 0
@@ -159,16 +158,17 @@ struct DiffBatchBuilder: ~Copyable {
                     (sliceBase + index).initialize(to: SnapshotDiffBatch.Run(
                         offset: run.start, payloadStart: payloadEnd, count: count, dataType: .raw, operation: operation))
                     payloadEnd &+= count
-                    if sliceStart &+ index &+ 1 == copiedRuns { copiedEnd = payloadEnd }
                 }
                 runs.append(contentsOf: UnsafeBufferPointer(start: sliceBase, count: sliceCount))
                 sliceBase.deinitialize(count: sliceCount)
                 sliceStart &+= sliceCount
             }
         }
-        // The kernel's count of bytes agrees with the table's lengths; the table is the authority.
-        assert(copiedEnd &- used == copiedBytes, "the kernel copied \(copiedBytes) bytes for \(copiedRuns) runs")
-        used = copiedEnd
+        // The kernel copied the first `copiedRuns` runs back to back: their lengths add up to `copiedBytes`.
+        assert(copiedRuns <= changed.count
+               && changed.prefix(copiedRuns).reduce(0) { $0 &+ ($1.end &- $1.start) } == copiedBytes,
+               "the kernel copied \(copiedBytes) bytes for \(copiedRuns) runs")
+        used &+= copiedBytes
         if copiedRuns < changed.count {
             let target = room(for: payloadEnd &- used &+ Int(MEMSNAP_COPY_RUNS_SLACK))
             _ = memsnap_copy_runs(target, original, updated, limit, base + copiedRuns, changed.count &- copiedRuns,

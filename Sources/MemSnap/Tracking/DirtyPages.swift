@@ -68,13 +68,7 @@ public struct DirtyPages: Sendable, Equatable {
             .sorted { $0.lowerBound < $1.lowerBound }
         var merged: [Range<Int>] = []
         merged.reserveCapacity(sorted.count)
-        for run in sorted {
-            if let last = merged.last, run.lowerBound <= last.upperBound {
-                merged[merged.count - 1] = last.lowerBound..<max(last.upperBound, run.upperBound)
-            } else {
-                merged.append(run)
-            }
-        }
+        for run in sorted { merged.appendJoining(run) }
         return merged
     }
 }

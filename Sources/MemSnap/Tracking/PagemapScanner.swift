@@ -42,11 +42,7 @@ struct PagemapScanner: ~Copyable {
             inverted: inverted, anyOf: anyOf, during: operation()
         ) { run, found in
             guard filter == 0 || found & filter != 0 else { return }
-            if let previous = runs.last, previous.upperBound == run.lowerBound {
-                runs[runs.count - 1] = previous.lowerBound..<run.upperBound
-            } else {
-                runs.append(run)
-            }
+            runs.appendJoining(run)
         }
         return runs
     }

@@ -102,11 +102,7 @@ final class PrivateCopyMechanism: DirtyTrackingMechanism {
                 }
                 return
             }
-            if let previous = copies.last, previous.upperBound == run.lowerBound {
-                copies[copies.count - 1] = previous.lowerBound..<run.upperBound
-            } else {
-                copies.append(run)
-            }
+            copies.appendJoining(run)
         }
         spansWithMappedReads = mappedReads
         return copies
@@ -122,13 +118,6 @@ final class PrivateCopyMechanism: DirtyTrackingMechanism {
         let span = PrivateCopyMechanism.spanPages
         var dropped: [Range<Int>] = []
         dropped.reserveCapacity(reported.count)
-        func append(_ run: Range<Int>) {
-            if let previous = dropped.last, previous.upperBound >= run.lowerBound {
-                dropped[dropped.count - 1] = previous.lowerBound..<Swift.max(previous.upperBound, run.upperBound)
-            } else {
-                dropped.append(run)
-            }
-        }
         for run in reported where run.lowerBound >= 0 && run.upperBound <= pageCount {
             var start = run.lowerBound
             while start < run.upperBound {
@@ -137,9 +126,9 @@ final class PrivateCopyMechanism: DirtyTrackingMechanism {
                 let spanEnd = spanStart + span
                 let pieceEnd = Swift.min(run.upperBound, spanEnd)
                 if spanStart >= 0, spanEnd <= pageCount, !spansWithMappedReads.contains(spanIndex) {
-                    append(spanStart..<spanEnd)
+                    dropped.appendJoining(spanStart..<spanEnd)
                 } else {
-                    append(start..<pieceEnd)
+                    dropped.appendJoining(start..<pieceEnd)
                 }
                 start = pieceEnd
             }
