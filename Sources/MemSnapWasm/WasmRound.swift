@@ -25,4 +25,7 @@ public struct WasmRound: Sendable {
     /// The join: the main instance's collect and diff, applying every diff, and restoring every
     /// instance onto the merged snapshot.
     public var mergeSeconds: Double
+    /// Instances the join remapped (or replaced by a fresh fork) instead of restoring them in
+    /// place: 0 the main instance, 1... the workers (see `WasmWorkers` on when that happens).
+    public var remappedInstances: [Int] = []
 }

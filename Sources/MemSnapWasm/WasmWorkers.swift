@@ -16,8 +16,18 @@ import WasmKit
 /// worker's in index order, in one atomic apply: the result of overlapping bytewise writes is
 /// the same on every run, and merge regions (declared by the host with
 /// `Snapshot.addMergeRegion`, or by the guest with `memsnap.merge_region`) make sums, products,
-/// maxima... of the workers' changes. Every instance is then restored onto the merged snapshot
-/// (a copy-on-write map) and its tracker reset, ready for the next round.
+/// maxima... of the workers' changes. Every instance then shows the merged snapshot again, its
+/// tracker armed, ready for the next round.
+///
+/// Restoring costs what an instance wrote, as in `SnapshotWorkers`: its memory maps the
+/// snapshot's memfd privately, so dropping its own copies of the pages it wrote
+/// (`DirtyTracker.restoreInPlace`) makes it read the merged snapshot everywhere, and the
+/// tracker's registration stays. A worker drops its pages on its own thread as soon as its diffs
+/// are taken, before the merge (whose writes then show through, as in the pages never written).
+/// An instance is remapped (a copy-on-write map of the snapshot) and its tracker re-armed
+/// instead when its memory or the snapshot changed size, when it wrote more than
+/// `SnapshotWorkers.inPlaceRestoreLimit` of its pages, when its tracking mode cannot tell which
+/// pages it copied, and on every failure path; `WasmRound.remappedInstances` says which.
 ///
 /// Growth: an instance whose memory grew during a round (`memory.grow`) contributes an
 /// extension diff, and applying it grows the snapshot; every instance is grown to the new size
@@ -55,6 +65,9 @@ public final class WasmWorkers: @unchecked Sendable {
     private struct Member {
         var instance: WasmInstance
         var tracker: DirtyTracker
+        /// The memory's committed size when the snapshot was last mapped over it: an in-place
+        /// restore needs the memory to be that one mapping still.
+        var mappedSize: Int
     }
 
     public let zygote: WasmZygote
@@ -89,7 +102,8 @@ public final class WasmWorkers: @unchecked Sendable {
         self.trackingMode = tracking.mode ?? .auto
         func member(_ label: String, _ role: GuestMergeRegions.Role) throws(MemSnapError) -> Member {
             let instance = try zygote.fork(label: label, role: role)
-            return Member(instance: instance, tracker: try DirtyTracker(tracking: instance.memory, configuration: tracking))
+            return Member(instance: instance, tracker: try DirtyTracker(tracking: instance.memory, configuration: tracking),
+                          mappedSize: instance.memory.committedSize)
         }
         mainMember = try member("main", .main)
         var workers: [Member] = []
@@ -170,7 +184,7 @@ public final class WasmWorkers: @unchecked Sendable {
             let start = WasmWorkers.now()
             let outcomes = try runWorkers(function, round: round - 1, arguments: arguments)
             let runSeconds = WasmWorkers.seconds(since: start)
-            var workerDiffs: [[SnapshotDiff]] = []
+            var workerDiffs: [SnapshotDiffBatch] = []
             for (index, outcome) in outcomes.enumerated() {
                 switch outcome {
                 case let .success(finished):
@@ -184,7 +198,7 @@ public final class WasmWorkers: @unchecked Sendable {
                 }
             }
             let finished = outcomes.compactMap { try? $0.get() }
-            var report = try merge(workerDiffs: workerDiffs, workerDirtyCounts: finished.map(\.dirtyPages))
+            var report = try merge(workerDiffs: workerDiffs, workers: finished.map { ($0.written, $0.restoredInPlace) })
             report.number = round
             report.results = finished.map(\.results)
             report.runSeconds = runSeconds
@@ -201,7 +215,7 @@ public final class WasmWorkers: @unchecked Sendable {
     @discardableResult
     public func join() throws(MemSnapError) -> WasmRound {
         try serial.withLock { (_) throws(MemSnapError) -> WasmRound in
-            var report = try merge(workerDiffs: [], workerDirtyCounts: [])
+            var report = try merge(workerDiffs: [], workers: nil)
             report.number = rounds
             return report
         }
@@ -212,8 +226,11 @@ public final class WasmWorkers: @unchecked Sendable {
     /// A worker's finished part of a round.
     private struct Finished: Sendable {
         var results: [Value]
-        var diffs: [SnapshotDiff]
-        var dirtyPages: Int
+        var diffs: SnapshotDiffBatch
+        /// What the worker's collect returned: the pages it wrote.
+        var written: DirtyPages
+        /// Whether its thread restored it in place after taking its diffs.
+        var restoredInPlace: Bool
         var callSeconds: Double
         var diffSeconds: Double
     }
@@ -229,17 +246,21 @@ public final class WasmWorkers: @unchecked Sendable {
         let outcomes = Locked<[Int: Result<Finished, any Error>]>([:])
         let snapshot = self.snapshot
         let options = configuration.diff
-        let members = workerMembers.map { (instance: $0.instance, tracker: $0.tracker) }
+        let members = workerMembers.map { (instance: $0.instance, tracker: $0.tracker, mappedSize: $0.mappedSize) }
         threads.run { index in
-            let (instance, tracker) = members[index]
+            let (instance, tracker, mappedSize) = members[index]
             let outcome = Result { () throws -> Finished in
                 let callStart = WasmWorkers.now()
                 let results: [Value]
                 do { results = try instance.call(function, arguments(index, round)) } catch { throw CallFailure(underlying: error) }
                 let diffStart = WasmWorkers.now()
                 let dirty = try tracker.collectAndReset()
-                let diffs = try snapshot.diff(instance.memory, dirtyPages: dirty, options: options)
-                return Finished(results: results, diffs: diffs, dirtyPages: dirty.count,
+                let diffs = try snapshot.diffBatch(instance.memory, dirtyPages: dirty, options: options)
+                // The diffs hold copies of the written bytes: the memory can go back to the
+                // snapshot now, in parallel with the other workers, rather than after the merge.
+                let restoredInPlace = WasmWorkers.restoreInPlace(
+                    instance, tracker, mappedSize: mappedSize, written: dirty, changedUnderneath: [], snapshotSize: snapshot.size)
+                return Finished(results: results, diffs: diffs, written: dirty, restoredInPlace: restoredInPlace,
                                 callSeconds: WasmWorkers.seconds(from: callStart, to: diffStart),
                                 diffSeconds: WasmWorkers.seconds(since: diffStart))
             }
@@ -251,10 +272,14 @@ public final class WasmWorkers: @unchecked Sendable {
         }
     }
 
-    private func merge(workerDiffs: [[SnapshotDiff]], workerDirtyCounts: [Int]) throws(MemSnapError) -> WasmRound {
+    /// `workers`: each worker's written pages and whether its thread restored it in place, by
+    /// index, when the workers ran a round; nil for a join (they ran nothing since their restore).
+    private func merge(
+        workerDiffs: [SnapshotDiffBatch], workers: [(written: DirtyPages, restoredInPlace: Bool)]?
+    ) throws(MemSnapError) -> WasmRound {
         let start = WasmWorkers.now()
         let mainDirty: DirtyPages
-        let batches: [[SnapshotDiff]]
+        let batches: [SnapshotDiffBatch]
         let written: [Range<Int>]
         do {
             if mainMember.instance.hasTrapped {
@@ -263,32 +288,60 @@ public final class WasmWorkers: @unchecked Sendable {
             }
             try mainMember.instance.followGrowth()
             mainDirty = try mainMember.tracker.collectAndReset()
-            let mainDiffs = try snapshot.diff(mainMember.instance.memory, dirtyPages: mainDirty, options: configuration.diff)
+            let mainDiffs = try snapshot.diffBatch(mainMember.instance.memory, dirtyPages: mainDirty, options: configuration.diff)
             batches = [mainDiffs] + workerDiffs
             written = try snapshot.apply(batches: batches) { $0 == 0 ? "main instance's " : "worker \($0 - 1)'s " }
         } catch {
             try restoreAll()
             throw error
         }
-        try restoreAll()
+        var remapped: [Int] = []
+        if try restore(&mainMember, role: .main, written: mainDirty, changedUnderneath: written) { remapped.append(0) }
+        for index in workerMembers.indices {
+            let worker = workers.flatMap { index < $0.count ? $0[index] : nil }
+            let restoredEarly = worker?.restoredInPlace ?? false
+            let member = workerMembers[index]
+            if restoredEarly, written.isEmpty || !member.tracker.needsChangesUnderneath,
+               member.instance.memory.committedSize == member.mappedSize,
+               member.mappedSize == Page.roundUp(snapshot.size) {
+                continue
+            }
+            // Restored early, it holds no copies: only `compare`'s saved content needs the
+            // merge's ranges. Otherwise it wrote what its collect returned, or (a join) nothing
+            // since its last restore that its tracker has not kept.
+            let pages: DirtyPages
+            if restoredEarly {
+                pages = DirtyPages(pageCount: member.mappedSize >> Page.shift, runs: [])
+            } else if let worker {
+                pages = worker.written
+            } else {
+                pages = try member.tracker.collectAndReset()
+            }
+            if try restore(&workerMembers[index], role: .worker, written: pages, changedUnderneath: written) {
+                remapped.append(index + 1)
+            }
+        }
         return WasmRound(
-            number: 0, results: [], dirtyPageCounts: [mainDirty.count] + workerDirtyCounts,
+            number: 0, results: [],
+            dirtyPageCounts: [mainDirty.count] + (workers ?? []).map(\.written.count),
             diffCount: batches.reduce(0) { $0 + $1.count },
-            diffBytes: batches.reduce(0) { $0 + $1.reduce(0) { $0 + $1.bytes.count } },
+            diffBytes: batches.reduce(0) { $0 + $1.byteCount },
             writtenRanges: written, snapshotSize: snapshot.size, runSeconds: 0, callSeconds: [], diffSeconds: [],
-            mergeSeconds: WasmWorkers.seconds(since: start))
+            mergeSeconds: WasmWorkers.seconds(since: start), remappedInstances: remapped)
     }
 
     // MARK: - Restoring
 
+    /// Remaps every instance onto the snapshot (or replaces it) and re-arms its tracker: the way
+    /// back from a failure, whatever the memories hold.
     private func restoreAll() throws(MemSnapError) {
-        mainMember = try restored(mainMember, role: .main)
+        mainMember = try remapped(mainMember, role: .main)
         try restoreWorkers()
     }
 
     private func restoreWorkers() throws(MemSnapError) {
         for index in workerMembers.indices {
-            workerMembers[index] = try restored(workerMembers[index], role: .worker)
+            workerMembers[index] = try remapped(workerMembers[index], role: .worker)
         }
     }
 
@@ -296,22 +349,54 @@ public final class WasmWorkers: @unchecked Sendable {
         mainMember = try replaced(mainMember, role: .main)
     }
 
-    /// `member` restored onto the snapshot, or a fresh fork in its place if it trapped or its
-    /// memory is larger than the snapshot's (memory never shrinks).
-    private func restored(_ member: Member, role: GuestMergeRegions.Role) throws(MemSnapError) -> Member {
+    /// Restores `member` to the snapshot: in place where it can (see `restoreInPlace`), else by
+    /// `remapped`. `written`: what its last collect returned. Returns whether it was remapped or
+    /// replaced.
+    private func restore(
+        _ member: inout Member, role: GuestMergeRegions.Role, written: DirtyPages, changedUnderneath: [Range<Int>]
+    ) throws(MemSnapError) -> Bool {
+        if !member.instance.hasTrapped,
+           WasmWorkers.restoreInPlace(member.instance, member.tracker, mappedSize: member.mappedSize, written: written,
+                                      changedUnderneath: changedUnderneath, snapshotSize: snapshot.size) {
+            return false
+        }
+        member = try remapped(member, role: role)
+        return true
+    }
+
+    /// Restores `instance` in place if its memory is still the one mapping of the snapshot it was
+    /// given (`mappedSize`, which is the snapshot's size in whole pages), it wrote at most
+    /// `SnapshotWorkers.inPlaceRestoreLimit` of its pages, and its tracker can. False where it
+    /// cannot, or if dropping pages failed (some may be dropped, some not): the caller remaps.
+    private static func restoreInPlace(
+        _ instance: WasmInstance, _ tracker: DirtyTracker, mappedSize: Int, written: DirtyPages,
+        changedUnderneath: [Range<Int>], snapshotSize: Int
+    ) -> Bool {
+        guard instance.memory.committedSize == mappedSize, mappedSize == Page.roundUp(snapshotSize),
+              Double(written.count) <= Double(written.pageCount) * SnapshotWorkers.inPlaceRestoreLimit else { return false }
+        return (try? tracker.restoreInPlace(written: written, changedUnderneath: changedUnderneath)) ?? false
+    }
+
+    /// `member` remapped onto the snapshot and its tracker re-armed, or a fresh fork in its place
+    /// if it trapped or its memory is larger than the snapshot's (memory never shrinks).
+    private func remapped(_ member: Member, role: GuestMergeRegions.Role) throws(MemSnapError) -> Member {
         let snapshotPages = (snapshot.size + WasmProgram.wasmPageSize - 1) / WasmProgram.wasmPageSize
         if member.instance.hasTrapped || member.instance.memoryByteCount > snapshotPages * WasmProgram.wasmPageSize {
             return try replaced(member, role: role)
         }
         try member.instance.restore(from: snapshot)
         try member.tracker.reset()
-        return member
+        var restored = member
+        restored.mappedSize = member.instance.memory.committedSize
+        return restored
     }
 
     private func replaced(_ member: Member, role: GuestMergeRegions.Role) throws(MemSnapError) -> Member {
         member.tracker.stop()
         let instance = try zygote.fork(label: member.instance.label, role: role)
-        return Member(instance: instance, tracker: try DirtyTracker(tracking: instance.memory, configuration: member.tracker.configuration))
+        return Member(instance: instance,
+                      tracker: try DirtyTracker(tracking: instance.memory, configuration: member.tracker.configuration),
+                      mappedSize: instance.memory.committedSize)
     }
 
     // MARK: - Time

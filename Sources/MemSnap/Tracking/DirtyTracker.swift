@@ -222,9 +222,10 @@ public final class DirtyTracker: @unchecked Sendable {
     /// read the file's current content, as every page the region never wrote already does.
     /// Costs what the region wrote, not its size: no remap, no re-arm of the whole region.
     ///
-    /// The caller guarantees (as `SnapshotWorkers` does between rounds): the committed prefix is
-    /// one private mapping of a file (`Snapshot.mapCopyOnWrite(into:)`), `written` is what the
-    /// last `collectAndReset()` returned, and nothing has written the region since.
+    /// The caller guarantees (as `SnapshotWorkers` and `WasmWorkers` do between rounds): the
+    /// committed prefix is one private mapping of a file (`Snapshot.mapCopyOnWrite(into:)`),
+    /// `written` is what the last `collectAndReset()` returned, and nothing has written the
+    /// region since.
     /// `changedUnderneath` are byte ranges of the file written since then through other
     /// mappings (a merge into the snapshot): the region already shows them; `compare` needs
     /// them to refresh its saved copy.
@@ -234,7 +235,7 @@ public final class DirtyTracker: @unchecked Sendable {
     ///   `written.pageCount` pages (it grew or shrank), or the mechanism cannot tell which pages
     ///   the region copied (`none`; `compare` without PAGEMAP_SCAN). Remap and `reset()` then.
     /// - Throws: `madvise` failures (some pages may be dropped; remap and `reset()` to recover).
-    func restoreInPlace(written: DirtyPages, changedUnderneath: [Range<Int>]) throws(MemSnapError) -> Bool {
+    public func restoreInPlace(written: DirtyPages, changedUnderneath: [Range<Int>]) throws(MemSnapError) -> Bool {
         try operations.withLock { (stopped: inout Bool) throws(MemSnapError) -> Bool in
             guard !stopped, !mappingChanged.withLock({ $0 }) else { return false }
             return try region.withCommittedSizeLocked { (committed) throws(MemSnapError) -> Bool in
@@ -257,7 +258,7 @@ public final class DirtyTracker: @unchecked Sendable {
     /// Whether `restoreInPlace` needs the ranges of the file that changed underneath the region
     /// (`compare` keeps a copy of the content that they leave stale); for every other mode an
     /// in-place restore is complete without them.
-    var needsChangesUnderneath: Bool { mechanism.keepsCopyOfContent }
+    public var needsChangesUnderneath: Bool { mechanism.keepsCopyOfContent }
 
     /// Ends tracking: the region's committed pages are all writable and untracked afterwards.
     /// Idempotent.
