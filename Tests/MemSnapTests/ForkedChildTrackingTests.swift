@@ -40,12 +40,18 @@ struct ForkedChildTrackingTests {
         defer { tracker.stop() }
         region.store(3, at: 3 * pageSize)
         #expect(try tracker.collect().runs == [.page(3)])
-        // userfaultfd registrations do not pass to a child (no UFFD_FEATURE_EVENT_FORK): a
-        // uffd-async tracker must fail there, not report the parent's pages.
+        // userfaultfd registrations do not pass to a child (no UFFD_FEATURE_EVENT_FORK), but
+        // the descriptor does and acts on the parent's memory: in the child a uffd-async
+        // collect and reset must fail, and stopping either uffd tracker must leave the
+        // parent's tracking (and the uffd handler thread) as it was.
         let asyncRegion = try MemoryKind.memfdCopyOnWrite.makeRegion(pages: 4)
         let asyncTracker = DirtyTrackingMode.uffdAsync.availability == .available
             ? try DirtyTracker(tracking: asyncRegion, mode: .uffdAsync) : nil
         defer { asyncTracker?.stop() }
+        let syncRegion = try MemoryKind.memfdCopyOnWrite.makeRegion(pages: 4)
+        let syncTracker = DirtyTrackingMode.uffd.availability == .available
+            ? try DirtyTracker(tracking: syncRegion, mode: .uffd) : nil
+        defer { syncTracker?.stop() }
 
         let pid = fork()
         try #require(pid >= 0, "fork failed: errno \(errno)")
@@ -61,9 +67,17 @@ struct ForkedChildTrackingTests {
                     FileHandle.standardError.write(Data("uffd-async in the child reported \(reported)\n".utf8))
                     _exit(3)
                 } catch {
-                    FileHandle.standardError.write(Data("uffd-async in the child: \(error)\n".utf8))
+                    FileHandle.standardError.write(Data("uffd-async collect in the child: \(error)\n".utf8))
                 }
+                do {
+                    try asyncTracker.reset()
+                    _exit(4)
+                } catch {
+                    FileHandle.standardError.write(Data("uffd-async reset in the child: \(error)\n".utf8))
+                }
+                asyncTracker.stop()
             }
+            syncTracker?.stop()
             _exit(runs == [.page(3), .page(6)] ? 0 : runs == nil ? 2 : 1)
         }
         var status: Int32 = 0
@@ -81,9 +95,22 @@ struct ForkedChildTrackingTests {
         }
         let exitCode = (status >> 8) & 0xff
         #expect(waited == pid && status & 0x7f == 0 && exitCode == 0,
-                "the forked child reported \(exitCode) (1: wrong pages, 2: collect failed, 3: uffd-async collected), status \(status)")
+                "the forked child reported \(exitCode) (1: wrong pages, 2: collect failed, 3: uffd-async collected, 4: uffd-async reset), status \(status)")
         #expect(try tracker.collect().runs == [.page(3)], "the child's write is not the parent's")
         #expect(region.load(at: 6 * pageSize) == 0)
+        if let asyncTracker {
+            asyncRegion.store(2, at: 2 * pageSize)
+            #expect(try asyncTracker.collect().runs == [.page(2)], "the child's stop left the parent's registration")
+        }
+        if let syncTracker {
+            // If the child had ended the parent's fault handler, this write would block for
+            // ever: it runs on its own thread, waited for with a deadline.
+            let written = DispatchSemaphore(value: 0)
+            let writer = Thread { syncRegion.store(1, at: pageSize); written.signal() }
+            writer.start()
+            #expect(written.wait(timeout: .now() + 10) == .success, "the parent's uffd handler still serves faults")
+            #expect(try syncTracker.collect().runs == [.page(1)])
+        }
         print(Self.successMarker)
     }
 }

@@ -32,6 +32,12 @@ package struct OSThread: ~Copyable {
         discard self
     }
 
+    /// Forgets the thread without joining or detaching it: for a forked child, whose copy of the
+    /// handle names a thread that runs only in the parent.
+    package consuming func abandonInForkedChild() {
+        discard self
+    }
+
     deinit {
         pthread_detach(handle)
     }

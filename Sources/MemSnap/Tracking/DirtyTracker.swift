@@ -25,10 +25,13 @@ import CMemSnap
 /// A page written by several threads is attributed to the first one (after its first write the
 /// page no longer faults); the global collect is always the exact union.
 ///
-/// After `fork()`, in the child: a `private-copies` tracker collects the child's own copies (a
-/// scan from another process than the one that opened `/proc/self/pagemap` opens the child's);
-/// a `uffd-async` collect throws, because the kernel does not pass userfaultfd registrations to
-/// a child (`ForkedChildTrackingTests`). Other modes are not tested across fork.
+/// After `fork()`, in the child (`ForkedChildTrackingTests`): a `private-copies` tracker collects
+/// the child's own copies (a scan from another process than the one that opened
+/// `/proc/self/pagemap` opens the child's). The kernel does not pass userfaultfd registrations to
+/// a child, while the inherited descriptor still acts on the parent's memory: a `uffd-async`
+/// collect or reset throws there, and stopping a `uffd-async` or `uffd` tracker in the child
+/// leaves the parent's registration and fault handler alone. Other modes are not tested across
+/// fork.
 ///
 /// Ownership: the tracker keeps its region alive and releases its kernel resources (userfaultfd,
 /// handler thread, signal-handler slot, saved copy) in `stop()`, which deinit calls.

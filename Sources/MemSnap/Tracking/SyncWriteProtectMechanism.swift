@@ -115,6 +115,16 @@ final class SyncWriteProtectMechanism: DirtyTrackingMechanism {
     func stop(pageCount: Int) {
         guard !stopped else { return }
         stopped = true
+        guard userfaultfd.callerOwnsMemory else {
+            // A forked child: the handler thread and the registration are the parent's, and so
+            // is the stop pipe's reader. The stop byte would end the parent's handler (its
+            // writers would then block for ever), and a thread the child does not have cannot
+            // be joined. Only the child's own copies go.
+            if let thread = handlerThread.take() { thread.abandonInForkedChild() }
+            if let pipe = stopPipeOwner.take() { pipe.close() }
+            if let owner = recordOwner.take() { owner.destroy() }
+            return
+        }
         // Unregistering does not wake writers blocked on write-protect faults: wake them, and
         // they retry on memory that is no longer registered.
         userfaultfd.unregister(region.reservation)

@@ -7,11 +7,18 @@ import SystemPackage
 /// An owned userfaultfd, opened with `UFFD_USER_MODE_ONLY` (enough for write-protect tracking
 /// and allowed unprivileged) and closed when its owner goes away.
 ///
+/// Fork: a userfaultfd acts on the address space of the process that opened it, whoever calls
+/// its ioctls. In a forked child (which inherits the descriptor but not the registrations),
+/// registering and write-protecting throw and unregistering and waking do nothing, so that a
+/// child never changes its parent's tracking.
+///
 /// Thread safety: the ioctls are safe from any thread; the owner serialises lifetime.
 struct Userfaultfd: ~Copyable {
     let descriptor: Int32
     /// Features UFFDIO_API reported: every feature the kernel supports, not only those asked for.
     let features: UInt64
+    /// The process whose memory the ioctls act on.
+    let openedBy: pid_t
 
     /// Opens a userfaultfd and performs the API handshake asking for `features`.
     /// - Throws: `.unavailable` explaining ENOSYS, EPERM or EINVAL from userfaultfd(2);
@@ -30,6 +37,19 @@ struct Userfaultfd: ~Copyable {
         }
         self.descriptor = fd
         self.features = api.features
+        self.openedBy = getpid()
+    }
+
+    /// Whether the caller is the process that opened the userfaultfd (not a forked child).
+    var callerOwnsMemory: Bool { getpid() == openedBy }
+
+    private func requireOwningProcess(_ request: String, during operation: () -> String) throws(MemSnapError) {
+        guard callerOwnsMemory else {
+            throw MemSnapError(operation(), .unavailable(
+                "\(request) refused in process \(getpid()): the userfaultfd was opened by process \(openedBy), "
+                    + "whose memory it would change (a forked child keeps the descriptor, not the registrations); "
+                    + "track the child's memory with a tracker started in the child"))
+        }
     }
 
     deinit { close(descriptor) }
@@ -56,6 +76,7 @@ struct Userfaultfd: ~Copyable {
     }
 
     func register(_ range: UnsafeRawBufferPointer, during operation: @autoclosure () -> String) throws(MemSnapError) {
+        try requireOwningProcess("UFFDIO_REGISTER", during: operation)
         var argument = memsnap_uffdio_register(
             range: memsnap_uffdio_range(start: UInt64(UInt(bitPattern: range.baseAddress)), len: UInt64(range.count)),
             mode: MEMSNAP_UFFDIO_REGISTER_MODE_WP, ioctls: 0)
@@ -64,8 +85,10 @@ struct Userfaultfd: ~Copyable {
         }
     }
 
-    /// Unregisters; failures are ignored because the range may already be gone (remapped).
+    /// Unregisters; failures are ignored because the range may already be gone (remapped). In a
+    /// forked child, nothing (the child's memory holds no registration).
     func unregister(_ range: UnsafeRawBufferPointer) {
+        guard callerOwnsMemory else { return }
         var argument = memsnap_uffdio_range(start: UInt64(UInt(bitPattern: range.baseAddress)), len: UInt64(range.count))
         _ = memsnap_ioctl(descriptor, MEMSNAP_UFFDIO_UNREGISTER, &argument)
     }
@@ -74,6 +97,7 @@ struct Userfaultfd: ~Copyable {
     func writeProtect(
         _ range: UnsafeRawBufferPointer, protect: Bool, wake: Bool = true, during operation: @autoclosure () -> String
     ) throws(MemSnapError) {
+        try requireOwningProcess("UFFDIO_WRITEPROTECT", during: operation)
         var mode: UInt64 = protect ? MEMSNAP_UFFDIO_WRITEPROTECT_MODE_WP : 0
         if !wake { mode |= MEMSNAP_UFFDIO_WRITEPROTECT_MODE_DONTWAKE }
         var argument = memsnap_uffdio_writeprotect(
@@ -84,8 +108,9 @@ struct Userfaultfd: ~Copyable {
         }
     }
 
-    /// Wakes threads blocked on faults in `range`.
+    /// Wakes threads blocked on faults in `range` (in a forked child, nothing: none can be).
     func wake(_ range: UnsafeRawBufferPointer) {
+        guard callerOwnsMemory else { return }
         var argument = memsnap_uffdio_range(start: UInt64(UInt(bitPattern: range.baseAddress)), len: UInt64(range.count))
         _ = memsnap_ioctl(descriptor, MEMSNAP_UFFDIO_WAKE, &argument)
     }
