@@ -16,16 +16,17 @@ public struct WasmRound: Sendable {
     public var writtenRanges: [Range<Int>]
     /// The snapshot's size after the merge (larger than before if an instance's memory grew).
     public var snapshotSize: Int
-    /// Wall time of the parallel phase: every worker's call, collect and diff.
+    /// Wall time of the parallel phase: every worker's call, collect, diff and in-place restore.
     public var runSeconds: Double
     /// Each worker's call alone.
     public var callSeconds: [Double]
-    /// Each worker's collect and diff (after its call, still on its own thread).
+    /// Each worker's collect, diff and in-place restore (after its call, still on its own thread).
     public var diffSeconds: [Double]
-    /// The join: the main instance's collect and diff, applying every diff, and restoring every
-    /// instance onto the merged snapshot.
+    /// The join: the main instance's collect and diff, applying every diff, and restoring the
+    /// instances not restored yet (the main instance always) onto the merged snapshot.
     public var mergeSeconds: Double
-    /// Instances the join remapped (or replaced by a fresh fork) instead of restoring them in
-    /// place: 0 the main instance, 1... the workers (see `WasmWorkers` on when that happens).
+    /// Instances the join remapped, or replaced by a fresh fork (a main instance that had
+    /// trapped, say), instead of restoring them in place: 0 the main instance, 1... the workers
+    /// (see `WasmWorkers` on when that happens).
     public var remappedInstances: [Int] = []
 }

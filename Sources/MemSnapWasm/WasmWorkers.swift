@@ -281,10 +281,12 @@ public final class WasmWorkers: @unchecked Sendable {
         let mainDirty: DirtyPages
         let batches: [SnapshotDiffBatch]
         let written: [Range<Int>]
+        var remappedIndices: [Int] = []
         do {
             if mainMember.instance.hasTrapped {
                 // A trap left its globals mid-call: nothing it wrote since the last join is trusted.
                 try replaceMain()
+                remappedIndices.append(0)
             }
             try mainMember.instance.followGrowth()
             mainDirty = try mainMember.tracker.collectAndReset()
@@ -295,8 +297,9 @@ public final class WasmWorkers: @unchecked Sendable {
             try restoreAll()
             throw error
         }
-        var remapped: [Int] = []
-        if try restore(&mainMember, role: .main, written: mainDirty, changedUnderneath: written) { remapped.append(0) }
+        if try restore(&mainMember, role: .main, written: mainDirty, changedUnderneath: written), remappedIndices.isEmpty {
+            remappedIndices.append(0)
+        }
         for index in workerMembers.indices {
             let worker = workers.flatMap { index < $0.count ? $0[index] : nil }
             let restoredEarly = worker?.restoredInPlace ?? false
@@ -307,18 +310,23 @@ public final class WasmWorkers: @unchecked Sendable {
                 continue
             }
             // Restored early, it holds no copies: only `compare`'s saved content needs the
-            // merge's ranges. Otherwise it wrote what its collect returned, or (a join) nothing
-            // since its last restore that its tracker has not kept.
+            // merge's ranges. After a round, it wrote what its collect returned. At a join, what
+            // the host wrote into it since its last restore is collected now, to be dropped; a
+            // collect that fails (the host remapped it itself, say) leaves a remap.
             let pages: DirtyPages
             if restoredEarly {
                 pages = DirtyPages(pageCount: member.mappedSize >> Page.shift, runs: [])
             } else if let worker {
                 pages = worker.written
+            } else if let collected = try? member.tracker.collectAndReset() {
+                pages = collected
             } else {
-                pages = try member.tracker.collectAndReset()
+                workerMembers[index] = try remapped(member, role: .worker)
+                remappedIndices.append(index + 1)
+                continue
             }
             if try restore(&workerMembers[index], role: .worker, written: pages, changedUnderneath: written) {
-                remapped.append(index + 1)
+                remappedIndices.append(index + 1)
             }
         }
         return WasmRound(
@@ -327,7 +335,7 @@ public final class WasmWorkers: @unchecked Sendable {
             diffCount: batches.reduce(0) { $0 + $1.count },
             diffBytes: batches.reduce(0) { $0 + $1.byteCount },
             writtenRanges: written, snapshotSize: snapshot.size, runSeconds: 0, callSeconds: [], diffSeconds: [],
-            mergeSeconds: WasmWorkers.seconds(since: start), remappedInstances: remapped)
+            mergeSeconds: WasmWorkers.seconds(since: start), remappedInstances: remappedIndices)
     }
 
     // MARK: - Restoring

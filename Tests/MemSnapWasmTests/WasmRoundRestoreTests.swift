@@ -13,6 +13,16 @@ struct WasmRoundRestoreTests {
         mode != .none && mode != .compare
     }
 
+    /// The modes a pool can track WebAssembly memory with here (`segfault` is left to the
+    /// handler-order tests: it depends on WasmKit's signal handler).
+    static let poolModes: [DirtyTrackingMode] = [.privateCopies, .uffdAsync, .uffd, .compare].filter {
+        $0.availability == .available
+    }
+
+    static func pool(_ zygote: WasmZygote, count: Int, mode: DirtyTrackingMode) throws -> WasmWorkers {
+        try WasmWorkers(zygote: zygote, count: count, configuration: .init(tracking: .init(mode: mode)))
+    }
+
     /// Every instance's memory equals the snapshot byte for byte.
     static func expectEveryInstanceEqualsTheSnapshot(_ pool: WasmWorkers, _ context: String) throws {
         let snapshot = try pool.snapshot.read(at: 0, count: pool.snapshot.size)
@@ -22,14 +32,16 @@ struct WasmRoundRestoreTests {
         }
     }
 
-    @Test func roundsRestoreEveryInstanceInPlaceToTheMergedSnapshot() throws {
+    @Test(arguments: poolModes)
+    func roundsRestoreEveryInstanceInPlaceToTheMergedSnapshot(mode: DirtyTrackingMode) throws {
         let zygote = try WasmZygote(program: try probeProgram())
-        let pool = try WasmWorkers(zygote: zygote, count: 3)
-        let inPlace = Self.restoresInPlace(pool.trackingMode)
+        let pool = try Self.pool(zygote, count: 3, mode: mode)
+        #expect(pool.trackingMode == mode)
+        let inPlace = Self.restoresInPlace(mode)
         let common = UInt32(try pool.mainInteger("common_address"))
         let slots = Int(try pool.mainInteger("slots_address"))
         for roundIndex in 0..<4 {
-            // The main instance writes between rounds; the workers write their slot and `common`.
+            // The main instance writes `common` between rounds; each worker writes its own slot.
             try pool.callMain("write64", [.i32(common), .i64(UInt64(500 + roundIndex))])
             let round = try pool.run("write64") { worker, round in
                 [.i32(UInt32(slots + 8 * worker)), .i64(UInt64(100 * (round + 1) + worker))]
@@ -40,7 +52,8 @@ struct WasmRoundRestoreTests {
                 #expect(try snapshotInt64(zygote.snapshot, at: slots + 8 * worker) == Int64(100 * (roundIndex + 1) + worker))
             }
             #expect(try snapshotInt64(zygote.snapshot, at: Int(common)) == Int64(500 + roundIndex))
-            // Each round reports exactly its own writes: one page per worker, one for the main instance.
+            // Each round reports exactly its own writes, one page per instance: a restore that left
+            // a copy behind, or a stale saved copy (`compare`), would add pages.
             #expect(round.dirtyPageCounts == [1, 1, 1, 1], "round \(roundIndex)")
         }
     }
@@ -57,6 +70,22 @@ struct WasmRoundRestoreTests {
         #expect(try snapshotInt64(zygote.snapshot, at: Int(common)) == 1000, "the worker's write was not merged")
         #expect(try snapshotInt64(zygote.snapshot, at: Int(common) + 8) == 43, "the main instance's was")
         try Self.expectEveryInstanceEqualsTheSnapshot(pool, "the join")
+    }
+
+    @Test func aWorkerTheHostRestoredItselfIsRemappedAtTheJoinWithoutFailingIt() throws {
+        let zygote = try WasmZygote(program: try probeProgram())
+        let pool = try WasmWorkers(zygote: zygote, count: 2)
+        let common = UInt32(try pool.mainInteger("common_address"))
+        try pool.workers[0].call("write64", [.i32(common), .i64(7)])
+        try zygote.restore(pool.workers[0])  // a remap behind the pool's back: its tracker must be reset
+        try pool.callMain("write64", [.i32(common), .i64(8)])
+        let joined = try pool.join()
+        #expect(joined.remappedInstances.contains(1), "worker 0 could only be remapped")
+        #expect(try snapshotInt64(zygote.snapshot, at: Int(common)) == 8)
+        try Self.expectEveryInstanceEqualsTheSnapshot(pool, "the join")
+        let round = try pool.run("write64") { worker, _ in [.i32(common + 8 * UInt32(worker + 1)), .i64(1)] }
+        #expect(round.dirtyPageCounts == [0, 1, 1], "worker 0 is tracked again")
+        try Self.expectEveryInstanceEqualsTheSnapshot(pool, "the next round")
     }
 
     @Test func growthRemapsEveryInstanceOnceAndLaterRoundsAreInPlaceAgain() throws {
