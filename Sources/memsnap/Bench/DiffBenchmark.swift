@@ -78,6 +78,13 @@ struct DiffReport: Codable, BenchmarkReport {
         var interleavedDiffSeconds: Double
         /// Median over the repetitions of memcmp time / diff time, each pair measured back to back.
         var fractionOfMemcmpInterleaved: Double
+        /// In turn on the worker's own pages (added 2026-12-01): each repetition undoes the
+        /// worker's stores, takes the memcmp, redoes them and takes the diff, so both read the
+        /// same physical pages right after the same stores into them: the anchor of
+        /// `memcmpSeconds`, paired like `fractionOfMemcmpInterleaved`.
+        var interleavedOwnMemcmpSeconds: Double
+        var interleavedOwnDiffSeconds: Double
+        var fractionOfMemcmpInterleavedOwnPages: Double
     }
 
     var date: String
@@ -114,7 +121,7 @@ struct DiffReport: Codable, BenchmarkReport {
             "",
         ]
         var table = Table(columns: ["block", "diff (batch)", "vs memcmp bandwidth", "vs twin memcmp",
-                                    "in turn with twin memcmp", "diffs",
+                                    "in turn with twin memcmp", "in turn, own pages", "diffs",
                                     "bytes produced", "scan only (stores undone)", "scan only (twin)",
                                     "as [SnapshotDiff]"])
         for block in blocks {
@@ -124,6 +131,9 @@ struct DiffReport: Codable, BenchmarkReport {
                           format(block.fractionOfMemcmpInterleaved * 100, decimals: 0) + " % ("
                             + formatDuration(block.interleavedDiffSeconds) + " / "
                             + formatDuration(block.interleavedMemcmpSeconds) + ")",
+                          format(block.fractionOfMemcmpInterleavedOwnPages * 100, decimals: 0) + " % ("
+                            + formatDuration(block.interleavedOwnDiffSeconds) + " / "
+                            + formatDuration(block.interleavedOwnMemcmpSeconds) + ")",
                           "\(block.diffCount)", "\(ByteCount(block.diffBytes))",
                           formatDuration(block.scanOnlySeconds) + " ("
                             + format(memcmpSeconds / block.scanOnlySeconds * 100, decimals: 0) + " %)",
@@ -282,6 +292,17 @@ struct DiffBenchmark {
                 }.seconds)
             }
             let pairedFractions = zip(interleavedMemcmp, interleavedDiff).map { $0 / $1 }
+            var ownMemcmp: [Double] = []
+            var ownDiff: [Double] = []
+            for _ in 0..<repetitions {
+                changedWords.restore(worker, from: snapshot)
+                ownMemcmp.append(Stopwatch.time { memcmpPass(worker) }.seconds)
+                changedWords.redo(worker)
+                ownDiff.append(try Stopwatch.time {
+                    diffs = try snapshot.diffBatch(worker, dirtyPages: dirtyPages, options: options)
+                }.seconds)
+            }
+            let ownPairedFractions = zip(ownMemcmp, ownDiff).map { $0 / $1 }
             changedWords.restore(worker, from: snapshot)
             var undone = SnapshotDiffBatch()
             let scanSeconds = try Stopwatch.median(repetitions: repetitions) {
@@ -303,7 +324,9 @@ struct DiffBenchmark {
                 scanOnlySeconds: scanSeconds, scanOnlyTwinSeconds: scanTwinSeconds,
                 fractionOfMemcmpTwinBandwidth: memcmpTwinSeconds / seconds, arraySeconds: arraySeconds,
                 interleavedMemcmpSeconds: median(interleavedMemcmp), interleavedDiffSeconds: median(interleavedDiff),
-                fractionOfMemcmpInterleaved: median(pairedFractions)))
+                fractionOfMemcmpInterleaved: median(pairedFractions),
+                interleavedOwnMemcmpSeconds: median(ownMemcmp), interleavedOwnDiffSeconds: median(ownDiff),
+                fractionOfMemcmpInterleavedOwnPages: median(ownPairedFractions)))
         }
 
         // Many workers' diffs merged at one sync point: their batches as made
