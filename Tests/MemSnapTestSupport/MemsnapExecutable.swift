@@ -40,6 +40,14 @@ public enum BuiltExecutable {
         timeout: Double = 120
     ) throws -> (status: Int32?, output: String) {
         guard let path = path(of: name) else { return (nil, notBuiltReason(name)) }
+        return try runProcess(path, arguments, in: directory, environment: environment, timeout: timeout)
+    }
+
+    /// Runs the executable at `path`: see `run(_:_:in:environment:timeout:)`.
+    static func runProcess(
+        _ path: String, _ arguments: [String], in directory: String? = nil, environment: [String: String],
+        timeout: Double
+    ) throws -> (status: Int32?, output: String) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: path)
         process.arguments = arguments
@@ -53,5 +61,21 @@ public enum BuiltExecutable {
         let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
         return (process.terminationReason == .exit ? process.terminationStatus : nil, text)
+    }
+}
+
+/// This test binary run again with only one test, for a test whose work must not share a process
+/// with the parallel runner (a fork, a process-wide limit, a signal handler installed first).
+/// `environment` is added to this process's; the child test checks it and does nothing without
+/// it, so that the test also passes, empty, in the parent's own run.
+public enum ChildTestProcess {
+    /// Runs the test `name` (a `--filter` of Swift Testing) in a child process and returns its
+    /// exit status (nil if a signal ended it) and its output. Stops it after `timeout` seconds.
+    public static func run(
+        _ name: String, environment: [String: String], timeout: Double = 600
+    ) throws -> (status: Int32?, output: String) {
+        let binary = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+        return try BuiltExecutable.runProcess(binary, ["--testing-library", "swift-testing", "--filter", name],
+                                              environment: environment, timeout: timeout)
     }
 }

@@ -18,18 +18,9 @@ struct ForkedChildTrackingTests {
     static let successMarker = "FORKED-CHILD-TRACKING-OK"
 
     @Test func aForkedChildCollectsItsOwnWritesAndLeavesItsParentsAlone() throws {
-        let child = Process()
-        child.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-        child.arguments = ["--testing-library", "swift-testing", "--filter", "forkedChildTrackingChild"]
-        child.environment = ProcessInfo.processInfo.environment.merging([Self.childVariable: "forked-tracking"]) { $1 }
-        let output = Pipe()
-        child.standardOutput = output
-        child.standardError = output
-        try child.run()
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        child.waitUntilExit()
-        #expect(child.terminationStatus == 0, "child output:\n\(text)")
-        #expect(text.contains(Self.successMarker), "child output:\n\(text)")
+        let child = try ChildTestProcess.run("forkedChildTrackingChild", environment: [Self.childVariable: "forked-tracking"])
+        #expect(child.status == 0, "child output:\n\(child.output)")
+        #expect(child.output.contains(Self.successMarker), "child output:\n\(child.output)")
     }
 
     /// Runs only inside the child test process started above: it forks once more.

@@ -53,18 +53,9 @@ struct VMALimitTests {
                    "segfault tracking does not work here: \(DirtyTrackingMode.segfault.availability)"),
           .enabled(if: VMALimitPlan.current.runnable, Comment(rawValue: VMALimitPlan.current.skipReason)))
     func aRegionLargerThanTheVMALimitAllowsGivesAClearErrorNotAnEndlessFault() throws {
-        let child = Process()
-        child.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-        child.arguments = ["--testing-library", "swift-testing", "--filter", "segfaultVMALimitChild"]
-        child.environment = ProcessInfo.processInfo.environment.merging([Self.childVariable: "vma-limit"]) { $1 }
-        let output = Pipe()
-        child.standardOutput = output
-        child.standardError = output
-        try child.run()
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        child.waitUntilExit()
-        #expect(child.terminationStatus == 0, "child output:\n\(text)")
-        #expect(text.contains(Self.successMarker), "child output:\n\(text)")
+        let child = try ChildTestProcess.run("segfaultVMALimitChild", environment: [Self.childVariable: "vma-limit"])
+        #expect(child.status == 0, "child output:\n\(child.output)")
+        #expect(child.output.contains(Self.successMarker), "child output:\n\(child.output)")
     }
 
     /// Runs only inside the child started above.

@@ -33,18 +33,9 @@ struct WasmSegfaultOrderTests {
     }
 
     @Test func withMemsnapsHandlerInstalledFirstSegfaultTrackingIsRefused() throws {
-        let child = Process()
-        child.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-        child.arguments = ["--testing-library", "swift-testing", "--filter", "segfaultOrderChild"]
-        child.environment = ProcessInfo.processInfo.environment.merging([Self.childVariable: "memsnap-first"]) { $1 }
-        let output = Pipe()
-        child.standardOutput = output
-        child.standardError = output
-        try child.run()
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        child.waitUntilExit()
-        #expect(child.terminationReason == .exit && child.terminationStatus == 0, "\(text)")
-        #expect(text.contains("segfault-order memsnap-first: as specified"), "\(text)")
+        let child = try ChildTestProcess.run("segfaultOrderChild", environment: [Self.childVariable: "memsnap-first"])
+        #expect(child.status == 0, "\(child.output)")
+        #expect(child.output.contains("segfault-order memsnap-first: as specified"), "\(child.output)")
     }
 
     /// Runs only inside the child.
