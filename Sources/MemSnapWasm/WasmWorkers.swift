@@ -258,8 +258,9 @@ public final class WasmWorkers: @unchecked Sendable {
                 let diffs = try snapshot.diffBatch(instance.memory, dirtyPages: dirty, options: options)
                 // The diffs hold copies of the written bytes: the memory can go back to the
                 // snapshot now, in parallel with the other workers, rather than after the merge.
-                let restoredInPlace = WasmWorkers.restoreInPlace(
-                    instance, tracker, mappedSize: mappedSize, written: dirty, changedUnderneath: [], snapshotSize: snapshot.size)
+                let restoredInPlace = SnapshotWorkers.restoreInPlace(
+                    instance.memory, tracker, mappedSize: mappedSize, written: dirty, changedUnderneath: [],
+                    snapshotSize: snapshot.size)
                 return Finished(results: results, diffs: diffs, written: dirty, restoredInPlace: restoredInPlace,
                                 callSeconds: WasmWorkers.seconds(from: callStart, to: diffStart),
                                 diffSeconds: WasmWorkers.seconds(since: diffStart))
@@ -357,32 +358,19 @@ public final class WasmWorkers: @unchecked Sendable {
         mainMember = try replaced(mainMember, role: .main)
     }
 
-    /// Restores `member` to the snapshot: in place where it can (see `restoreInPlace`), else by
-    /// `remapped`. `written`: what its last collect returned. Returns whether it was remapped or
-    /// replaced.
+    /// Restores `member` to the snapshot: in place where it can (`SnapshotWorkers.restoreInPlace`),
+    /// else by `remapped`. `written`: what its last collect returned. Returns whether it was
+    /// remapped or replaced.
     private func restore(
         _ member: inout Member, role: GuestMergeRegions.Role, written: DirtyPages, changedUnderneath: [Range<Int>]
     ) throws(MemSnapError) -> Bool {
         if !member.instance.hasTrapped,
-           WasmWorkers.restoreInPlace(member.instance, member.tracker, mappedSize: member.mappedSize, written: written,
-                                      changedUnderneath: changedUnderneath, snapshotSize: snapshot.size) {
+           SnapshotWorkers.restoreInPlace(member.instance.memory, member.tracker, mappedSize: member.mappedSize,
+                                          written: written, changedUnderneath: changedUnderneath, snapshotSize: snapshot.size) {
             return false
         }
         member = try remapped(member, role: role)
         return true
-    }
-
-    /// Restores `instance` in place if its memory is still the one mapping of the snapshot it was
-    /// given (`mappedSize`, which is the snapshot's size in whole pages), it wrote at most
-    /// `SnapshotWorkers.inPlaceRestoreLimit` of its pages, and its tracker can. False where it
-    /// cannot, or if dropping pages failed (some may be dropped, some not): the caller remaps.
-    private static func restoreInPlace(
-        _ instance: WasmInstance, _ tracker: DirtyTracker, mappedSize: Int, written: DirtyPages,
-        changedUnderneath: [Range<Int>], snapshotSize: Int
-    ) -> Bool {
-        guard instance.memory.committedSize == mappedSize, mappedSize == Page.roundUp(snapshotSize),
-              Double(written.count) <= Double(written.pageCount) * SnapshotWorkers.inPlaceRestoreLimit else { return false }
-        return (try? tracker.restoreInPlace(written: written, changedUnderneath: changedUnderneath)) ?? false
     }
 
     /// `member` remapped onto the snapshot and its tracker re-armed, or a fresh fork in its place

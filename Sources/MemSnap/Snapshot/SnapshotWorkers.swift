@@ -294,8 +294,9 @@ public final class SnapshotWorkers: Sendable {
                 let diffs = try snapshot.diffBatch(worker.memory, dirtyPages: dirty, options: options)
                 // The diffs hold copies of the written bytes: the memory can go back to the
                 // snapshot now, in parallel with the other workers, rather than after the merge.
-                if SnapshotWorkers.restoreInPlace(worker.memory, tracker, written: dirty, changedUnderneath: [],
-                                                  snapshotSize: snapshot.size, mappedSizes: mappedSizes) {
+                let mappedSize = mappedSizes.withLock { $0[worker.memory.baseAddress] }
+                if SnapshotWorkers.restoreInPlace(worker.memory, tracker, mappedSize: mappedSize, written: dirty,
+                                                  changedUnderneath: [], snapshotSize: snapshot.size) {
                     restoredEarly.withLock { $0[index] = true }
                 }
                 return diffs
@@ -413,25 +414,27 @@ public final class SnapshotWorkers: Sendable {
     private func restore(
         _ region: VirtualRegion, _ tracker: DirtyTracker, written: DirtyPages, changedUnderneath: [Range<Int>]
     ) throws(MemSnapError) -> Bool {
-        if SnapshotWorkers.restoreInPlace(region, tracker, written: written, changedUnderneath: changedUnderneath,
-                                          snapshotSize: snapshot.size, mappedSizes: mappedSizes) {
+        if SnapshotWorkers.restoreInPlace(region, tracker, mappedSize: mappedSizes.withLock { $0[region.baseAddress] },
+                                          written: written, changedUnderneath: changedUnderneath, snapshotSize: snapshot.size) {
             return false
         }
         try remap(region, tracker)
         return true
     }
 
-    /// Restores `region` in place if its committed size is still the snapshot's mapped size and
-    /// the size it was last mapped at, it wrote at most `inPlaceRestoreLimit` of its pages, and
-    /// its tracker can. False where it cannot, or if dropping pages failed (some pages may be
-    /// dropped then, some not): the caller remaps.
-    private static func restoreInPlace(
-        _ region: VirtualRegion, _ tracker: DirtyTracker, written: DirtyPages, changedUnderneath: [Range<Int>],
-        snapshotSize: Int, mappedSizes: Locked<[UInt: Int]>
+    /// Restores `region` (tracked by `tracker`) in place if its committed size is still the
+    /// snapshot's size in whole pages and `mappedSize`, the committed size when the snapshot was
+    /// last mapped over it (nil: not known to be one such mapping), it wrote at most
+    /// `inPlaceRestoreLimit` of its pages, and its tracker can (`DirtyTracker.restoreInPlace`,
+    /// whose contract on `written` and `changedUnderneath` applies). False where it cannot, or if
+    /// dropping pages failed (some pages may be dropped then, some not): the caller remaps.
+    /// The pools' shared rule (`WasmWorkers` uses it too).
+    public static func restoreInPlace(
+        _ region: VirtualRegion, _ tracker: DirtyTracker, mappedSize: Int?, written: DirtyPages,
+        changedUnderneath: [Range<Int>], snapshotSize: Int
     ) -> Bool {
         let committed = region.committedSize
-        guard committed == (Page.roundUp(snapshotSize) ?? -1),
-              mappedSizes.withLock({ $0[region.baseAddress] }) == committed,
+        guard committed == (Page.roundUp(snapshotSize) ?? -1), mappedSize == committed,
               Double(written.count) <= Double(written.pageCount) * inPlaceRestoreLimit else { return false }
         return (try? tracker.restoreInPlace(written: written, changedUnderneath: changedUnderneath)) ?? false
     }
