@@ -65,6 +65,30 @@ struct DiffBatchTests {
         }
     }
 
+    @Test("a diff with more runs than one kernel call's table holds (a changed byte every 32 bytes of 48 pages: 6 144 runs) equals the definition, every block size, bytewise and xor")
+    func aDiffOfManyRunsRefillsTheTableExactly() throws {
+        let pages = 48
+        var random = TestSeed.generator()
+        let original = (0..<pages * pageSize).map { _ in UInt8(truncatingIfNeeded: random.next()) }
+        var updated = original
+        for index in stride(from: 5, to: updated.count, by: 32) { updated[index] ^= 0x5a }
+        let dirty = DirtyPages(pageCount: pages, runs: [0..<pages])
+        let snapshot = try Snapshot(copying: original)
+        for blockSize in [16, 128, 4096] {
+            for fill in [MergeOperation.bytewise, .xor] {
+                let options = DiffOptions(blockSize: blockSize, mergeGap: 20, fillOperation: fill)
+                let expected = Self.referenceDiffs(original: original, updated: updated, dirty: dirty, options: options)
+                let batch = try updated.withUnsafeBytes { try snapshot.diffBatch($0, dirtyPages: dirty, options: options) }
+                #expect(expected.count == pages * pageSize / 32)
+                let diffs = Array(batch)
+                // The first difference, not thousands of diffs, when they disagree.
+                let firstDifference = diffs.indices.first { $0 >= expected.count || diffs[$0] != expected[$0] }
+                #expect(diffs.count == expected.count && firstDifference == nil,
+                        "block \(blockSize), \(fill): \(diffs.count) diffs, first difference at \(String(describing: firstDifference))")
+            }
+        }
+    }
+
     /// The byte-by-byte runs of `start..<end`, joined across at most `gap` equal bytes.
     static func referenceRuns(_ original: [UInt8], _ updated: [UInt8], _ start: Int, _ end: Int, gap: Int) -> [Range<Int>] {
         var runs: [Range<Int>] = []

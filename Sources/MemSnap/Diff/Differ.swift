@@ -68,11 +68,34 @@ enum Differ {
         segments: [Segment], options: DiffOptions, during operation: @autoclosure () -> String
     ) throws(MemSnapError) -> SnapshotDiffBatch {
         let comparable = min(original.count, updated.count)
-        // The dirty pages inside the compared bytes, as the table the kernel reads (start, end),
-        // made in one pass that also counts their bytes. Page runs are sorted and disjoint, and
+        // Both scratch tables live on the stack when it has room (the common case): heap blocks
+        // this size, freed on every call, let malloc return their pages to the kernel, and the
+        // next call paid a zero-fill fault (about 2 µs here) per page it touched again.
+        // The dirty pages inside the compared bytes, as the table the kernel reads (start, end).
+        return try withUnsafeTemporaryAllocation(
+            of: memsnap_changed_run.self, capacity: max(1, dirty.runs.count)
+        ) { (dirtyRanges) throws(MemSnapError) -> SnapshotDiffBatch in
+            // One run table for the whole call: the kernel fills it, appendChangedRuns empties it.
+            try withUnsafeTemporaryAllocation(
+                of: memsnap_changed_run.self, capacity: changedRunTableCapacity
+            ) { (runTable) throws(MemSnapError) -> SnapshotDiffBatch in
+                try diff(original: original, updated: updated, comparable: comparable, dirty: dirty,
+                         dirtyRanges: dirtyRanges, runTable: runTable, segments: segments, options: options,
+                         during: operation())
+            }
+        }
+    }
+
+    /// `diff(original:updated:dirty:segments:options:during:)` with its scratch tables:
+    /// `dirtyRanges` holds at least `dirty.runs.count` entries (at least 1), `runTable`
+    /// `changedRunTableCapacity`; both uninitialized, used only during the call.
+    private static func diff(
+        original: UnsafeRawBufferPointer, updated: UnsafeRawBufferPointer, comparable: Int, dirty: DirtyPages,
+        dirtyRanges: UnsafeMutableBufferPointer<memsnap_changed_run>, runTable: UnsafeMutableBufferPointer<memsnap_changed_run>,
+        segments: [Segment], options: DiffOptions, during operation: @autoclosure () -> String
+    ) throws(MemSnapError) -> SnapshotDiffBatch {
+        // Made in one pass that also counts their bytes. Page runs are sorted and disjoint, and
         // `DirtyPages.maxPageCount` keeps every page's byte offset inside Int.
-        let dirtyRanges = UnsafeMutableBufferPointer<memsnap_changed_run>.allocate(capacity: max(1, dirty.runs.count))
-        defer { dirtyRanges.deallocate() }
         var dirtyRangeCount = 0
         var dirtyBytes = 0
         for run in dirty.runs {
@@ -89,9 +112,6 @@ enum Differ {
         let hintCap = 1 << 24
         var batch = DiffBatchBuilder(payloadHint: min(dirtyBytes / 32 + max(0, updated.count - original.count), hintCap),
                                      runHint: min(dirtyBytes >> 10, hintCap >> 4))
-        // One table for the whole call: the kernel fills it, appendChangedRuns empties it.
-        let runTable = UnsafeMutableBufferPointer<memsnap_changed_run>.allocate(capacity: changedRunTableCapacity)
-        defer { runTable.deallocate() }
         // Room for one segment's ranges with the first and last clipped to it (merge regions only).
         var clipped: [memsnap_changed_run] = []
         if let originalBase = original.baseAddress, let updatedBase = updated.baseAddress, let rangeBase = dirtyRanges.baseAddress {
@@ -143,9 +163,9 @@ enum Differ {
     }
 
     /// Room in the run table: enough for the kernel to make progress with the largest block
-    /// (memsnap_changed_runs_minimum_capacity(Page.size) is 2 050), and few enough calls per
-    /// range that their cost does not show.
-    static let changedRunTableCapacity = 4096
+    /// (memsnap_changed_runs_minimum_capacity(Page.size) is 2 050), few enough calls per range
+    /// that their cost does not show, and small enough (40 KiB) to sit on a thread's stack.
+    static let changedRunTableCapacity = 2560
 
     /// Appends a diff for each maximal run of changed bytes in each of `ranges` (sorted, inside
     /// the first `limit` bytes of both buffers; runs at most `options.mergeGap` equal bytes apart joined, never across

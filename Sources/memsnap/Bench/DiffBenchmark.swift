@@ -277,19 +277,31 @@ struct DiffBenchmark {
         var blocks: [DiffReport.BlockResult] = []
         for blockSize in blockSizes {
             let options = DiffOptions(blockSize: blockSize)
-            var diffs = SnapshotDiffBatch()
-            let seconds = try Stopwatch.median(repetitions: repetitions) {
-                diffs = try snapshot.diffBatch(worker, dirtyPages: dirtyPages, options: options)
+            // Every timing below holds one diff call: the batch it replaces is released after the
+            // clock stops (dropping the last result is its consumer's cost, not the diff's).
+            func timedDiff(_ memory: VirtualRegion) throws -> (SnapshotDiffBatch, seconds: Double) {
+                try Stopwatch.time { try snapshot.diffBatch(memory, dirtyPages: dirtyPages, options: options) }
             }
+            func medianDiff(_ memory: VirtualRegion, keeping result: inout SnapshotDiffBatch) throws -> Double {
+                var samples: [Double] = []
+                for _ in 0..<repetitions {
+                    let (batch, seconds) = try timedDiff(memory)
+                    samples.append(seconds)
+                    result = batch
+                }
+                return median(samples)
+            }
+            var diffs = SnapshotDiffBatch()
+            let seconds = try medianDiff(worker, keeping: &diffs)
             // In turn: the twin's pages, not the worker's, so that no undoing and redoing of
             // stores (which would bring the changed lines into the caches) sits between the two.
             var interleavedMemcmp: [Double] = []
             var interleavedDiff: [Double] = []
             for _ in 0..<repetitions {
                 interleavedMemcmp.append(Stopwatch.time { memcmpPass(twin) }.seconds)
-                interleavedDiff.append(try Stopwatch.time {
-                    diffs = try snapshot.diffBatch(worker, dirtyPages: dirtyPages, options: options)
-                }.seconds)
+                let (batch, seconds) = try timedDiff(worker)
+                interleavedDiff.append(seconds)
+                diffs = batch
             }
             let pairedFractions = zip(interleavedMemcmp, interleavedDiff).map { $0 / $1 }
             var ownMemcmp: [Double] = []
@@ -298,25 +310,27 @@ struct DiffBenchmark {
                 changedWords.restore(worker, from: snapshot)
                 ownMemcmp.append(Stopwatch.time { memcmpPass(worker) }.seconds)
                 changedWords.redo(worker)
-                ownDiff.append(try Stopwatch.time {
-                    diffs = try snapshot.diffBatch(worker, dirtyPages: dirtyPages, options: options)
-                }.seconds)
+                let (batch, seconds) = try timedDiff(worker)
+                ownDiff.append(seconds)
+                diffs = batch
             }
             let ownPairedFractions = zip(ownMemcmp, ownDiff).map { $0 / $1 }
             changedWords.restore(worker, from: snapshot)
             var undone = SnapshotDiffBatch()
-            let scanSeconds = try Stopwatch.median(repetitions: repetitions) {
-                undone = try snapshot.diffBatch(worker, dirtyPages: dirtyPages, options: options)
-            }
+            let scanSeconds = try medianDiff(worker, keeping: &undone)
             changedWords.redo(worker)
             guard undone.isEmpty else { throw ValidationError("the worker with its stores undone still differs") }
-            let scanTwinSeconds = try Stopwatch.median(repetitions: repetitions) {
-                _ = try snapshot.diffBatch(twin, dirtyPages: dirtyPages, options: options)
-            }
+            var twinScan = SnapshotDiffBatch()
+            let scanTwinSeconds = try medianDiff(twin, keeping: &twinScan)
+            guard twinScan.isEmpty else { throw ValidationError("the twin's pages differ from the snapshot's") }
             var array: [SnapshotDiff] = []
-            let arraySeconds = try Stopwatch.median(repetitions: repetitions) {
-                array = try snapshot.diff(worker, dirtyPages: dirtyPages, options: options)
+            var arraySamples: [Double] = []
+            for _ in 0..<repetitions {
+                let (made, seconds) = try Stopwatch.time { try snapshot.diff(worker, dirtyPages: dirtyPages, options: options) }
+                arraySamples.append(seconds)
+                array = made
             }
+            let arraySeconds = median(arraySamples)
             guard array == Array(diffs) else { throw ValidationError("diff and diffBatch disagree") }
             blocks.append(.init(
                 blockSize: blockSize, diffSeconds: seconds, diffCount: diffs.count,
