@@ -43,6 +43,16 @@ struct ForkedChildTrackingTests {
         let syncTracker = DirtyTrackingMode.uffd.availability == .available
             ? try DirtyTracker(tracking: syncRegion, mode: .uffd) : nil
         defer { syncTracker?.stop() }
+        // Modes whose state is the process's own memory (a calloc'd record with the inherited
+        // SIGSEGV handler and protections; a saved copy): each process sees only its writes.
+        let segfaultRegion = try MemoryKind.memfdCopyOnWrite.makeRegion(pages: 8)
+        let segfaultTracker = try DirtyTracker(tracking: segfaultRegion, mode: .segfault)
+        defer { segfaultTracker.stop() }
+        segfaultRegion.store(2, at: 2 * pageSize)
+        let compareRegion = try MemoryKind.memfdCopyOnWrite.makeRegion(pages: 8)
+        let compareTracker = try DirtyTracker(tracking: compareRegion, mode: .compare)
+        defer { compareTracker.stop() }
+        compareRegion.store(4, at: 4 * pageSize)
 
         let pid = fork()
         try #require(pid >= 0, "fork failed: errno \(errno)")
@@ -69,6 +79,10 @@ struct ForkedChildTrackingTests {
                 asyncTracker.stop()
             }
             syncTracker?.stop()
+            segfaultRegion.store(5, at: 5 * pageSize)
+            guard (try? segfaultTracker.collect().runs) == [.page(2), .page(5)] else { _exit(5) }
+            compareRegion.store(7, at: 7 * pageSize)
+            guard (try? compareTracker.collect().runs) == [.page(4), .page(7)] else { _exit(6) }
             _exit(runs == [.page(3), .page(6)] ? 0 : runs == nil ? 2 : 1)
         }
         var status: Int32 = 0
@@ -86,9 +100,13 @@ struct ForkedChildTrackingTests {
         }
         let exitCode = (status >> 8) & 0xff
         #expect(waited == pid && status & 0x7f == 0 && exitCode == 0,
-                "the forked child reported \(exitCode) (1: wrong pages, 2: collect failed, 3: uffd-async collected, 4: uffd-async reset), status \(status)")
+                "the forked child reported \(exitCode) (1: wrong pages, 2: collect failed, 3: uffd-async collected, 4: uffd-async reset, 5: segfault pages, 6: compare pages), status \(status)")
         #expect(try tracker.collect().runs == [.page(3)], "the child's write is not the parent's")
         #expect(region.load(at: 6 * pageSize) == 0)
+        #expect(try segfaultTracker.collect().runs == [.page(2)], "segfault: the child's write is not the parent's")
+        #expect(segfaultRegion.load(at: 5 * pageSize) == 0)
+        #expect(try compareTracker.collect().runs == [.page(4)], "compare: the child's write is not the parent's")
+        #expect(compareRegion.load(at: 7 * pageSize) == 0)
         if let asyncTracker {
             asyncRegion.store(2, at: 2 * pageSize)
             #expect(try asyncTracker.collect().runs == [.page(2)], "the child's stop left the parent's registration")

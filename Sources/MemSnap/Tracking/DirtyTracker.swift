@@ -30,8 +30,13 @@ import CMemSnap
 /// `/proc/self/pagemap` opens the child's). The kernel does not pass userfaultfd registrations to
 /// a child, while the inherited descriptor still acts on the parent's memory: a `uffd-async`
 /// collect or reset throws there, and stopping a `uffd-async` or `uffd` tracker in the child
-/// leaves the parent's registration and fault handler alone. Other modes are not tested across
-/// fork.
+/// leaves the parent's registration and fault handler alone. `segfault` and `compare` trackers
+/// keep working in the child on the child's memory: their state (the page record with the
+/// inherited SIGSEGV handler and protections; the saved copy) is process memory, copied by the
+/// fork, so each process collects only its own writes. `soft-dirty` opens `/proc/self` files on
+/// every call (it is unavailable on this kernel, so not tested across fork). Fork from a thread
+/// while no other thread is inside a tracker call: a lock held at the fork stays held in the
+/// child.
 ///
 /// Ownership: the tracker keeps its region alive and releases its kernel resources (userfaultfd,
 /// handler thread, signal-handler slot, saved copy) in `stop()`, which deinit calls.
