@@ -1,7 +1,8 @@
 // The bodies of memsnap_changed_runs and memsnap_changed_runs_in_ranges, compiled once per
 // vector width by compare.c: it defines CHANGED_RUNS_NAME, CHANGED_RUNS_RANGES_NAME,
-// CHANGED_RUNS_TARGET, LANE_MASK (64 bytes to a 64-bit mask of differing bytes) and
-// DIFFERING_BLOCKS (the block kernel of the same width), then includes this file.
+// CHANGED_RUNS_TARGET, LANE_MASK (64 bytes to a 64-bit mask of differing bytes),
+// DIFFERING_BLOCKS (the block kernel of the same width) and COPY_CLOSED_RUNS (copy_closed_runs
+// or a build of it for that width), then includes this file.
 // A template rather than a macro so the compiler inlines both helpers into each copy.
 
 // Appends the open run to the table (the caller made sure there is room) and closes it.
@@ -208,7 +209,7 @@ static size_t CHANGED_RUNS_RANGES_NAME(const void *original, const void *updated
             if (capacity - count < need) goto out;
             CHANGED_RUNS_NARROW(position, end);
             position = end;
-            if (payload) copy_closed_runs(a, b, runs, count, payload);
+            if (payload) COPY_CLOSED_RUNS(a, b, runs, count, payload);
             continue;
         }
         // The pipeline, from here up to the first range tail shorter than a block (or the end).
@@ -279,11 +280,11 @@ static size_t CHANGED_RUNS_RANGES_NAME(const void *original, const void *updated
                 CHANGED_RUNS_NARROW_BLOCK(start);
             }
             position = base + chunks[slot].blocks * block;
-            if (payload) copy_closed_runs(a, b, runs, count, payload);
+            if (payload) COPY_CLOSED_RUNS(a, b, runs, count, payload);
         }
     }
 out:
-    if (payload) copy_closed_runs(a, b, runs, count, payload);
+    if (payload) COPY_CLOSED_RUNS(a, b, runs, count, payload);
     scan->position = position;
     scan->end = end;
     scan->open_start = open_start;
