@@ -14,18 +14,22 @@
         open = 0;                                                                           \
     } while (0)
 
-// Joins [first, last_end) to the open run, or closes it and opens a new one.
+// Joins [first, last_end) to the open run, or closes it and opens a new one. Without a branch
+// (whether a run closes depends on the data): the open run is stored at runs[count] every
+// time, and kept (count advances) only when it closes. Every caller has checked that a block's
+// runs fit, so that slot is free. In the C harness of `bench diff` this took 0.94 to 1.01x the
+// time of the branch at 10 % dirty (the paired ratio to memcmp up 0.7 to 3.9 points in 5 of 5
+// runs) and 0.99 to 1.01x at 1 %; in the process the difference was within the host's noise.
 #define CHANGED_RUNS_ADD(first, last_end)                                                   \
     do {                                                                                    \
-        size_t add_first = (first);                                                         \
-        if (open && add_first - open_end <= gap) {                                          \
-            open_end = (last_end);                                                          \
-        } else {                                                                            \
-            if (open) CHANGED_RUNS_CLOSE();                                                 \
-            open_start = add_first;                                                         \
-            open_end = (last_end);                                                          \
-            open = 1;                                                                       \
-        }                                                                                   \
+        const size_t add_first = (first);                                                   \
+        const int add_joins = open & (add_first - open_end <= gap);                         \
+        runs[count].start = open_start;                                                     \
+        runs[count].end = open_end;                                                         \
+        count += (size_t)(open & !add_joins);                                               \
+        open_start = add_joins ? open_start : add_first;                                    \
+        open_end = (last_end);                                                              \
+        open = 1;                                                                           \
     } while (0)
 
 // Every run of set bits of `mask` (bit i = byte at + i differs) through CHANGED_RUNS_ADD.
