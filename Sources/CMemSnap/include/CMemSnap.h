@@ -134,7 +134,8 @@ static inline size_t memsnap_changed_runs_minimum_capacity(size_t block_size) { 
 /// time; changed blocks are narrowed with byte masks (AVX-512, AVX2 or 64-bit words, chosen
 /// at run time). Reads only bytes inside [scan->position, scan->end) of both buffers.
 ///
-/// Writes up to `capacity` runs to `runs` and returns how many; stops early (scan->position
+/// Writes up to `capacity` runs to `runs` and returns how many (slots past that count may be
+/// written too: the whole table is the kernel's scratch during the call); stops early (scan->position
 /// tells where) when fewer than memsnap_changed_runs_minimum_capacity(block_size) slots are
 /// left. Call again, with the table emptied, until scan->position == scan->end and
 /// scan->has_open_run == 0: the last run is written once the end is reached. `capacity` must
@@ -177,7 +178,8 @@ typedef struct memsnap_run_payload {
 /// ahead of the narrowing, and it prefetches ahead across ranges (changed_runs_body.h says
 /// why). The caller sets *next_range to 0 and `scan` as for memsnap_changed_runs with
 /// `position` = `end` = 0; the kernel advances both. Writes up to `capacity` runs and returns how
-/// many: call again, with the table emptied, until *next_range == range_count,
+/// many (slots past that count may be written too, as for memsnap_changed_runs): call again,
+/// with the table emptied, until *next_range == range_count,
 /// scan->position == scan->end and scan->has_open_run == 0. `capacity` must be at least
 /// memsnap_changed_runs_minimum_capacity(block_size).
 ///
