@@ -167,6 +167,68 @@ struct DiffBatchTests {
         }
     }
 
+    @Test("the densest changes (every other byte, merge gap 0) with the tightest tables (a block then starts with exactly its runs' room left): every kernel, alone and over ranges, finds the byte-by-byte runs and never writes past the table")
+    func theDensestChangesFitTheLeastTable() {
+        let count = 3 * pageSize + 100
+        let original = [UInt8](repeating: 0, count: count)
+        let updated = (0..<count).map { UInt8($0 % 2) }
+        let ranges = [memsnap_changed_run(start: 0, end: pageSize + 50), memsnap_changed_run(start: pageSize + 50, end: count)]
+        let expected = ranges.flatMap { Self.referenceRuns(original, updated, $0.start, $0.end, gap: 0) }
+        let sentinel = memsnap_changed_run(start: 0xDEAD, end: 0xBEEF)
+        original.withUnsafeBytes { old in
+            updated.withUnsafeBytes { new in
+                for kernel: Int32 in 0...2 {
+                    for blockSize in [16, 128, 4096] {
+                      // Each block makes blockSize / 2 runs (one fewer when no run is open): every
+                      // table size up to a block's runs more than the least (a few for 4 KiB
+                      // blocks) leaves some later block exactly the least room the kernel accepts.
+                      let minimum = memsnap_changed_runs_minimum_capacity(blockSize)
+                      let capacities = blockSize <= 128 ? Array(minimum...(minimum + blockSize))
+                          : [minimum, minimum + 1, blockSize - 2, blockSize - 1, blockSize, blockSize + 1, blockSize + 2]
+                      for capacity in capacities {
+                        // One slot past the capacity holds a sentinel the kernel must never touch.
+                        var table = [memsnap_changed_run](repeating: memsnap_changed_run(), count: capacity + 1)
+                        var alone: [Range<Int>] = []
+                        var overRanges: [Range<Int>] = []
+                        var available = true
+                        for range in ranges {
+                            var scan = memsnap_changed_run_scan(position: range.start, end: range.end, block_size: blockSize,
+                                                                merge_gap: 0, open_start: 0, open_end: 0, has_open_run: 0)
+                            for _ in 0..<10_000 where scan.position < scan.end || scan.has_open_run != 0 {
+                                table[capacity] = sentinel
+                                let found = table.withUnsafeMutableBufferPointer {
+                                    memsnap_changed_runs_using(kernel, old.baseAddress, new.baseAddress, &scan, $0.baseAddress, capacity)
+                                }
+                                if found < 0 { available = false; break }  // SIZE_MAX: not on this CPU
+                                #expect(table[capacity].start == sentinel.start && table[capacity].end == sentinel.end)
+                                alone += table[0..<found].map { $0.start..<$0.end }
+                            }
+                        }
+                        guard available else { continue }
+                        var scan = memsnap_changed_run_scan(position: 0, end: 0, block_size: blockSize, merge_gap: 0,
+                                                            open_start: 0, open_end: 0, has_open_run: 0)
+                        var nextRange = 0
+                        for _ in 0..<10_000 where nextRange < ranges.count || scan.position < scan.end || scan.has_open_run != 0 {
+                            table[capacity] = sentinel
+                            let found = table.withUnsafeMutableBufferPointer { table in
+                                ranges.withUnsafeBufferPointer { ranges in
+                                    memsnap_changed_runs_in_ranges_using(kernel, old.baseAddress, new.baseAddress, ranges.baseAddress,
+                                                                         ranges.count, &nextRange, &scan, table.baseAddress, capacity, nil)
+                                }
+                            }
+                            #expect(table[capacity].start == sentinel.start && table[capacity].end == sentinel.end)
+                            overRanges += table[0..<found].map { $0.start..<$0.end }
+                        }
+                        #expect(expected.count == count / 2)
+                        #expect(alone == expected, "kernel \(kernel), block \(blockSize), table \(capacity), alone: \(alone.count) runs")
+                        #expect(overRanges == expected, "kernel \(kernel), block \(blockSize), table \(capacity), over ranges: \(overRanges.count) runs")
+                      }
+                    }
+                }
+            }
+        }
+    }
+
     @Test("every kernel over a list of ranges finds each range's byte-by-byte runs (never joined across ranges): empty, ragged and adjacent ranges, batches of many, resuming from a full table; with a payload it copies a prefix of them, bytewise or xor, as far as the room allows")
     func everyKernelOverRangesFindsEachRangesRuns() {
         var random = TestSeed.generator()

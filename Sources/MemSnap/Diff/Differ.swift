@@ -68,22 +68,15 @@ enum Differ {
         segments: [Segment], options: DiffOptions, during operation: @autoclosure () -> String
     ) throws(MemSnapError) -> SnapshotDiffBatch {
         let comparable = min(original.count, updated.count)
-        // Both scratch tables live on the stack when it has room (the common case): heap blocks
-        // this size, freed on every call, let malloc return their pages to the kernel, and the
-        // next call paid a zero-fill fault (about 2 µs here) per page it touched again.
         // The dirty pages inside the compared bytes, as the table the kernel reads (start, end).
-        return try withUnsafeTemporaryAllocation(
-            of: memsnap_changed_run.self, capacity: max(1, dirty.runs.count)
-        ) { (dirtyRanges) throws(MemSnapError) -> SnapshotDiffBatch in
-            // One run table for the whole call: the kernel fills it, appendChangedRuns empties it.
-            try withUnsafeTemporaryAllocation(
-                of: memsnap_changed_run.self, capacity: changedRunTableCapacity
-            ) { (runTable) throws(MemSnapError) -> SnapshotDiffBatch in
-                try diff(original: original, updated: updated, comparable: comparable, dirty: dirty,
-                         dirtyRanges: dirtyRanges, runTable: runTable, segments: segments, options: options,
-                         during: operation())
-            }
-        }
+        let dirtyRanges = UnsafeMutableBufferPointer<memsnap_changed_run>.allocate(capacity: max(1, dirty.runs.count))
+        defer { dirtyRanges.deallocate() }
+        // One run table for the whole call: the kernel fills it, appendChangedRuns empties it.
+        let runTable = UnsafeMutableBufferPointer<memsnap_changed_run>.allocate(capacity: changedRunTableCapacity)
+        defer { runTable.deallocate() }
+        return try diff(original: original, updated: updated, comparable: comparable, dirty: dirty,
+                        dirtyRanges: dirtyRanges, runTable: runTable, segments: segments, options: options,
+                        during: operation())
     }
 
     /// `diff(original:updated:dirty:segments:options:during:)` with its scratch tables:
@@ -164,7 +157,10 @@ enum Differ {
 
     /// Room in the run table: enough for the kernel to make progress with the largest block
     /// (memsnap_changed_runs_minimum_capacity(Page.size) is 2 050), few enough calls per range
-    /// that their cost does not show, and small enough (40 KiB) to sit on a thread's stack.
+    /// that their cost does not show, and under 64 KiB (40 KiB): glibc's free of a block of
+    /// 64 KiB or more consolidates the heap and may hand its top back to the kernel
+    /// (`madvise(MADV_DONTNEED)`), and the table, freed on every call, then cost the next call
+    /// about 3 zero-fill faults (6 to 8 µs at 1 % dirty, BENCHMARKS.md, "fifth pass").
     static let changedRunTableCapacity = 2560
 
     /// Appends a diff for each maximal run of changed bytes in each of `ranges` (sorted, inside
