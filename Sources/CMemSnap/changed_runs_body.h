@@ -108,7 +108,7 @@ static size_t CHANGED_RUNS_NAME(const void *original, const void *updated, memsn
     size_t position = scan->position;
     size_t open_start = scan->open_start;
     size_t open_end = scan->open_end;
-    int open = scan->has_open_run;
+    int open = scan->has_open_run != 0;  // 0 or 1: CHANGED_RUNS_ADD computes with it
     size_t count = 0;
     if (capacity < need || block == 0) return 0;
     while (position < end) {
@@ -181,7 +181,7 @@ static size_t CHANGED_RUNS_RANGES_NAME(const void *original, const void *updated
     size_t range = *next_range;  // the next range to enter
     size_t open_start = scan->open_start;
     size_t open_end = scan->open_end;
-    int open = scan->has_open_run;
+    int open = scan->has_open_run != 0;  // 0 or 1: CHANGED_RUNS_ADD computes with it
     size_t count = 0;
     struct {
         size_t position;
