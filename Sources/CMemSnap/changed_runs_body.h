@@ -1,8 +1,9 @@
 // The bodies of memsnap_changed_runs and memsnap_changed_runs_in_ranges, compiled once per
 // vector width by compare.c: it defines CHANGED_RUNS_NAME, CHANGED_RUNS_RANGES_NAME,
 // CHANGED_RUNS_TARGET, LANE_MASK (64 bytes to a 64-bit mask of differing bytes),
-// DIFFERING_BLOCKS (the block kernel of the same width) and COPY_CLOSED_RUNS (copy_closed_runs
-// or a build of it for that width), then includes this file.
+// DIFFERING_BLOCKS (the block kernel of the same width), COPY_RUN (copy_run or a build of it
+// for that width) and COPY_CLOSED_RUNS (the name of this width's copy loop, defined below),
+// then includes this file.
 // A template rather than a macro so the compiler inlines both helpers into each copy.
 
 // Appends the open run to the table (the caller made sure there is room) and closes it.
@@ -94,6 +95,27 @@
             CHANGED_RUNS_NARROW(narrow_block, narrow_block + block);                        \
         }                                                                                   \
     } while (0)
+
+// The bytes of runs[payload->copied ..< count) into the payload while it has room: the kernel
+// calls this after each narrowed chunk, so the bytes come from the core's caches. A run that
+// does not fit stops the copying (it is retried at the next call and fails again, as room does
+// not grow during a kernel call): the copied runs stay a prefix of the table.
+CHANGED_RUNS_TARGET
+static inline void COPY_CLOSED_RUNS(const unsigned char *a, const unsigned char *b, const memsnap_changed_run *runs,
+                                    size_t count, memsnap_run_payload *payload) {
+    size_t index = payload->copied;
+    size_t used = payload->used;
+    const size_t capacity = payload->capacity;
+    for (; index < count; index++) {
+        const size_t start = runs[index].start;
+        const size_t length = runs[index].end - start;
+        if (capacity - used < length || capacity - used - length < MEMSNAP_COPY_RUNS_SLACK) break;
+        COPY_RUN(payload->bytes + used, a, b, payload->limit, start, length, payload->xor_original);
+        used += length;
+    }
+    payload->copied = index;
+    payload->used = used;
+}
 
 CHANGED_RUNS_TARGET
 static size_t CHANGED_RUNS_NAME(const void *original, const void *updated, memsnap_changed_run_scan *scan,

@@ -96,26 +96,6 @@ static inline void copy_run(unsigned char *target, const unsigned char *a, const
     }
 }
 
-// The bytes of runs[payload->copied ..< count) into the payload while it has room: the kernel
-// calls this after each narrowed chunk, so the bytes come from the core's caches. A run that
-// does not fit stops the copying (it is retried at the next call and fails again, as room does
-// not grow during a kernel call): the copied runs stay a prefix of the table.
-static inline void copy_closed_runs(const unsigned char *a, const unsigned char *b, const memsnap_changed_run *runs,
-                                    size_t count, memsnap_run_payload *payload) {
-    size_t index = payload->copied;
-    size_t used = payload->used;
-    const size_t capacity = payload->capacity;
-    for (; index < count; index++) {
-        const size_t start = runs[index].start;
-        const size_t length = runs[index].end - start;
-        if (capacity - used < length || capacity - used - length < MEMSNAP_COPY_RUNS_SLACK) break;
-        copy_run(payload->bytes + used, a, b, payload->limit, start, length, payload->xor_original);
-        used += length;
-    }
-    payload->copied = index;
-    payload->used = used;
-}
-
 static inline uint64_t lane_mask_baseline(const unsigned char *a, const unsigned char *b) {
     uint64_t mask = 0;
     for (unsigned word = 0; word < 8; word++) {
@@ -132,7 +112,8 @@ static inline uint64_t lane_mask_baseline(const unsigned char *a, const unsigned
 #define CHANGED_RUNS_TARGET
 #define LANE_MASK lane_mask_baseline
 #define DIFFERING_BLOCKS differing_blocks_baseline
-#define COPY_CLOSED_RUNS copy_closed_runs
+#define COPY_CLOSED_RUNS copy_closed_runs_baseline
+#define COPY_RUN copy_run
 #include "changed_runs_body.h"
 #undef CHANGED_RUNS_NAME
 #undef CHANGED_RUNS_RANGES_NAME
@@ -140,6 +121,7 @@ static inline uint64_t lane_mask_baseline(const unsigned char *a, const unsigned
 #undef LANE_MASK
 #undef DIFFERING_BLOCKS
 #undef COPY_CLOSED_RUNS
+#undef COPY_RUN
 
 #if defined(__x86_64__)
 __attribute__((target("avx2")))
@@ -161,7 +143,8 @@ static inline uint64_t lane_mask_avx512(const unsigned char *a, const unsigned c
 #define CHANGED_RUNS_TARGET __attribute__((target("avx2")))
 #define LANE_MASK lane_mask_avx2
 #define DIFFERING_BLOCKS differing_blocks_avx2
-#define COPY_CLOSED_RUNS copy_closed_runs
+#define COPY_CLOSED_RUNS copy_closed_runs_avx2
+#define COPY_RUN copy_run
 #include "changed_runs_body.h"
 #undef CHANGED_RUNS_NAME
 #undef CHANGED_RUNS_RANGES_NAME
@@ -169,6 +152,7 @@ static inline uint64_t lane_mask_avx512(const unsigned char *a, const unsigned c
 #undef LANE_MASK
 #undef DIFFERING_BLOCKS
 #undef COPY_CLOSED_RUNS
+#undef COPY_RUN
 
 // The block scan with 64-byte vectors written out: the compiler vectorizes the generic body
 // with 32-byte ones and reduces every block through three shuffles. Blocks under 64 bytes
@@ -207,33 +191,22 @@ static inline uint64_t differing_blocks_avx512_wide(const void *left, const void
     return mask;
 }
 
-// copy_closed_runs with AVX-512: a run of up to 32 bytes (the common case) is one masked load
-// of its own bytes (masked-off bytes are never read, so they cannot fault: no check of the page
-// or of `limit`) and a 32-byte store into the payload's slack. In the C harness of
-// `bench diff` (the anchor on the worker's own pages, 5 runs alternating with copy_closed_runs)
-// the whole kernel took 0.965 to 0.989x the time at 1 % dirty and 0.88 to 1.02x at 10 %.
+// copy_run with AVX-512: a run of up to 32 bytes (the common case) is one masked load of its
+// own bytes (masked-off bytes are never read, so they cannot fault: no check of the page or of
+// `limit`) and a 32-byte store into the payload's slack. In the C harness of `bench diff` (the
+// anchor on the worker's own pages, 5 runs alternating with copy_run) the whole kernel took
+// 0.965 to 0.989x the time at 1 % dirty and 0.88 to 1.02x at 10 %.
 __attribute__((target("avx512f,avx512bw")))
-static inline void copy_closed_runs_avx512(const unsigned char *a, const unsigned char *b, const memsnap_changed_run *runs,
-                                           size_t count, memsnap_run_payload *payload) {
-    size_t index = payload->copied;
-    size_t used = payload->used;
-    const size_t capacity = payload->capacity;
-    for (; index < count; index++) {
-        const size_t start = runs[index].start;
-        const size_t length = runs[index].end - start;
-        if (capacity - used < length || capacity - used - length < MEMSNAP_COPY_RUNS_SLACK) break;
-        if (length <= 32) {
-            const __mmask64 own = (__mmask64)((UINT64_C(1) << length) - 1);
-            __m512i bytes = _mm512_maskz_loadu_epi8(own, b + start);
-            if (payload->xor_original) bytes = _mm512_xor_si512(bytes, _mm512_maskz_loadu_epi8(own, a + start));
-            _mm256_storeu_si256((__m256i *)(payload->bytes + used), _mm512_castsi512_si256(bytes));
-        } else {
-            copy_run(payload->bytes + used, a, b, payload->limit, start, length, payload->xor_original);
-        }
-        used += length;
+static inline void copy_run_avx512(unsigned char *target, const unsigned char *a, const unsigned char *b, size_t limit,
+                                   size_t start, size_t length, int xor_original) {
+    if (length > 32) {
+        copy_run(target, a, b, limit, start, length, xor_original);
+        return;
     }
-    payload->copied = index;
-    payload->used = used;
+    const __mmask64 own = (__mmask64)((UINT64_C(1) << length) - 1);
+    __m512i bytes = _mm512_maskz_loadu_epi8(own, b + start);
+    if (xor_original) bytes = _mm512_xor_si512(bytes, _mm512_maskz_loadu_epi8(own, a + start));
+    _mm256_storeu_si256((__m256i *)target, _mm512_castsi512_si256(bytes));
 }
 
 #define CHANGED_RUNS_NAME changed_runs_avx512
@@ -242,6 +215,7 @@ static inline void copy_closed_runs_avx512(const unsigned char *a, const unsigne
 #define LANE_MASK lane_mask_avx512
 #define DIFFERING_BLOCKS differing_blocks_avx512_wide
 #define COPY_CLOSED_RUNS copy_closed_runs_avx512
+#define COPY_RUN copy_run_avx512
 #include "changed_runs_body.h"
 #undef CHANGED_RUNS_NAME
 #undef CHANGED_RUNS_RANGES_NAME
@@ -249,6 +223,7 @@ static inline void copy_closed_runs_avx512(const unsigned char *a, const unsigne
 #undef LANE_MASK
 #undef DIFFERING_BLOCKS
 #undef COPY_CLOSED_RUNS
+#undef COPY_RUN
 #endif
 
 static differing_blocks_function chosen = differing_blocks_baseline;
