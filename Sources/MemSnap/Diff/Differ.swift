@@ -74,21 +74,8 @@ enum Differ {
         // One run table for the whole call: the kernel fills it, appendChangedRuns empties it.
         let runTable = UnsafeMutableBufferPointer<memsnap_changed_run>.allocate(capacity: changedRunTableCapacity)
         defer { runTable.deallocate() }
-        return try diff(original: original, updated: updated, comparable: comparable, dirty: dirty,
-                        dirtyRanges: dirtyRanges, runTable: runTable, segments: segments, options: options,
-                        during: operation())
-    }
-
-    /// `diff(original:updated:dirty:segments:options:during:)` with its scratch tables:
-    /// `dirtyRanges` holds at least `dirty.runs.count` entries (at least 1), `runTable`
-    /// `changedRunTableCapacity`; both uninitialized, used only during the call.
-    private static func diff(
-        original: UnsafeRawBufferPointer, updated: UnsafeRawBufferPointer, comparable: Int, dirty: DirtyPages,
-        dirtyRanges: UnsafeMutableBufferPointer<memsnap_changed_run>, runTable: UnsafeMutableBufferPointer<memsnap_changed_run>,
-        segments: [Segment], options: DiffOptions, during operation: @autoclosure () -> String
-    ) throws(MemSnapError) -> SnapshotDiffBatch {
-        // Made in one pass that also counts their bytes. Page runs are sorted and disjoint, and
-        // `DirtyPages.maxPageCount` keeps every page's byte offset inside Int.
+        // The dirty ranges, made in one pass that also counts their bytes. Page runs are sorted
+        // and disjoint, and `DirtyPages.maxPageCount` keeps every page's byte offset inside Int.
         var dirtyRangeCount = 0
         var dirtyBytes = 0
         for run in dirty.runs {

@@ -283,13 +283,9 @@ struct DiffBenchmark {
                 try Stopwatch.time { try snapshot.diffBatch(memory, dirtyPages: dirtyPages, options: options) }
             }
             func medianDiff(_ memory: VirtualRegion, keeping result: inout SnapshotDiffBatch) throws -> Double {
-                var samples: [Double] = []
-                for _ in 0..<repetitions {
-                    let (batch, seconds) = try timedDiff(memory)
-                    samples.append(seconds)
-                    result = batch
+                try Stopwatch.median(repetitions: repetitions, keepingLast: &result) {
+                    try snapshot.diffBatch(memory, dirtyPages: dirtyPages, options: options)
                 }
-                return median(samples)
             }
             var diffs = SnapshotDiffBatch()
             let seconds = try medianDiff(worker, keeping: &diffs)
@@ -324,13 +320,9 @@ struct DiffBenchmark {
             let scanTwinSeconds = try medianDiff(twin, keeping: &twinScan)
             guard twinScan.isEmpty else { throw ValidationError("the twin's pages differ from the snapshot's") }
             var array: [SnapshotDiff] = []
-            var arraySamples: [Double] = []
-            for _ in 0..<repetitions {
-                let (made, seconds) = try Stopwatch.time { try snapshot.diff(worker, dirtyPages: dirtyPages, options: options) }
-                arraySamples.append(seconds)
-                array = made
+            let arraySeconds = try Stopwatch.median(repetitions: repetitions, keepingLast: &array) {
+                try snapshot.diff(worker, dirtyPages: dirtyPages, options: options)
             }
-            let arraySeconds = median(arraySamples)
             guard array == Array(diffs) else { throw ValidationError("diff and diffBatch disagree") }
             blocks.append(.init(
                 blockSize: blockSize, diffSeconds: seconds, diffCount: diffs.count,

@@ -18,6 +18,18 @@ enum Stopwatch {
         return (result, Double(now() - start) / 1e9)
     }
 
+    /// Median seconds of `repetitions` runs of `body`, each result stored in `last` after its
+    /// clock stops: releasing the result it replaces is not timed.
+    static func median<Result>(repetitions: Int, keepingLast last: inout Result, _ body: () throws -> Result) rethrows -> Double {
+        var samples: [Double] = []
+        for _ in 0..<max(1, repetitions) {
+            let (result, seconds) = try time(body)
+            samples.append(seconds)
+            last = result
+        }
+        return memsnap.median(samples)
+    }
+
     /// Median seconds of `repetitions` runs of `body`.
     static func median(repetitions: Int, _ body: () throws -> Void) rethrows -> Double {
         var samples: [Double] = []
