@@ -105,21 +105,28 @@ struct DiffBatchTests {
         return runs
     }
 
+    /// A value the kernels never write, one slot past the tables the tests give them.
+    static let sentinel = memsnap_changed_run(start: 0xDEAD, end: 0xBEEF)
+
     /// Runs `kernel` (0 words, 1 AVX2, 2 AVX-512) over `start..<end` with a table of `capacity`,
-    /// emptying it after every call; nil if the CPU lacks the kernel.
+    /// emptying it after every call and checking that the slot past it is never written; nil if
+    /// the CPU lacks the kernel.
     static func kernelRuns(
         _ kernel: Int32, _ original: UnsafeRawBufferPointer, _ updated: UnsafeRawBufferPointer,
         _ start: Int, _ end: Int, blockSize: Int, gap: Int, capacity: Int
     ) -> [Range<Int>]? {
         var scan = memsnap_changed_run_scan(position: start, end: end, block_size: blockSize,
                                             merge_gap: gap, open_start: 0, open_end: 0, has_open_run: 0)
-        var table = [memsnap_changed_run](repeating: memsnap_changed_run(), count: capacity)
+        var table = [memsnap_changed_run](repeating: memsnap_changed_run(), count: capacity + 1)
         var runs: [Range<Int>] = []
         for _ in 0..<100_000 {
+            table[capacity] = sentinel
             let found = table.withUnsafeMutableBufferPointer {
                 memsnap_changed_runs_using(kernel, original.baseAddress, updated.baseAddress, &scan, $0.baseAddress, capacity)
             }
             if found < 0 { return nil }  // SIZE_MAX: no such kernel here
+            #expect(table[capacity].start == sentinel.start && table[capacity].end == sentinel.end,
+                    "kernel \(kernel) wrote past its table of \(capacity)")
             runs += table[0..<found].map { $0.start..<$0.end }
             if scan.position == scan.end && scan.has_open_run == 0 { return runs }
         }
@@ -174,7 +181,7 @@ struct DiffBatchTests {
         let updated = (0..<count).map { UInt8($0 % 2) }
         let ranges = [memsnap_changed_run(start: 0, end: pageSize + 50), memsnap_changed_run(start: pageSize + 50, end: count)]
         let expected = ranges.flatMap { Self.referenceRuns(original, updated, $0.start, $0.end, gap: 0) }
-        let sentinel = memsnap_changed_run(start: 0xDEAD, end: 0xBEEF)
+        let sentinel = Self.sentinel
         original.withUnsafeBytes { old in
             updated.withUnsafeBytes { new in
                 for kernel: Int32 in 0...2 {
@@ -188,23 +195,12 @@ struct DiffBatchTests {
                       for capacity in capacities {
                         // One slot past the capacity holds a sentinel the kernel must never touch.
                         var table = [memsnap_changed_run](repeating: memsnap_changed_run(), count: capacity + 1)
-                        var alone: [Range<Int>] = []
                         var overRanges: [Range<Int>] = []
-                        var available = true
-                        for range in ranges {
-                            var scan = memsnap_changed_run_scan(position: range.start, end: range.end, block_size: blockSize,
-                                                                merge_gap: 0, open_start: 0, open_end: 0, has_open_run: 0)
-                            for _ in 0..<10_000 where scan.position < scan.end || scan.has_open_run != 0 {
-                                table[capacity] = sentinel
-                                let found = table.withUnsafeMutableBufferPointer {
-                                    memsnap_changed_runs_using(kernel, old.baseAddress, new.baseAddress, &scan, $0.baseAddress, capacity)
-                                }
-                                if found < 0 { available = false; break }  // SIZE_MAX: not on this CPU
-                                #expect(table[capacity].start == sentinel.start && table[capacity].end == sentinel.end)
-                                alone += table[0..<found].map { $0.start..<$0.end }
-                            }
+                        let eachAlone = ranges.map {
+                            Self.kernelRuns(kernel, old, new, $0.start, $0.end, blockSize: blockSize, gap: 0, capacity: capacity)
                         }
-                        guard available else { continue }
+                        guard eachAlone.allSatisfy({ $0 != nil }) else { continue }  // not on this CPU
+                        let alone = eachAlone.flatMap { $0 ?? [] }
                         var scan = memsnap_changed_run_scan(position: 0, end: 0, block_size: blockSize, merge_gap: 0,
                                                             open_start: 0, open_end: 0, has_open_run: 0)
                         var nextRange = 0
