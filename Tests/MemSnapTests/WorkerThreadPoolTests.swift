@@ -49,15 +49,37 @@ struct WorkerThreadPoolTests {
     @Test("releasing the pool stops and joins its threads")
     func releaseJoinsThreads() throws {
         let threads = Locked<[pid_t]>([])
+        // A thread-specific value whose destructor counts: destructors run as a thread exits,
+        // before a join of it can return.
+        let exited = Locked(0)
+        var created = pthread_key_t()
+        try #require(pthread_key_create(&created) { value in
+            guard let value else { return }
+            Unmanaged<Locked<Int>>.fromOpaque(value).takeUnretainedValue().withLock { $0 += 1 }
+        } == 0)
+        let key = created
+        defer { pthread_key_delete(key) }
         do {
             let pool = try WorkerThreadPool(count: 6, name: "test-pool")
-            pool.run { _ in threads.withLock { $0.append(pid_t(memsnap_gettid())) } }
+            pool.run { _ in
+                threads.withLock { $0.append(pid_t(memsnap_gettid())) }
+                pthread_setspecific(key, Unmanaged.passUnretained(exited).toOpaque())
+            }
             for thread in threads.withLock({ $0 }) { #expect(access("/proc/self/task/\(thread)", F_OK) == 0) }
+            #expect(exited.withLock { $0 } == 0)
         }
-        // The deinit joined them: their /proc entries are gone.
+        // The deinit joined them: every thread has exited.
+        #expect(exited.withLock { $0 } == 6)
+        // pthread_join returns once the kernel clears a thread's id, early in its exit; its /proc
+        // entry goes when the kernel releases it, a little later (much later under a debugger).
         let ended = threads.withLock { $0 }
         #expect(ended.count == 6)
-        for thread in ended { #expect(access("/proc/self/task/\(thread)", F_OK) != 0) }
+        var remaining = ended
+        for _ in 0..<1000 where !remaining.isEmpty {
+            remaining.removeAll { access("/proc/self/task/\($0)", F_OK) != 0 }
+            if !remaining.isEmpty { usleep(5_000) }
+        }
+        #expect(remaining.isEmpty, "threads still listed 5 s after the pool was released: \(remaining)")
     }
 
     @Test("a pool needs at least one thread")
