@@ -134,6 +134,36 @@ struct DiffBatchTests {
         return runs
     }
 
+    /// `kernelRuns` for memsnap_changed_runs_in_ranges_using over `ranges`, with no payload:
+    /// the table emptied after every call and the slot past it checked; nil if the CPU lacks
+    /// the kernel.
+    static func kernelRunsOverRanges(
+        _ kernel: Int32, _ original: UnsafeRawBufferPointer, _ updated: UnsafeRawBufferPointer,
+        _ ranges: [memsnap_changed_run], blockSize: Int, gap: Int, capacity: Int
+    ) -> [Range<Int>]? {
+        var scan = memsnap_changed_run_scan(position: 0, end: 0, block_size: blockSize, merge_gap: gap,
+                                            open_start: 0, open_end: 0, has_open_run: 0)
+        var nextRange = 0
+        var table = [memsnap_changed_run](repeating: memsnap_changed_run(), count: capacity + 1)
+        var runs: [Range<Int>] = []
+        for _ in 0..<100_000 {
+            table[capacity] = sentinel
+            let found = table.withUnsafeMutableBufferPointer { table in
+                ranges.withUnsafeBufferPointer { ranges in
+                    memsnap_changed_runs_in_ranges_using(kernel, original.baseAddress, updated.baseAddress, ranges.baseAddress,
+                                                         ranges.count, &nextRange, &scan, table.baseAddress, capacity, nil)
+                }
+            }
+            if found < 0 { return nil }  // SIZE_MAX: no such kernel here
+            #expect(table[capacity].start == sentinel.start && table[capacity].end == sentinel.end,
+                    "kernel \(kernel) wrote past its table of \(capacity)")
+            runs += table[0..<found].map { $0.start..<$0.end }
+            if nextRange == ranges.count && scan.position >= scan.end && scan.has_open_run == 0 { return runs }
+        }
+        Issue.record("the kernel made no progress (range \(nextRange) of \(ranges.count), at \(scan.position))")
+        return runs
+    }
+
     @Test("every kernel (64-bit words, AVX2, AVX-512) finds the byte-by-byte runs: across 64-byte lanes, blocks and pages, up to the last byte, resuming from a full table")
     func everyKernelFindsTheDefinedRuns() {
         var random = TestSeed.generator()
@@ -181,44 +211,30 @@ struct DiffBatchTests {
         let updated = (0..<count).map { UInt8($0 % 2) }
         let ranges = [memsnap_changed_run(start: 0, end: pageSize + 50), memsnap_changed_run(start: pageSize + 50, end: count)]
         let expected = ranges.flatMap { Self.referenceRuns(original, updated, $0.start, $0.end, gap: 0) }
-        let sentinel = Self.sentinel
         original.withUnsafeBytes { old in
             updated.withUnsafeBytes { new in
                 for kernel: Int32 in 0...2 {
                     for blockSize in [16, 128, 4096] {
-                      // Each block makes blockSize / 2 runs (one fewer when no run is open): every
-                      // table size up to a block's runs more than the least (a few for 4 KiB
-                      // blocks) leaves some later block exactly the least room the kernel accepts.
-                      let minimum = memsnap_changed_runs_minimum_capacity(blockSize)
-                      let capacities = blockSize <= 128 ? Array(minimum...(minimum + blockSize))
-                          : [minimum, minimum + 1, blockSize - 2, blockSize - 1, blockSize, blockSize + 1, blockSize + 2]
-                      for capacity in capacities {
-                        // One slot past the capacity holds a sentinel the kernel must never touch.
-                        var table = [memsnap_changed_run](repeating: memsnap_changed_run(), count: capacity + 1)
-                        var overRanges: [Range<Int>] = []
-                        let eachAlone = ranges.map {
-                            Self.kernelRuns(kernel, old, new, $0.start, $0.end, blockSize: blockSize, gap: 0, capacity: capacity)
-                        }
-                        guard eachAlone.allSatisfy({ $0 != nil }) else { continue }  // not on this CPU
-                        let alone = eachAlone.flatMap { $0 ?? [] }
-                        var scan = memsnap_changed_run_scan(position: 0, end: 0, block_size: blockSize, merge_gap: 0,
-                                                            open_start: 0, open_end: 0, has_open_run: 0)
-                        var nextRange = 0
-                        for _ in 0..<10_000 where nextRange < ranges.count || scan.position < scan.end || scan.has_open_run != 0 {
-                            table[capacity] = sentinel
-                            let found = table.withUnsafeMutableBufferPointer { table in
-                                ranges.withUnsafeBufferPointer { ranges in
-                                    memsnap_changed_runs_in_ranges_using(kernel, old.baseAddress, new.baseAddress, ranges.baseAddress,
-                                                                         ranges.count, &nextRange, &scan, table.baseAddress, capacity, nil)
-                                }
+                        // Each block makes blockSize / 2 runs (one fewer when no run is open): every
+                        // table size up to a block's runs more than the least (a few for 4 KiB
+                        // blocks) leaves some later block exactly the least room the kernel accepts.
+                        let minimum = memsnap_changed_runs_minimum_capacity(blockSize)
+                        let capacities = blockSize <= 128 ? Array(minimum...(minimum + blockSize))
+                            : [minimum, minimum + 1, blockSize - 2, blockSize - 1, blockSize, blockSize + 1, blockSize + 2]
+                        for capacity in capacities {
+                            // Both helpers keep a sentinel one slot past the table and check it.
+                            let eachAlone = ranges.map {
+                                Self.kernelRuns(kernel, old, new, $0.start, $0.end, blockSize: blockSize, gap: 0, capacity: capacity)
                             }
-                            #expect(table[capacity].start == sentinel.start && table[capacity].end == sentinel.end)
-                            overRanges += table[0..<found].map { $0.start..<$0.end }
+                            let overRanges = Self.kernelRunsOverRanges(kernel, old, new, ranges, blockSize: blockSize, gap: 0,
+                                                                       capacity: capacity)
+                            guard eachAlone.allSatisfy({ $0 != nil }), let overRanges else { continue }  // not on this CPU
+                            let alone = eachAlone.flatMap { $0 ?? [] }
+                            #expect(expected.count == count / 2)
+                            #expect(alone == expected, "kernel \(kernel), block \(blockSize), table \(capacity), alone: \(alone.count) runs")
+                            #expect(overRanges == expected,
+                                    "kernel \(kernel), block \(blockSize), table \(capacity), over ranges: \(overRanges.count) runs")
                         }
-                        #expect(expected.count == count / 2)
-                        #expect(alone == expected, "kernel \(kernel), block \(blockSize), table \(capacity), alone: \(alone.count) runs")
-                        #expect(overRanges == expected, "kernel \(kernel), block \(blockSize), table \(capacity), over ranges: \(overRanges.count) runs")
-                      }
                     }
                 }
             }
