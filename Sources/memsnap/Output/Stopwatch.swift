@@ -32,11 +32,8 @@ enum Stopwatch {
 
     /// Median seconds of `repetitions` runs of `body`.
     static func median(repetitions: Int, _ body: () throws -> Void) rethrows -> Double {
-        var samples: [Double] = []
-        for _ in 0..<max(1, repetitions) {
-            samples.append(try time(body).seconds)
-        }
-        return memsnap.median(samples)
+        var nothing: Void = ()
+        return try median(repetitions: repetitions, keepingLast: &nothing, body)
     }
 }
 
