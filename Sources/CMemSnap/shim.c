@@ -9,6 +9,7 @@
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 int memsnap_memfd_create(const char *name, unsigned int flags) {
@@ -50,6 +51,40 @@ int memsnap_punch_hole(int fd, int64_t offset, int64_t length) {
 
 int memsnap_exit_with_parent(int signal) {
     return prctl(PR_SET_PDEATHSIG, (unsigned long)signal);
+}
+
+// P_PIDFD (include/uapi/linux/wait.h, Linux 5.4); glibc before 2.36 does not name it.
+#define MEMSNAP_P_PIDFD 3
+
+int memsnap_pidfd_open(int pid) {
+    return (int)syscall(SYS_pidfd_open, pid, 0U);
+}
+
+int memsnap_pidfd_send_signal(int pidfd, int signal) {
+    return (int)syscall(SYS_pidfd_send_signal, pidfd, signal, NULL, 0U);
+}
+
+int memsnap_pidfd_wait(int pidfd, int no_hang, int *reaped, int *code, int *status) {
+    siginfo_t info;
+    memset(&info, 0, sizeof info);
+    if (waitid((idtype_t)MEMSNAP_P_PIDFD, (id_t)pidfd, &info, WEXITED | (no_hang ? WNOHANG : 0)) != 0) return -1;
+    // With WNOHANG and no state change, waitid leaves si_pid 0 (hence the memset).
+    *reaped = info.si_pid != 0;
+    *code = info.si_code;
+    *status = info.si_status;
+    return 0;
+}
+
+int memsnap_spawn_close_from(posix_spawn_file_actions_t *actions, int from) {
+    return posix_spawn_file_actions_addclosefrom_np(actions, from);
+}
+
+int memsnap_spawn_change_directory(posix_spawn_file_actions_t *actions, const char *path) {
+    return posix_spawn_file_actions_addchdir_np(actions, path);
+}
+
+int memsnap_pipe_cloexec(int fds[2]) {
+    return pipe2(fds, O_CLOEXEC);
 }
 
 _Static_assert(sizeof(struct memsnap_address_range) == sizeof(struct iovec), "iovec layout");

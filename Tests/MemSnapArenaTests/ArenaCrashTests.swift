@@ -26,13 +26,12 @@ struct ArenaCrashTests {
         var lastStep = 0
         var progressed = 0
         for cycle in 0..<Self.cycles {
-            let child = Process()
-            child.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-            child.arguments = ["--testing-library", "swift-testing", "--filter", "arenaCrashChild"]
-            child.environment = ProcessInfo.processInfo.environment.merging([Self.childVariable: directory.arena, Self.trackingVariable: tracking.rawValue]) { $1 }
-            child.standardOutput = FileHandle.nullDevice
-            child.standardError = FileHandle.nullDevice
-            try child.run()
+            let child = try ChildProcess(
+                executable: URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path,
+                arguments: ["--testing-library", "swift-testing", "--filter", "arenaCrashChild"],
+                environment: ProcessInfo.processInfo.environment.merging(
+                    [Self.childVariable: directory.arena, Self.trackingVariable: tracking.rawValue]) { $1 },
+                standardOutput: .null, standardError: .null)
             // Time from the child's start-up, which varies tenfold (sanitizers, a busy machine),
             // would leave most kills landing before the first write: wait until it is ready.
             let ready = directory.arena + Self.readySuffix
@@ -40,8 +39,8 @@ struct ArenaCrashTests {
             while access(ready, F_OK) != 0 && child.isRunning && Date() < deadline { usleep(1_000) }
             unlink(ready)
             usleep(UInt32(5_000 + random.next() % 60_000))  // 5 to 65 ms of opening, writes and syncs
-            kill(child.processIdentifier, SIGKILL)
-            child.waitUntilExit()
+            child.signal(SIGKILL)
+            _ = child.wait()
             let arena = try Arena.open(path: directory.arena)
             let step = ArenaSoak.completedStep(arena)
             let problems = try ArenaSoak.problems(arena)

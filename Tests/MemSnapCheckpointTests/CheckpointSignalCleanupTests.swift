@@ -29,29 +29,25 @@ struct CheckpointSignalCleanupTests {
     @Test("the temporary file is removed and the process dies of the signal", arguments: cases)
     func aSignalRemovesTheTemporaryFile(testCase: Case) throws {
         let directory = TemporaryDirectory()
-        let child = Process()
-        child.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-        child.arguments = ["--testing-library", "swift-testing", "--filter", "signalCleanupChild"]
-        child.environment = ProcessInfo.processInfo.environment.merging(
-            [Self.childVariable: "\(testCase.operation):\(directory.path)"]) { $1 }
-        child.standardOutput = FileHandle.nullDevice
-        child.standardError = FileHandle.nullDevice
-        try child.run()
+        let child = try ChildProcess(
+            executable: URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path,
+            arguments: ["--testing-library", "swift-testing", "--filter", "signalCleanupChild"],
+            environment: ProcessInfo.processInfo.environment.merging(
+                [Self.childVariable: "\(testCase.operation):\(directory.path)"]) { $1 },
+            standardOutput: .null, standardError: .null)
         let deadline = Date().addingTimeInterval(60)
         while directory.entries.isEmpty && child.isRunning && Date() < deadline { usleep(2_000) }
         let entries = directory.entries
         #expect(entries.count == 1 && entries[0].hasPrefix(".out.") && entries[0].contains(".tmp-"),
                 "the child created its temporary file: \(entries)")
-        kill(child.processIdentifier, testCase.signal)
-        let exitDeadline = Date().addingTimeInterval(30)
-        while child.isRunning && Date() < exitDeadline { usleep(2_000) }
-        if child.isRunning {
+        child.signal(testCase.signal)
+        var ended = child.wait(timeout: .seconds(30))
+        if ended == nil {
             Issue.record("the child survived signal \(testCase.signal)")
-            kill(child.processIdentifier, SIGKILL)
+            child.signal(SIGKILL)
+            ended = child.wait()
         }
-        child.waitUntilExit()
-        #expect(child.terminationReason == .uncaughtSignal && child.terminationStatus == testCase.signal,
-                "died of signal \(testCase.signal): \(child.terminationReason == .uncaughtSignal ? "signal" : "exit") \(child.terminationStatus)")
+        #expect(ended == .signaled(testCase.signal), "died of signal \(testCase.signal): \(ended.map { "\($0)" } ?? "still running")")
         #expect(directory.entries.isEmpty, "nothing left: \(directory.entries)")
     }
 

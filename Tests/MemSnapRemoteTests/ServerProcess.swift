@@ -14,7 +14,7 @@ final class ServerProcess: @unchecked Sendable {
     static let token = "integration-test-token"
     let address: String
     let port: Int
-    private let process: Process
+    private let process: ChildProcess
     private let directory: TemporaryDirectory
 
     /// Starts a server on `address` and waits (at most 30 s) for it to listen.
@@ -23,24 +23,16 @@ final class ServerProcess: @unchecked Sendable {
         directory = TemporaryDirectory(prefix: "memsnap-serve")
         let tokenFile = directory.file("token")
         try Self.token.write(toFile: tokenFile, atomically: true, encoding: .utf8)
-        process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = ["serve", "--listen", "\(address):0", "--token-file", tokenFile, "--exit-with-parent", "--idle-exit", "120"]
-            + extraArguments
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
-        try process.run()
+        process = try ChildProcess(
+            executable: executable,
+            arguments: ["serve", "--listen", "\(address):0", "--token-file", tokenFile, "--exit-with-parent", "--idle-exit", "120"]
+                + extraArguments,
+            standardOutput: .pipe, standardError: .null)
         self.address = address
-        var line = ""
-        let deadline = Date().addingTimeInterval(30)
-        while !line.contains("\n") && Date() < deadline && process.isRunning {
-            let data = output.fileHandleForReading.availableData
-            if data.isEmpty { usleep(10_000) } else { line += String(decoding: data, as: UTF8.self) }
-        }
-        guard let portText = line.split(separator: "\n").first?.split(separator: ":").last, let port = Int(portText) else {
-            process.terminate()
-            throw MemSnapError("start memsnap serve on \(address)", .unavailable("it did not say where it listens: \"\(line)\""))
+        // "memsnap serve: listening on HOST:PORT"
+        let line = try process.readOutputLine(timeout: .seconds(30)) ?? ""
+        guard let portText = line.split(separator: ":").last, let port = Int(portText) else {
+            throw MemSnapError("start memsnap serve on \(address)", .unavailable("it did not say where it listens: \"\(line)\" (\(process.termination.map { "\($0)" } ?? "still running"))"))
         }
         self.port = port
     }
@@ -51,16 +43,16 @@ final class ServerProcess: @unchecked Sendable {
 
     /// SIGKILL, as a crash or a power cut would.
     func kill() {
-        Glibc.kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
+        process.signal(SIGKILL)
+        _ = process.wait()
     }
 
     var isRunning: Bool { process.isRunning }
 
     deinit {
         if process.isRunning {
-            process.terminate()
-            process.waitUntilExit()
+            process.signal(SIGTERM)
+            _ = process.wait()
         }
     }
 }

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import MemSnap
 
 /// The `memsnap` executable SwiftPM built next to the running test bundle (it puts every product
 /// of the package in one directory), for tests of the command line; nil if it was not built.
@@ -48,19 +49,11 @@ public enum BuiltExecutable {
         _ path: String, _ arguments: [String], in directory: String? = nil, environment: [String: String],
         timeout: Double
     ) throws -> (status: Int32?, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: path)
-        process.arguments = arguments
-        if let directory { process.currentDirectoryURL = URL(fileURLWithPath: directory) }
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
-        DispatchQueue.global().asyncAfter(deadline: .now() + timeout) { if process.isRunning { process.terminate() } }
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        return (process.terminationReason == .exit ? process.terminationStatus : nil, text)
+        let child = try ChildProcess(executable: path, arguments: arguments,
+                                     environment: ProcessInfo.processInfo.environment.merging(environment) { $1 },
+                                     directory: directory, standardOutput: .pipe, standardError: .standardOutput)
+        let run = try child.collectOutput(killingAfter: .seconds(timeout))
+        return (run.termination.exitStatus, String(decoding: run.output, as: UTF8.self))
     }
 }
 

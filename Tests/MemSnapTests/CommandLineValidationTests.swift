@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import MemSnap
 import MemSnapTestSupport
 import Testing
 
@@ -57,20 +58,12 @@ struct CommandLineValidationTests {
     @Test(arguments: cases)
     func aBadValueIsAUsageErrorNamingIt(_ testCase: Case) throws {
         let executable = try #require(MemsnapExecutable.path)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = testCase.arguments
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
+        let child = try ChildProcess(executable: executable, arguments: testCase.arguments,
+                                     standardOutput: .pipe, standardError: .standardOutput)
         // A command that validation let through would start real work: stop it.
-        let deadline = DispatchTime.now() + 60
-        DispatchQueue.global().asyncAfter(deadline: deadline) { if process.isRunning { process.terminate() } }
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        #expect(process.terminationReason == .exit, "killed by a signal: \(text)")
-        #expect(process.terminationStatus == 64, "\(text)")
+        let run = try child.collectOutput(killingAfter: .seconds(60))
+        let text = String(decoding: run.output, as: UTF8.self)
+        #expect(run.termination == .exited(64), "\(text)")
         #expect(text.contains(testCase.message), "\(text)")
     }
 }

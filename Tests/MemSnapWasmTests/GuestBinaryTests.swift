@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import MemSnap
 import MemSnapTestSupport
 import MemSnapWasm
 import Testing
@@ -42,17 +43,10 @@ struct GuestBinaryTests {
     }()
 
     static func run(_ executable: String, _ arguments: [String], in directory: URL? = nil) -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        if let directory { process.currentDirectoryURL = directory }
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        guard (try? process.run()) != nil else { return (-1, "cannot run \(executable)") }
-        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        return (process.terminationStatus, output)
+        guard let child = try? ChildProcess(executable: executable, arguments: arguments, directory: directory?.path,
+                                            standardOutput: .pipe, standardError: .standardOutput),
+              let run = try? child.collectOutput(killingAfter: .seconds(600)) else { return (-1, "cannot run \(executable)") }
+        return (run.termination.exitStatus ?? -1, String(decoding: run.output, as: UTF8.self))
     }
 
     @Test(arguments: WasmGuest.allCases)

@@ -100,15 +100,12 @@ let guestsDirectory = URL(fileURLWithPath: #filePath).deletingLastPathComponent(
 /// Runs the memsnap executable; its exit status (or -signal) and output. Stopped after 120 s.
 func runMemsnap(_ arguments: [String]) throws -> (status: Int32, signalled: Bool, output: String) {
     let executable = try #require(memsnapExecutable)
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: executable)
-    process.arguments = arguments
-    let output = Pipe()
-    process.standardOutput = output
-    process.standardError = output
-    try process.run()
-    DispatchQueue.global().asyncAfter(deadline: .now() + 120) { if process.isRunning { process.terminate() } }
-    let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    process.waitUntilExit()
-    return (process.terminationStatus, process.terminationReason == .uncaughtSignal, text)
+    let child = try ChildProcess(executable: executable, arguments: arguments, standardOutput: .pipe, standardError: .standardOutput)
+    let run = try child.collectOutput(killingAfter: .seconds(120))
+    let text = String(decoding: run.output, as: UTF8.self)
+    switch run.termination {
+    case let .exited(status): return (status, false, text)
+    case let .signaled(signal): return (signal, true, text)
+    case .reapedElsewhere: return (-1, true, text)
+    }
 }

@@ -11,6 +11,7 @@
 #ifndef CMEMSNAP_H
 #define CMEMSNAP_H
 
+#include <spawn.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -90,6 +91,34 @@ int memsnap_cleanup_install(int signal_number);
 /// prctl(PR_SET_PDEATHSIG, signal) (prctl is variadic): the kernel sends `signal` to this process
 /// when the thread that created it exits. Returns 0 or -1 with errno.
 int memsnap_exit_with_parent(int signal);
+
+/// pidfd_open(pid, 0) (Linux 5.3): a descriptor that stays bound to the process `pid` (never to
+/// a later process given the same number), close-on-exec, readable once the process has exited.
+/// Returns the descriptor, or -1 with errno (ESRCH: no such process).
+int memsnap_pidfd_open(int pid);
+
+/// pidfd_send_signal(pidfd, signal, NULL, 0) (Linux 5.1): the signal reaches the process behind
+/// `pidfd` or nobody. Returns 0, or -1 with errno (ESRCH once that process has been reaped).
+int memsnap_pidfd_send_signal(int pidfd, int signal);
+
+/// waitid(P_PIDFD, pidfd, WEXITED, plus WNOHANG if `no_hang`) (Linux 5.4): reaps the child behind
+/// `pidfd` once it has ended. Returns 0 with `*reaped` 1 and `*code` (CLD_EXITED, CLD_KILLED or
+/// CLD_DUMPED) and `*status` (the exit status, or the signal) set; 0 with `*reaped` 0 if `no_hang`
+/// and the child still runs; -1 with errno (ECHILD: not a child of this process, or already
+/// reaped, by this call or by anyone waiting for any child).
+int memsnap_pidfd_wait(int pidfd, int no_hang, int *reaped, int *code, int *status);
+
+/// posix_spawn_file_actions_addclosefrom_np(actions, from) (glibc 2.34; hidden behind
+/// _GNU_SOURCE): the child closes every descriptor from `from` up. Returns 0 or an errno.
+int memsnap_spawn_close_from(posix_spawn_file_actions_t *actions, int from);
+
+/// posix_spawn_file_actions_addchdir_np(actions, path) (glibc 2.29; hidden behind _GNU_SOURCE):
+/// the child changes to `path` (copied) before exec. Returns 0 or an errno.
+int memsnap_spawn_change_directory(posix_spawn_file_actions_t *actions, const char *path);
+
+/// pipe2(fds, O_CLOEXEC), both ends blocking (a child's standard stream must not be O_NONBLOCK,
+/// which dup2 would share with it). Returns 0 or -1 with errno.
+int memsnap_pipe_cloexec(int fds[2]);
 
 // ---- pipes ---------------------------------------------------------------------------------
 /// pipe2(fds, O_CLOEXEC | O_NONBLOCK) (pipe2 is hidden behind _GNU_SOURCE). Returns 0 or -1/errno.

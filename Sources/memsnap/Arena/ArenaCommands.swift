@@ -114,13 +114,11 @@ struct ArenaSoakCommand: ParsableCommand {
         var lastStep = 0
         let start = Stopwatch.now()
         for cycle in 1...cycles {
-            let writer = Process()
-            writer.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-            writer.arguments = ["arena", "soak-writer", path]
-            try writer.run()
+            let writer = try ChildProcess(executable: URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path,
+                                          arguments: ["arena", "soak-writer", path])
             usleep(useconds_t(1000 * (5 + Int(random.next() % UInt64(maxMilliseconds - 5)))))
-            kill(writer.processIdentifier, SIGKILL)
-            writer.waitUntilExit()
+            writer.signal(SIGKILL)
+            _ = writer.wait()
             let arena = try Arena.open(path: path, access: .readOnly, configuration: .init(tracking: .explicit))
             let step = ArenaSoak.completedStep(arena)
             let problems = try ArenaSoak.problems(arena)

@@ -259,14 +259,9 @@ struct CheckpointBenchmark {
     }
 
     private func runTool(_ path: String, _ arguments: [String]) throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: path)
-        process.arguments = arguments
-        try process.run()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            throw MemSnapError("run \(path) \(arguments.joined(separator: " "))",
-                               .invalidArgument("exited with status \(process.terminationStatus)"))
+        let ended = try ChildProcess(executable: path, arguments: arguments).wait()
+        guard ended == .exited(0) else {
+            throw MemSnapError("run \(path) \(arguments.joined(separator: " "))", .invalidArgument("it \(ended)"))
         }
     }
 

@@ -9,8 +9,8 @@ import MemSnap
 /// one request at a time (its protocol is described in Sources/MemSnapLMDBBench/main.swift), so
 /// LMDB's rounds interleave with the arena's.
 ///
-/// Ownership: owns the child and both pipe ends; `finish()` (or deinit) closes its input, which
-/// ends it, and waits for it. Thread safety: none.
+/// Ownership: owns the child (and through it both pipe ends); `finish()` (or deinit) closes its
+/// input, which ends it, and waits for it. Thread safety: none.
 final class LMDBBenchProcess {
     /// `memsnap-lmdb-bench` is not next to this executable.
     struct NotBuilt: Error, CustomStringConvertible {
@@ -20,10 +20,7 @@ final class LMDBBenchProcess {
         }
     }
 
-    private let child = Process()
-    private let requests = Pipe()
-    private let replies = Pipe()
-    private var pending: [UInt8] = []
+    private let child: ChildProcess
 
     /// Starts the child, which creates an LMDB environment of `pages` values in `directory`.
     /// - Throws: `NotBuilt`; `MemSnapError` when the child cannot start or fails.
@@ -31,11 +28,8 @@ final class LMDBBenchProcess {
         let executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
             .deletingLastPathComponent().appendingPathComponent("memsnap-lmdb-bench").path
         guard access(executable, X_OK) == 0 else { throw NotBuilt(path: executable) }
-        child.executableURL = URL(fileURLWithPath: executable)
-        child.arguments = [directory, "\(pages)"]
-        child.standardInput = requests
-        child.standardOutput = replies
-        try child.run()
+        child = try ChildProcess(executable: executable, arguments: [directory, "\(pages)"],
+                                 standardInput: .pipe, standardOutput: .pipe)
         try expect("ready", after: "start \(executable)")
     }
 
@@ -58,12 +52,12 @@ final class LMDBBenchProcess {
 
     /// Ends the child (closing its input) and waits for it. Idempotent.
     func finish() {
-        try? requests.fileHandleForWriting.close()
-        if child.isRunning { child.waitUntilExit() }
+        child.closeInput()
+        _ = child.wait()
     }
 
     private func send(_ request: String) throws {
-        try requests.fileHandleForWriting.write(contentsOf: Data((request + "\n").utf8))
+        try child.writeInput(Array((request + "\n").utf8))
     }
 
     private func expect(_ reply: String, after request: String) throws {
@@ -73,19 +67,8 @@ final class LMDBBenchProcess {
 
     /// The child's next line of output.
     private func line(after request: String) throws -> String {
-        while true {
-            if let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
-                let line = String(decoding: pending[..<newline], as: UTF8.self)
-                pending.removeSubrange(...newline)
-                return line
-            }
-            let chunk = replies.fileHandleForReading.availableData
-            guard !chunk.isEmpty else {
-                child.waitUntilExit()
-                throw failure(request, "exited with status \(child.terminationStatus)")
-            }
-            pending += chunk
-        }
+        guard let line = try child.readOutputLine() else { throw failure(request, "\(child.wait())") }
+        return line
     }
 
     private func failure(_ request: String, _ what: String) -> MemSnapError {

@@ -213,7 +213,7 @@ struct RemoteBenchmark {
 /// A `memsnap serve` child on a loopback address (with a raw TCP sink if asked), stopped by
 /// `stop()`, and with this process (--exit-with-parent).
 final class ServerChild {
-    let process = Process()
+    let process: ChildProcess
     let port: Int
     let sinkPort: Int
     private let tokenFile: String
@@ -222,25 +222,18 @@ final class ServerChild {
         tokenFile = "/tmp/memsnap-bench-token-\(getpid())"
         try token.write(toFile: tokenFile, atomically: true, encoding: .utf8)
         chmod(tokenFile, 0o600)
-        process.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-        process.arguments = ["serve", "--listen", "\(address):0", "--token-file", tokenFile, "--exit-with-parent",
-                             "--idle-exit", "600", "--max-snapshot", "\(maxSnapshot)"] + (rawSink ? ["--raw-sink"] : [])
-        let output = Pipe()
-        process.standardOutput = output
-        try process.run()
-        var line = ""
-        let deadline = Date().addingTimeInterval(60)
-        while !line.contains("\n") && Date() < deadline && process.isRunning {
-            let data = output.fileHandleForReading.availableData
-            if data.isEmpty { usleep(10_000) } else { line += String(decoding: data, as: UTF8.self) }
-        }
+        process = try ChildProcess(
+            executable: URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path,
+            arguments: ["serve", "--listen", "\(address):0", "--token-file", tokenFile, "--exit-with-parent",
+                        "--idle-exit", "600", "--max-snapshot", "\(maxSnapshot)"] + (rawSink ? ["--raw-sink"] : []),
+            standardOutput: .pipe)
+        let line = try process.readOutputLine(timeout: .seconds(60)) ?? ""
         // "memsnap serve: listening on HOST:PORT" and " (raw sink on port SINK)"
-        let numbers = line.split(separator: "\n").first.map { $0.split(whereSeparator: { !$0.isNumber }).compactMap { Int($0) } } ?? []
+        let numbers = line.split(whereSeparator: { !$0.isNumber }).compactMap { Int($0) }
         let portIndex = rawSink ? numbers.count - 2 : numbers.count - 1
         guard numbers.count >= (rawSink ? 6 : 5), let port = numbers.indices.contains(portIndex) ? numbers[portIndex] : nil,
               let sink = rawSink ? numbers.last : 0 else {
-            process.terminate()
-            throw ValidationError("the second process did not start: \(line)")
+            throw ValidationError("the second process did not start: \(line) (\(process.termination.map { "\($0)" } ?? "still running"))")
         }
         self.port = port
         self.sinkPort = sink
@@ -249,8 +242,8 @@ final class ServerChild {
     func stop() {
         unlink(tokenFile)
         if process.isRunning {
-            process.terminate()
-            process.waitUntilExit()
+            process.signal(SIGTERM)
+            _ = process.wait()
         }
     }
 }

@@ -1,0 +1,415 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CMemSnap
+import SystemPackage
+
+/// A child process started by posix_spawn(3) and watched through a pidfd (Linux 5.3): how
+/// memsnap's command line (benchmarks, the arena soak) and its tests start other programs.
+///
+/// Why not Foundation's `Process`: on Linux it shares each child's state (`isRunning`, the run
+/// loop source) between a manager thread, which reaps the child from a run loop, and the
+/// caller's thread, in plain properties. Reading `terminationStatus` right after
+/// `waitUntilExit()` can fail its "task still running" precondition, and the manager thread's
+/// run loop work races with `waitUntilExit()` (swift-corelibs-foundation issue 4589, pull
+/// requests 3126 and 4740). Here the caller's thread reaps the child with one waitid(2) and the
+/// result is kept under a lock; signals go through the pidfd, so a signal can never reach another
+/// process that was given the child's number after it was reaped.
+///
+/// The child gets `executable` as argv[0] and `arguments` after it; `environment` (this
+/// process's when nil); `directory` as its working directory (this process's when nil); its
+/// standard streams as asked; no other descriptor (every descriptor from 3 up is closed in the
+/// child); an empty signal mask and every signal at its default action (so a signal this
+/// process ignores, such as SIGPIPE, is not ignored in the child).
+///
+/// Ownership: owns the pidfd and this process's ends of the pipes it made. `deinit` closes them,
+/// and first kills (SIGKILL) and reaps a child still running, so that neither a zombie nor an
+/// orphan outlives the value.
+/// Thread safety: every method may be called from any thread. Reading the output consumes it:
+/// one reader at a time gets a coherent stream (concurrent readers are serialised, each getting
+/// whole chunks). Writes to the input are serialised too.
+package final class ChildProcess: Sendable {
+    /// How a child ended.
+    package enum Termination: Equatable, Sendable, CustomStringConvertible {
+        /// exit(status) or a return from main (status 0 to 255).
+        case exited(Int32)
+        /// Ended by this signal (with or without a core dump).
+        case signaled(Int32)
+        /// Ended, but something else in this process reaped it first (a wait for any child, or
+        /// SIGCHLD set to SIG_IGN): its status is lost.
+        case reapedElsewhere
+
+        /// The exit status, nil if the child did not exit by itself.
+        package var exitStatus: Int32? {
+            if case let .exited(status) = self { return status }
+            return nil
+        }
+
+        package var description: String {
+            switch self {
+            case let .exited(status): return "exited with status \(status)"
+            case let .signaled(signal): return "killed by signal \(signal)"
+            case .reapedElsewhere: return "ended (reaped elsewhere, status unknown)"
+            }
+        }
+    }
+
+    /// Where a standard stream of the child goes.
+    package enum Stream: Sendable, Equatable {
+        /// This process's own descriptor (0, 1 or 2).
+        case inherit
+        /// /dev/null.
+        case null
+        /// A pipe to this process: `writeInput` and `closeInput` for the input, the `read...`
+        /// methods for the output.
+        case pipe
+        /// For the standard error only: the same descriptor as the standard output, so that
+        /// both interleave as written (in the pipe, if the output is `.pipe`).
+        case standardOutput
+    }
+
+    /// The child's process id. Valid for signals only through this value (`signal(_:)`): once
+    /// the child is reaped the number may be given to another process.
+    package let processIdentifier: pid_t
+    private let pidfd: Int32
+    /// This process's end of the child's standard input, -1 if not `.pipe` or closed.
+    private let input: Locked<Int32>
+    /// This process's end of the child's standard output, -1 if not `.pipe`; bytes read from it
+    /// but not yet returned (a partial line), and whether it reached its end.
+    private let output: Locked<OutputState>
+    private let ended = Locked<Termination?>(nil)
+
+    private struct OutputState {
+        var descriptor: Int32
+        var pending: [UInt8] = []
+        var ended = false
+    }
+
+    /// Starts `executable` (a path; no search of PATH). `environment` nil passes this process's
+    /// environment as it is.
+    /// - Throws: `.systemCall("posix_spawn", errno)` when the child cannot be started (ENOENT:
+    ///   no such executable, EACCES: not executable, E2BIG: arguments too long; the child's
+    ///   exec failure is reported here, not as an exit status); `.systemCall` for pipe2,
+    ///   pidfd_open (ENOSYS before Linux 5.3; the child is then killed and reaped) or a spawn
+    ///   attribute; `.invalidArgument` for `.standardOutput` given as anything but the
+    ///   standard error, or a NUL byte inside an argument or the environment.
+    package init(
+        executable: String, arguments: [String], environment: [String: String]? = nil, directory: String? = nil,
+        standardInput: Stream = .inherit, standardOutput: Stream = .inherit, standardError: Stream = .inherit
+    ) throws(MemSnapError) {
+        let operation = "start \(executable)"
+        guard standardInput != .standardOutput, standardOutput != .standardOutput else {
+            throw MemSnapError(operation, .invalidArgument("only the standard error can go to the standard output"))
+        }
+        let environmentEntries = (environment ?? [:]).map { "\($0.key)=\($0.value)" }.sorted()
+        for text in [executable] + arguments + environmentEntries + (directory.map { [$0] } ?? []) where text.utf8.contains(0) {
+            throw MemSnapError(operation, .invalidArgument("an argument, path or environment entry holds a NUL byte"))
+        }
+
+        // The pipes: index 0 is read, 1 is write. The child's ends are closed here after the
+        // spawn; ours are kept (and closed on every error path).
+        var inputPipe: [Int32] = [-1, -1]
+        var outputPipe: [Int32] = [-1, -1]
+        func closeAll(_ descriptors: [Int32]) { for descriptor in descriptors where descriptor >= 0 { _ = Glibc.close(descriptor) } }
+        if standardInput == .pipe {
+            guard memsnap_pipe_cloexec(&inputPipe) == 0 else { throw MemSnapError.systemCall("pipe2", during: operation) }
+        }
+        if standardOutput == .pipe || (standardOutput != .pipe && standardError == .pipe) {
+            guard memsnap_pipe_cloexec(&outputPipe) == 0 else {
+                let error = MemSnapError.systemCall("pipe2", during: operation)
+                closeAll(inputPipe)
+                throw error
+            }
+        }
+
+        var actions = posix_spawn_file_actions_t()
+        var attributes = posix_spawnattr_t()
+        posix_spawn_file_actions_init(&actions)
+        posix_spawnattr_init(&attributes)
+        defer {
+            posix_spawn_file_actions_destroy(&actions)
+            posix_spawnattr_destroy(&attributes)
+        }
+        var setupError: Int32 = 0
+        func record(_ result: Int32) { if setupError == 0 && result != 0 { setupError = result } }
+        func route(_ stream: Stream, to target: Int32, pipeEnd: Int32) {
+            switch stream {
+            case .inherit: break
+            case .null: record(posix_spawn_file_actions_addopen(&actions, target, "/dev/null", target == 0 ? O_RDONLY : O_WRONLY, 0))
+            case .pipe: record(posix_spawn_file_actions_adddup2(&actions, pipeEnd, target))
+            case .standardOutput: record(posix_spawn_file_actions_adddup2(&actions, 1, target))
+            }
+        }
+        route(standardInput, to: 0, pipeEnd: inputPipe[0])
+        route(standardOutput, to: 1, pipeEnd: outputPipe[1])
+        // Standard error to the pipe alone (output elsewhere) uses the output pipe.
+        route(standardError, to: 2, pipeEnd: outputPipe[1])
+        record(memsnap_spawn_close_from(&actions, 3))
+        if let directory { record(memsnap_spawn_change_directory(&actions, directory)) }
+        var noSignals = sigset_t()
+        var everySignal = sigset_t()
+        sigemptyset(&noSignals)
+        sigfillset(&everySignal)
+        record(posix_spawnattr_setsigmask(&attributes, &noSignals))
+        record(posix_spawnattr_setsigdefault(&attributes, &everySignal))
+        record(posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF)))
+        guard setupError == 0 else {
+            closeAll(inputPipe + outputPipe)
+            throw MemSnapError(operation, .systemCall("posix_spawn_file_actions", Errno(rawValue: setupError)))
+        }
+
+        let argumentStrings = ([executable] + arguments).map { strdup($0) }
+        let environmentStrings = environmentEntries.map { strdup($0) }
+        defer {
+            for string in argumentStrings { free(string) }
+            for string in environmentStrings { free(string) }
+        }
+        guard !argumentStrings.contains(nil), !environmentStrings.contains(nil) else {
+            closeAll(inputPipe + outputPipe)
+            throw MemSnapError(operation, .systemCall("strdup", Errno(rawValue: ENOMEM)))
+        }
+        var pid: pid_t = 0
+        var argv = argumentStrings + [nil]
+        var envp = environmentStrings + [nil]
+        let spawnResult = environment == nil
+            ? posix_spawn(&pid, executable, &actions, &attributes, &argv, environ)
+            : posix_spawn(&pid, executable, &actions, &attributes, &argv, &envp)
+        // The child's ends belong to the child now (or to nobody, if the spawn failed).
+        closeAll([inputPipe[0], outputPipe[1]])
+        guard spawnResult == 0 else {
+            closeAll([inputPipe[1], outputPipe[0]])
+            throw MemSnapError(operation, .systemCall("posix_spawn", Errno(rawValue: spawnResult)))
+        }
+        let descriptor = memsnap_pidfd_open(pid)
+        guard descriptor >= 0 else {
+            let error = MemSnapError.systemCall("pidfd_open", during: operation)
+            _ = kill(pid, SIGKILL)
+            var status: Int32 = 0
+            while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
+            closeAll([inputPipe[1], outputPipe[0]])
+            throw error
+        }
+        processIdentifier = pid
+        pidfd = descriptor
+        input = Locked(inputPipe[1])
+        output = Locked(OutputState(descriptor: outputPipe[0]))
+    }
+
+    deinit {
+        if reap(blocking: false) == nil {
+            _ = memsnap_pidfd_send_signal(pidfd, SIGKILL)
+            _ = reap(blocking: true)
+        }
+        _ = Glibc.close(pidfd)
+        input.withLock { if $0 >= 0 { _ = Glibc.close($0) } }
+        output.withLock { if $0.descriptor >= 0 { _ = Glibc.close($0.descriptor) } }
+    }
+
+    // MARK: Ending
+
+    /// Sends `signal` to the child; nothing once it has been reaped (the pidfd never reaches
+    /// another process).
+    package func signal(_ signal: Int32) {
+        _ = memsnap_pidfd_send_signal(pidfd, signal)
+    }
+
+    /// How the child ended, nil while it runs. Reaps it if it has ended. Never blocks.
+    package var termination: Termination? { reap(blocking: false) }
+
+    /// Whether the child still runs (false once it has ended, reaped or not).
+    package var isRunning: Bool { termination == nil }
+
+    /// Waits for the child to end (reaping it) and returns how it ended.
+    package func wait() -> Termination {
+        // reap(blocking: true) returns nil only if poll(2) fails for another reason than EINTR,
+        // which it cannot for a valid descriptor; never spin on it.
+        while true {
+            if let ended = reap(blocking: true) { return ended }
+            usleep(1_000)
+        }
+    }
+
+    /// `wait()` for at most `timeout`; nil if the child still runs then.
+    package func wait(timeout: Duration) -> Termination? {
+        let deadline = ContinuousClock.now.advanced(by: timeout)
+        while true {
+            if let ended = reap(blocking: false) { return ended }
+            let left = ContinuousClock.now.duration(to: deadline)
+            guard left > .zero else { return nil }
+            _ = Self.poll(pidfd, for: Int16(POLLIN), timeout: left)
+        }
+    }
+
+    /// Reaps the child if it has ended; with `blocking`, first waits for that (without holding
+    /// the lock, so that other threads can still ask). The result is kept: later calls return it.
+    private func reap(blocking: Bool) -> Termination? {
+        if let known = ended.withLock({ $0 }) { return known }
+        if blocking { _ = Self.poll(pidfd, for: Int16(POLLIN), timeout: nil) }
+        return ended.withLock { ended -> Termination? in
+            if let ended { return ended }
+            var reaped: Int32 = 0
+            var code: Int32 = 0
+            var status: Int32 = 0
+            if memsnap_pidfd_wait(pidfd, 1, &reaped, &code, &status) != 0 {
+                // ECHILD: someone else reaped it; any other error leaves it for the next call.
+                if errno == ECHILD { ended = .reapedElsewhere }
+                return ended
+            }
+            guard reaped != 0 else { return nil }
+            ended = code == CLD_EXITED ? .exited(status) : .signaled(status)
+            return ended
+        }
+    }
+
+    // MARK: Standard input
+
+    /// Writes all of `bytes` to the child's standard input (a `.pipe`), blocking while the pipe
+    /// is full. A write after the child closed its end (or ended) raises SIGPIPE in this
+    /// process, as any write to a pipe without a reader does, unless SIGPIPE is ignored.
+    /// - Throws: `.systemCall("write", EPIPE)` in that case when SIGPIPE is ignored;
+    ///   `.invalidArgument` if the input is not a pipe or was closed by `closeInput()`.
+    package func writeInput(_ bytes: [UInt8]) throws(MemSnapError) {
+        try input.withLock { (descriptor: inout Int32) throws(MemSnapError) in
+            guard descriptor >= 0 else {
+                throw MemSnapError("write to the input of process \(processIdentifier)",
+                                   .invalidArgument("its input is not an open pipe"))
+            }
+            let open = descriptor
+            let failure = bytes.withUnsafeBytes { buffer -> Errno? in
+                guard let base = buffer.baseAddress else { return nil }
+                var written = 0
+                while written < buffer.count {
+                    switch valueOrErrno({ Glibc.write(open, base + written, buffer.count - written) }) {
+                    case let .success(count): written += count
+                    case let .failure(errno): return errno
+                    }
+                }
+                return nil
+            }
+            if let failure {
+                throw MemSnapError("write to the input of process \(processIdentifier)", .systemCall("write", failure))
+            }
+        }
+    }
+
+    /// Closes the child's standard input (it reads end of file). Idempotent.
+    package func closeInput() {
+        input.withLock { descriptor in
+            if descriptor >= 0 { _ = Glibc.close(descriptor) }
+            descriptor = -1
+        }
+    }
+
+    // MARK: Standard output
+
+    /// The next line the child wrote to its output pipe, without its newline. Nil when no whole
+    /// line came within `timeout` (nil: no limit) or the output ended first (the child closed it,
+    /// usually by ending); the bytes of a partial line stay for the next read.
+    /// - Throws: `.systemCall("read", ...)` if reading the pipe fails; `.invalidArgument` if
+    ///   the output is not a pipe.
+    package func readOutputLine(timeout: Duration? = nil) throws(MemSnapError) -> String? {
+        let deadline = timeout.map { ContinuousClock.now.advanced(by: $0) }
+        return try output.withLock { (state: inout OutputState) throws(MemSnapError) -> String? in
+            while true {
+                if let newline = state.pending.firstIndex(of: UInt8(ascii: "\n")) {
+                    let line = String(decoding: state.pending[..<newline], as: UTF8.self)
+                    state.pending.removeSubrange(...newline)
+                    return line
+                }
+                guard !state.ended else { return nil }
+                let left = deadline.map { ContinuousClock.now.duration(to: $0) }
+                if let left, left <= .zero { return nil }
+                guard try readChunk(&state, timeout: left) else { return nil }
+            }
+        }
+    }
+
+    /// Everything the child writes to its output pipe until it ends; the child is killed
+    /// (SIGKILL) if it has not ended `timeout` after the call. Also reaps it.
+    /// - Returns: how it ended, its output (any partial line left by `readOutputLine` first),
+    ///   and whether the timeout killed it.
+    /// - Throws: as `readOutputLine(timeout:)`; the child is then still owned (deinit kills it).
+    package func collectOutput(killingAfter timeout: Duration) throws(MemSnapError)
+        -> (termination: Termination, output: [UInt8], timedOut: Bool)
+    {
+        let deadline = ContinuousClock.now.advanced(by: timeout)
+        var timedOut = false
+        let bytes = try output.withLock { (state: inout OutputState) throws(MemSnapError) -> [UInt8] in
+            while !state.ended {
+                let left = ContinuousClock.now.duration(to: deadline)
+                if left <= .zero && !timedOut {
+                    timedOut = true
+                    signal(SIGKILL)
+                }
+                // After the kill, the child's end closes as it dies (unless a grandchild holds it:
+                // stop reading once the child is reaped and the pipe has nothing left).
+                if timedOut {
+                    let progressed = try readChunk(&state, timeout: .milliseconds(100))
+                    if !progressed && reap(blocking: false) != nil { break }
+                } else {
+                    _ = try readChunk(&state, timeout: left)
+                }
+            }
+            defer { state.pending = [] }
+            return state.pending
+        }
+        // The output can end before the child does (it closed its standard output).
+        if !timedOut, let ended = wait(timeout: ContinuousClock.now.duration(to: deadline)) {
+            return (ended, bytes, false)
+        }
+        if !timedOut {
+            timedOut = true
+            signal(SIGKILL)
+        }
+        return (wait(), bytes, timedOut)
+    }
+
+    /// Reads what the pipe has (waiting up to `timeout`, nil: no limit) into `state.pending`;
+    /// sets `state.ended` at end of file. Returns whether bytes came or the output ended.
+    private func readChunk(_ state: inout OutputState, timeout: Duration?) throws(MemSnapError) -> Bool {
+        let operation = "read the output of process \(processIdentifier)"
+        guard state.descriptor >= 0 else { throw MemSnapError(operation, .invalidArgument("its output is not a pipe")) }
+        guard Self.poll(state.descriptor, for: Int16(POLLIN), timeout: timeout) else { return false }
+        var chunk = [UInt8](repeating: 0, count: 65_536)
+        let descriptor = state.descriptor
+        let result = chunk.withUnsafeMutableBytes { buffer in valueOrErrno { Glibc.read(descriptor, buffer.baseAddress, buffer.count) } }
+        let count: Int
+        switch result {
+        case let .success(read): count = read
+        case let .failure(errno): throw MemSnapError(operation, .systemCall("read", errno))
+        }
+        if count == 0 {
+            state.ended = true
+        } else {
+            state.pending += chunk[..<count]
+        }
+        return true
+    }
+
+    /// poll(2) of one descriptor for `events` (or hang-up/error) within `timeout` (nil: no
+    /// limit), repeated on EINTR. Returns whether it is ready.
+    private static func poll(_ descriptor: Int32, for events: Int16, timeout: Duration?) -> Bool {
+        let deadline = timeout.map { ContinuousClock.now.advanced(by: $0) }
+        while true {
+            var milliseconds: Int32 = -1
+            if let deadline {
+                let left = ContinuousClock.now.duration(to: deadline)
+                let (seconds, attoseconds) = left.components
+                // Rounded up, so that a wait never ends before its deadline; a day at most per
+                // poll (the loop goes on), so the arithmetic cannot overflow.
+                if seconds < 0 {
+                    milliseconds = 0
+                } else if seconds >= 86_400 {
+                    milliseconds = 86_400_000
+                } else {
+                    milliseconds = Int32(seconds * 1000 + (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000)
+                }
+            }
+            var entry = pollfd(fd: descriptor, events: events, revents: 0)
+            let ready = Glibc.poll(&entry, 1, milliseconds)
+            if ready > 0 { return true }
+            if ready == 0 { return false }
+            if errno != EINTR { return false }
+        }
+    }
+}
