@@ -65,7 +65,7 @@ struct ChildProcessTests {
     @Test("the child starts with no blocked signal and none ignored")
     func signalsStartAtTheirDefaults() throws {
         // Blocked on this thread (a spawn copies the calling thread's mask) and ignored in this
-        // process (SIGPIPE, as servers do): the child must still die of both.
+        // process: the child must still die of both.
         var usr1 = sigset_t()
         sigemptyset(&usr1)
         sigaddset(&usr1, SIGUSR1)
@@ -77,9 +77,15 @@ struct ChildProcessTests {
             blocked = try shell("kill -USR1 $$; echo survived")
         }
         #expect(try blocked.collectOutput(killingAfter: .seconds(60)).termination == .signaled(SIGUSR1))
-        signal(SIGPIPE, SIG_IGN)  // memsnap's executables and NIO ignore it too; never restored
-        let ignored = try shell("kill -PIPE $$; echo survived").collectOutput(killingAfter: .seconds(60))
-        #expect(ignored.termination == .signaled(SIGPIPE), "\(text(ignored.output))")
+        // SIGUSR2: nothing else in this test process handles it.
+        let previousAction = signal(SIGUSR2, SIG_IGN)
+        let ignoredChild: ChildProcess
+        do {
+            defer { signal(SIGUSR2, previousAction) }
+            ignoredChild = try shell("kill -USR2 $$; echo survived")
+        }
+        let ignored = try ignoredChild.collectOutput(killingAfter: .seconds(60))
+        #expect(ignored.termination == .signaled(SIGUSR2), "\(text(ignored.output))")
     }
 
     @Test("input written to the pipe comes back line by line; closing it ends the child")
@@ -98,6 +104,41 @@ struct ChildProcessTests {
         let rest = try cat.collectOutput(killingAfter: .seconds(60))
         #expect(rest.termination == .exited(0))
         #expect(text(rest.output) == "last")
+    }
+
+    @Test("writing to a child that closed its input is EPIPE, not a SIGPIPE for this process")
+    func writeAfterTheReaderIsGone() throws {
+        let child = try ChildProcess(executable: "/bin/true", arguments: [], standardInput: .pipe)
+        #expect(child.wait() == .exited(0))
+        #expect(throws: MemSnapError("write to the input of process \(child.processIdentifier)", .systemCall("write", .brokenPipe))) {
+            try child.writeInput(Array("nobody reads this".utf8))
+        }
+        // The signal the write raised was consumed: none is left pending on this thread.
+        var pending = sigset_t()
+        sigpending(&pending)
+        #expect(sigismember(&pending, SIGPIPE) == 0)
+    }
+
+    @Test("a process the child started may keep the pipe: the output is collected when the child ends")
+    func grandchildHoldingThePipe() throws {
+        let run = try shell("sleep 3 & echo parent done").collectOutput(killingAfter: .seconds(60))
+        #expect(run.termination == .exited(0))
+        #expect(!run.timedOut)
+        #expect(text(run.output) == "parent done\n")
+    }
+
+    @Test("any timeout is valid: negative is none, huge is no limit")
+    func extremeTimeouts() throws {
+        let sleeper = try ChildProcess(executable: "/bin/sleep", arguments: ["60"], standardOutput: .pipe)
+        #expect(sleeper.wait(timeout: .seconds(-5)) == nil)
+        #expect(sleeper.wait(timeout: .nanoseconds(1)) == nil)
+        #expect(try sleeper.readOutputLine(timeout: .seconds(-1)) == nil)
+        #expect(try sleeper.readOutputLine(timeout: .nanoseconds(1)) == nil)
+        sleeper.signal(SIGKILL)
+        #expect(sleeper.wait(timeout: .seconds(Int64.max)) == .signaled(SIGKILL))
+        let quick = try shell("echo one")
+        #expect(try quick.readOutputLine(timeout: .seconds(1e19)) == "one")
+        #expect(try quick.collectOutput(killingAfter: .seconds(Int64.max)).termination == .exited(0))
     }
 
     @Test("a child that outlives the timeout is killed, and its output so far is kept")

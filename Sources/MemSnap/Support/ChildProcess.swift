@@ -4,8 +4,9 @@ import Glibc
 import CMemSnap
 import SystemPackage
 
-/// A child process started by posix_spawn(3) and watched through a pidfd (Linux 5.3): how
-/// memsnap's command line (benchmarks, the arena soak) and its tests start other programs.
+/// A child process started by posix_spawn(3) and watched through a pidfd (pidfd_open, Linux
+/// 5.3; waitid(P_PIDFD), 5.4): how memsnap's command line (benchmarks, the arena soak) and its
+/// tests start other programs.
 ///
 /// Why not Foundation's `Process`: on Linux it shares each child's state (`isRunning`, the run
 /// loop source) between a manager thread, which reaps the child from a run loop, and the
@@ -20,7 +21,13 @@ import SystemPackage
 /// process's when nil); `directory` as its working directory (this process's when nil); its
 /// standard streams as asked; no other descriptor (every descriptor from 3 up is closed in the
 /// child); an empty signal mask and every signal at its default action (so a signal this
-/// process ignores, such as SIGPIPE, is not ignored in the child).
+/// process ignores, such as SIGPIPE, is not ignored in the child). It stays in this process's
+/// process group (Foundation's `Process` makes a new one), so a Ctrl-C at the terminal reaches
+/// it too.
+///
+/// The pidfd is opened right after the spawn. If something else in this process reaps children
+/// it did not start (SIGCHLD set to SIG_IGN, a wait for any child), a child that ends within
+/// that instant is gone before it can be watched: `init` then throws ESRCH from pidfd_open.
 ///
 /// Ownership: owns the pidfd and this process's ends of the pipes it made. `deinit` closes them,
 /// and first kills (SIGKILL) and reaps a child still running, so that neither a zombie nor an
@@ -85,13 +92,14 @@ package final class ChildProcess: Sendable {
         var ended = false
     }
 
-    /// Starts `executable` (a path; no search of PATH). `environment` nil passes this process's
-    /// environment as it is.
+    /// Starts `executable` (a path, no search of PATH; a relative one is taken from `directory`
+    /// when that is given). `environment` nil passes this process's environment as it is.
     /// - Throws: `.systemCall("posix_spawn", errno)` when the child cannot be started (ENOENT:
     ///   no such executable, EACCES: not executable, E2BIG: arguments too long; the child's
     ///   exec failure is reported here, not as an exit status); `.systemCall` for pipe2,
-    ///   pidfd_open (ENOSYS before Linux 5.3; the child is then killed and reaped) or a spawn
-    ///   attribute; `.invalidArgument` for `.standardOutput` given as anything but the
+    ///   pidfd_open (ENOSYS before Linux 5.3; ESRCH, see above; the child is otherwise killed
+    ///   and reaped) or a spawn attribute; `.unavailable` before Linux 5.4 (the child is killed
+    ///   and reaped); `.invalidArgument` for `.standardOutput` given as anything but the
     ///   standard error, or a NUL byte inside an argument or the environment.
     package init(
         executable: String, arguments: [String], environment: [String: String]? = nil, directory: String? = nil,
@@ -183,16 +191,35 @@ package final class ChildProcess: Sendable {
         let descriptor = memsnap_pidfd_open(pid)
         guard descriptor >= 0 else {
             let error = MemSnapError.systemCall("pidfd_open", during: operation)
-            _ = kill(pid, SIGKILL)
-            var status: Int32 = 0
-            while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
+            // ESRCH: the child already ended and something else reaped it (SIGCHLD ignored): its
+            // number may be another process's by now, so no kill.
+            if error.errno != .noSuchProcess { Self.killAndReap(pid) }
             closeAll([inputPipe[1], outputPipe[0]])
             throw error
+        }
+        // One wait that cannot block, which also tells whether the kernel reaps through a pidfd.
+        var reaped: Int32 = 0
+        var code: Int32 = 0
+        var status: Int32 = 0
+        if memsnap_pidfd_wait(descriptor, 1, &reaped, &code, &status) != 0 && errno == EINVAL {
+            _ = memsnap_pidfd_send_signal(descriptor, SIGKILL)
+            Self.killAndReap(pid)
+            closeAll([descriptor, inputPipe[1], outputPipe[0]])
+            throw MemSnapError(operation, .unavailable("waiting for a child through a pidfd needs Linux 5.4"))
         }
         processIdentifier = pid
         pidfd = descriptor
         input = Locked(inputPipe[1])
         output = Locked(OutputState(descriptor: outputPipe[0]))
+        if reaped != 0 { ended.withLock { $0 = code == CLD_EXITED ? .exited(status) : .signaled(status) } }
+    }
+
+    /// SIGKILL to `pid` and a wait for it: for a child not (yet) watched through a pidfd, which
+    /// nothing else has reaped, so its number is still its own.
+    private static func killAndReap(_ pid: pid_t) {
+        _ = kill(pid, SIGKILL)
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
     }
 
     deinit {
@@ -208,7 +235,8 @@ package final class ChildProcess: Sendable {
     // MARK: Ending
 
     /// Sends `signal` to the child; nothing once it has been reaped (the pidfd never reaches
-    /// another process).
+    /// another process). Errors (ESRCH after the reap, EINVAL for a number that is no signal) are
+    /// ignored: there is nobody left to tell, or nothing to do.
     package func signal(_ signal: Int32) {
         _ = memsnap_pidfd_send_signal(pidfd, signal)
     }
@@ -231,7 +259,7 @@ package final class ChildProcess: Sendable {
 
     /// `wait()` for at most `timeout`; nil if the child still runs then.
     package func wait(timeout: Duration) -> Termination? {
-        let deadline = ContinuousClock.now.advanced(by: timeout)
+        let deadline = Self.deadline(after: timeout)
         while true {
             if let ended = reap(blocking: false) { return ended }
             let left = ContinuousClock.now.duration(to: deadline)
@@ -264,9 +292,9 @@ package final class ChildProcess: Sendable {
     // MARK: Standard input
 
     /// Writes all of `bytes` to the child's standard input (a `.pipe`), blocking while the pipe
-    /// is full. A write after the child closed its end (or ended) raises SIGPIPE in this
-    /// process, as any write to a pipe without a reader does, unless SIGPIPE is ignored.
-    /// - Throws: `.systemCall("write", EPIPE)` in that case when SIGPIPE is ignored;
+    /// is full (`closeInput()` from another thread waits for it too). SIGPIPE is blocked on the
+    /// calling thread meanwhile: a child that closed its input is an error, not a signal.
+    /// - Throws: `.systemCall("write", EPIPE)` once the child has closed its input (or ended);
     ///   `.invalidArgument` if the input is not a pipe or was closed by `closeInput()`.
     package func writeInput(_ bytes: [UInt8]) throws(MemSnapError) {
         try input.withLock { (descriptor: inout Int32) throws(MemSnapError) in
@@ -275,6 +303,18 @@ package final class ChildProcess: Sendable {
                                    .invalidArgument("its input is not an open pipe"))
             }
             let open = descriptor
+            // A write to a pipe without a reader raises SIGPIPE for the writing thread: blocked
+            // here for the write, and consumed if the write raised it, so that the caller gets
+            // EPIPE, not the death of its process. One already pending stays pending.
+            var pipeSignal = sigset_t()
+            sigemptyset(&pipeSignal)
+            sigaddset(&pipeSignal, SIGPIPE)
+            var pending = sigset_t()
+            sigpending(&pending)
+            let alreadyPending = sigismember(&pending, SIGPIPE) == 1
+            var previousMask = sigset_t()
+            pthread_sigmask(SIG_BLOCK, &pipeSignal, &previousMask)
+            defer { pthread_sigmask(SIG_SETMASK, &previousMask, nil) }
             let failure = bytes.withUnsafeBytes { buffer -> Errno? in
                 guard let base = buffer.baseAddress else { return nil }
                 var written = 0
@@ -285,6 +325,10 @@ package final class ChildProcess: Sendable {
                     }
                 }
                 return nil
+            }
+            if failure == .brokenPipe && !alreadyPending {
+                var noWait = timespec(tv_sec: 0, tv_nsec: 0)
+                while sigtimedwait(&pipeSignal, nil, &noWait) == -1 && errno == EINTR {}
             }
             if let failure {
                 throw MemSnapError("write to the input of process \(processIdentifier)", .systemCall("write", failure))
@@ -303,12 +347,13 @@ package final class ChildProcess: Sendable {
     // MARK: Standard output
 
     /// The next line the child wrote to its output pipe, without its newline. Nil when no whole
-    /// line came within `timeout` (nil: no limit) or the output ended first (the child closed it,
+    /// line came within `timeout` (nil: no limit; counted from when the reader has the output to
+    /// itself, see the type's thread safety) or the output ended first (the child closed it,
     /// usually by ending); the bytes of a partial line stay for the next read.
     /// - Throws: `.systemCall("read", ...)` if reading the pipe fails; `.invalidArgument` if
     ///   the output is not a pipe.
     package func readOutputLine(timeout: Duration? = nil) throws(MemSnapError) -> String? {
-        let deadline = timeout.map { ContinuousClock.now.advanced(by: $0) }
+        let deadline = timeout.map { Self.deadline(after: $0) }
         return try output.withLock { (state: inout OutputState) throws(MemSnapError) -> String? in
             while true {
                 if let newline = state.pending.firstIndex(of: UInt8(ascii: "\n")) {
@@ -324,42 +369,46 @@ package final class ChildProcess: Sendable {
         }
     }
 
-    /// Everything the child writes to its output pipe until it ends; the child is killed
-    /// (SIGKILL) if it has not ended `timeout` after the call. Also reaps it.
+    /// Everything the child writes to its output pipe until it ends (and, for at most a second
+    /// more, until the pipe's end of file, which a process the child started may delay); the
+    /// child is killed (SIGKILL) if it still runs `timeout` after the call. Also reaps it.
     /// - Returns: how it ended, its output (any partial line left by `readOutputLine` first),
-    ///   and whether the timeout killed it.
+    ///   and whether it still ran at the deadline (and was killed).
     /// - Throws: as `readOutputLine(timeout:)`; the child is then still owned (deinit kills it).
     package func collectOutput(killingAfter timeout: Duration) throws(MemSnapError)
         -> (termination: Termination, output: [UInt8], timedOut: Bool)
     {
-        let deadline = ContinuousClock.now.advanced(by: timeout)
+        let deadline = Self.deadline(after: timeout)
         var timedOut = false
         let bytes = try output.withLock { (state: inout OutputState) throws(MemSnapError) -> [UInt8] in
-            while !state.ended {
+            guard state.descriptor >= 0 else {
+                throw MemSnapError("read the output of process \(processIdentifier)", .invalidArgument("its output is not a pipe"))
+            }
+            // Until the child ends: read what it writes, and kill it at the deadline.
+            while reap(blocking: false) == nil {
                 let left = ContinuousClock.now.duration(to: deadline)
-                if left <= .zero && !timedOut {
-                    timedOut = true
-                    signal(SIGKILL)
+                if left <= .zero {
+                    if !timedOut {
+                        timedOut = true
+                        signal(SIGKILL)
+                    }
+                    _ = Self.poll(pidfd, for: Int16(POLLIN), timeout: .milliseconds(100))
+                } else if state.ended {
+                    // It closed its output and runs on.
+                    _ = Self.poll(pidfd, for: Int16(POLLIN), timeout: left)
+                } else if Self.pollFirstOfTwo(state.descriptor, pidfd, timeout: left) {
+                    _ = try readChunk(&state, timeout: .zero)
                 }
-                // After the kill, the child's end closes as it dies (unless a grandchild holds it:
-                // stop reading once the child is reaped and the pipe has nothing left).
-                if timedOut {
-                    let progressed = try readChunk(&state, timeout: .milliseconds(100))
-                    if !progressed && reap(blocking: false) != nil { break }
-                } else {
-                    _ = try readChunk(&state, timeout: left)
-                }
+            }
+            // It ended, so what it wrote is in the pipe: read to end of file, but for a second at
+            // most (a process it started may hold the pipe open, and even keep writing).
+            let drainDeadline = ContinuousClock.now.advanced(by: .seconds(1))
+            while !state.ended {
+                let left = ContinuousClock.now.duration(to: drainDeadline)
+                guard left > .zero, try readChunk(&state, timeout: min(left, .milliseconds(100))) else { break }
             }
             defer { state.pending = [] }
             return state.pending
-        }
-        // The output can end before the child does (it closed its standard output).
-        if !timedOut, let ended = wait(timeout: ContinuousClock.now.duration(to: deadline)) {
-            return (ended, bytes, false)
-        }
-        if !timedOut {
-            timedOut = true
-            signal(SIGKILL)
         }
         return (wait(), bytes, timedOut)
     }
@@ -386,27 +435,43 @@ package final class ChildProcess: Sendable {
         return true
     }
 
+    /// poll(2) of `first` and `second` for input (or hang-up/error) within `timeout`, repeated on
+    /// EINTR. Returns whether `first` is ready (false: `second` is, or the time is up).
+    private static func pollFirstOfTwo(_ first: Int32, _ second: Int32, timeout: Duration) -> Bool {
+        let deadline = Self.deadline(after: timeout)
+        while true {
+            let left = ContinuousClock.now.duration(to: deadline)
+            var entries = [pollfd(fd: first, events: Int16(POLLIN), revents: 0), pollfd(fd: second, events: Int16(POLLIN), revents: 0)]
+            let ready = Glibc.poll(&entries, 2, Self.milliseconds(left))
+            if ready > 0 { return entries[0].revents != 0 }
+            if ready == 0 || errno != EINTR { return false }
+        }
+    }
+
+    /// `left` for poll(2): rounded up, so that a wait never ends before its deadline; a day at
+    /// most per call (callers loop), so the arithmetic cannot overflow. A deadline just passed
+    /// has 0 seconds and negative attoseconds: it must give 0, not -1 (which is "forever").
+    private static func milliseconds(_ left: Duration) -> Int32 {
+        if left <= .zero { return 0 }
+        if left >= .seconds(86_400) { return 86_400_000 }
+        let (seconds, attoseconds) = left.components
+        return Int32(seconds * 1000 + (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000)
+    }
+
+    /// Now plus `timeout`, with `timeout` taken as 0 if negative and as 30 years at most, so
+    /// that no caller's value can overflow the clock's arithmetic.
+    private static func deadline(after timeout: Duration) -> ContinuousClock.Instant {
+        ContinuousClock.now.advanced(by: min(max(timeout, .zero), .seconds(1_000_000_000)))
+    }
+
     /// poll(2) of one descriptor for `events` (or hang-up/error) within `timeout` (nil: no
     /// limit), repeated on EINTR. Returns whether it is ready.
     private static func poll(_ descriptor: Int32, for events: Int16, timeout: Duration?) -> Bool {
-        let deadline = timeout.map { ContinuousClock.now.advanced(by: $0) }
+        let deadline = timeout.map { Self.deadline(after: $0) }
         while true {
-            var milliseconds: Int32 = -1
-            if let deadline {
-                let left = ContinuousClock.now.duration(to: deadline)
-                let (seconds, attoseconds) = left.components
-                // Rounded up, so that a wait never ends before its deadline; a day at most per
-                // poll (the loop goes on), so the arithmetic cannot overflow.
-                if seconds < 0 {
-                    milliseconds = 0
-                } else if seconds >= 86_400 {
-                    milliseconds = 86_400_000
-                } else {
-                    milliseconds = Int32(seconds * 1000 + (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000)
-                }
-            }
+            let wait = deadline.map { Self.milliseconds(ContinuousClock.now.duration(to: $0)) } ?? -1
             var entry = pollfd(fd: descriptor, events: events, revents: 0)
-            let ready = Glibc.poll(&entry, 1, milliseconds)
+            let ready = Glibc.poll(&entry, 1, wait)
             if ready > 0 { return true }
             if ready == 0 { return false }
             if errno != EINTR { return false }
