@@ -211,13 +211,23 @@ private struct FrameContext: @unchecked Sendable {
         let frameBytes = try workspace.stored.bytes(count: CheckpointFormat.frameHeaderSize + expected.storedSize,
                                                     during: "\(operation): \(place)")
         try file.readFrame(into: frameBytes, at: expected.offset, place: place, during: operation)
-        let header = try FrameRecord.decodeHeader(
-            UnsafeRawBufferPointer(rebasing: frameBytes[0..<CheckpointFormat.frameHeaderSize]),
-            at: expected.offset, expectedIndex: index, chunkSize: file.chunkSize, codec: file.codec, during: operation)
-        try file.structure.checkFrameHeader(header, matches: expected, place: place, during: operation)
-        return try file.structure.verifyFrame(
-            expected, payload: UnsafeRawBufferPointer(rebasing: frameBytes[CheckpointFormat.frameHeaderSize...]), scratch: workspace.decode,
-            rules: rules, target: target, coverage: &coverage, place: place, during: operation)
+        do throws(MemSnapError) {
+            let header = try FrameRecord.decodeHeader(
+                UnsafeRawBufferPointer(rebasing: frameBytes[0..<CheckpointFormat.frameHeaderSize]),
+                at: expected.offset, expectedIndex: index, chunkSize: file.chunkSize, codec: file.codec, during: operation)
+            try file.structure.checkFrameHeader(header, matches: expected, place: place, during: operation)
+            return try file.structure.verifyFrame(
+                expected, payload: UnsafeRawBufferPointer(rebasing: frameBytes[CheckpointFormat.frameHeaderSize...]),
+                scratch: workspace.decode, rules: rules, target: target, coverage: &coverage, place: place, during: operation)
+        } catch {
+            // Bytes that fail a check because the file was cut while they were read: say so.
+            if case let .corrupt(finding) = error.reason,
+               let shrank = file.shrinkError(readAt: expected.offset, count: frameBytes.count, place: place, finding: finding,
+                                             during: operation) {
+                throw shrank
+            }
+            throw error
+        }
     }
 }
 

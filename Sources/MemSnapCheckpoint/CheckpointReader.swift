@@ -346,4 +346,10 @@ public final class CheckpointFile: @unchecked Sendable {
     func readFrame(into buffer: UnsafeMutableRawBufferPointer, at offset: Int, place: String, during operation: String) throws(MemSnapError) {
         try input.read(into: buffer, at: offset, place: place, during: operation)
     }
+
+    /// `InputFile.shrinkError`: the "file shrank" error for a frame read whole whose bytes then
+    /// failed a check, if the file is now shorter than the frame's end.
+    func shrinkError(readAt offset: Int, count: Int, place: String, finding: String, during operation: String) -> MemSnapError? {
+        input.shrinkError(readAt: offset, count: count, place: place, finding: finding, during: operation)
+    }
 }

@@ -61,6 +61,23 @@ final class InputFile: Sendable {
         }
     }
 
+    /// For bytes read whole from `offset ..< offset + count` that then failed a check
+    /// (`finding`, the error's text): the "file shrank" error instead, if this is a regular file
+    /// now shorter than the read's end; nil otherwise (also when fstat fails: the finding stands).
+    /// A truncation that races with a read need not make the read short: the kernel zeroes the
+    /// cut part of the last page it keeps, and a read already past the size check copies those
+    /// zeros (seen under ThreadSanitizer: a frame read whole, then "not a frame header").
+    func shrinkError(readAt offset: Int, count: Int, place: String, finding: String, during operation: String) -> MemSnapError? {
+        guard isRegular, offset >= 0, count >= 0, offset <= Int.max - count else { return nil }
+        var status = stat()
+        guard fstat(descriptor.rawValue, &status) == 0 else { return nil }
+        let now = max(0, Int(status.st_size))
+        guard now < offset + count else { return nil }
+        return MemSnapError(operation, .corrupt(
+            "\(place): truncated while reading: the file shrank (to \(now) bytes, during a \(count)-byte read at \(at(offset)) "
+            + "whose bytes then failed a check: \(finding); the file had \(size) when opened)"))
+    }
+
     /// `read(into:at:...)` of `count` bytes into a new array.
     func read(_ count: Int, at offset: Int, place: @autoclosure () -> String, during operation: @autoclosure () -> String) throws(MemSnapError) -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: count)

@@ -65,6 +65,28 @@ struct CheckpointShrinkingFileTests {
         #expect(target.committed.withLock { $0 } == nil)
     }
 
+    @Test("a frame read whole whose bytes fail a check is the shrink when the file is now shorter than the frame")
+    func aFrameCutDuringItsReadIsTheShrink() throws {
+        // A truncation racing with a read can leave the read whole but zeroed (the kernel zeroes
+        // the cut part of the page it keeps): the check that fails then must name the shrink.
+        let directory = TemporaryDirectory()
+        let path = try checkpoint(directory, StyleCodec(style: .v3, codec: .lz4))
+        let file = try CheckpointFile(path: path)
+        let frame = file.frames[1]
+        let length = CheckpointFormat.frameHeaderSize + frame.storedSize
+        #expect(file.shrinkError(readAt: frame.offset, count: length, place: "checkpoint frame 1", finding: "not a frame header",
+                                 during: "restore") == nil, "the file is whole: the finding stands")
+        #expect(truncate(path, off_t(frame.offset + length - 1)) == 0)
+        #expect(file.shrinkError(readAt: frame.offset, count: length, place: "checkpoint frame 1", finding: "not a frame header",
+                                 during: "restore") == MemSnapError("restore", .corrupt(
+            "checkpoint frame 1: truncated while reading: the file shrank (to \(frame.offset + length - 1) bytes, during a "
+            + "\(length)-byte read at \(at(frame.offset)) whose bytes then failed a check: not a frame header; the file had "
+            + "\(file.fileSize) when opened)")))
+        #expect(file.shrinkError(readAt: file.frames[0].offset, count: CheckpointFormat.frameHeaderSize + file.frames[0].storedSize,
+                                 place: "checkpoint frame 0", finding: "not a frame header", during: "restore") == nil,
+                "frame 0 is still whole: its finding stands")
+    }
+
     @Test("a raw image cut while it is checkpointed is an error, not a shorter checkpoint")
     func aSourceCutWhileItIsCheckpointedIsATypedError() throws {
         let directory = TemporaryDirectory()
