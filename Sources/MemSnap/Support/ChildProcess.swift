@@ -68,7 +68,8 @@ package final class ChildProcess: Sendable {
         /// /dev/null.
         case null
         /// A pipe to this process: `writeInput` and `closeInput` for the input, the `read...`
-        /// methods for the output.
+        /// methods for the output. The standard error's pipe is the output's (one pipe, both
+        /// streams interleaved, as with `.standardOutput`).
         case pipe
         /// For the standard error only: the same descriptor as the standard output, so that
         /// both interleave as written (in the pipe, if the output is `.pipe`).
@@ -122,7 +123,7 @@ package final class ChildProcess: Sendable {
         if standardInput == .pipe {
             guard memsnap_pipe_cloexec(&inputPipe) == 0 else { throw MemSnapError.systemCall("pipe2", during: operation) }
         }
-        if standardOutput == .pipe || (standardOutput != .pipe && standardError == .pipe) {
+        if standardOutput == .pipe || standardError == .pipe {
             guard memsnap_pipe_cloexec(&outputPipe) == 0 else {
                 let error = MemSnapError.systemCall("pipe2", during: operation)
                 closeAll(inputPipe)
@@ -150,7 +151,6 @@ package final class ChildProcess: Sendable {
         }
         route(standardInput, to: 0, pipeEnd: inputPipe[0])
         route(standardOutput, to: 1, pipeEnd: outputPipe[1])
-        // Standard error to the pipe alone (output elsewhere) uses the output pipe.
         route(standardError, to: 2, pipeEnd: outputPipe[1])
         record(memsnap_spawn_close_from(&actions, 3))
         if let directory { record(memsnap_spawn_change_directory(&actions, directory)) }
