@@ -198,10 +198,8 @@ package final class ChildProcess: Sendable {
             throw error
         }
         // One wait that cannot block, which also tells whether the kernel reaps through a pidfd.
-        var reaped: Int32 = 0
-        var code: Int32 = 0
-        var status: Int32 = 0
-        if memsnap_pidfd_wait(descriptor, 1, &reaped, &code, &status) != 0 && errno == EINVAL {
+        let first = Self.reapIfEnded(descriptor)
+        if case .failure(.invalidArgument) = first {
             _ = memsnap_pidfd_send_signal(descriptor, SIGKILL)
             Self.killAndReap(pid)
             closeAll([descriptor, inputPipe[1], outputPipe[0]])
@@ -211,7 +209,19 @@ package final class ChildProcess: Sendable {
         pidfd = descriptor
         input = Locked(inputPipe[1])
         output = Locked(OutputState(descriptor: outputPipe[0]))
-        if reaped != 0 { ended.withLock { $0 = code == CLD_EXITED ? .exited(status) : .signaled(status) } }
+        if case let .success(termination?) = first { ended.withLock { $0 = termination } }
+    }
+
+    /// waitid(P_PIDFD, WNOHANG) of the child behind `pidfd`: how it ended (it is now reaped),
+    /// nil while it runs, or the errno of a failed wait.
+    private static func reapIfEnded(_ pidfd: Int32) -> Result<Termination?, Errno> {
+        var reaped: Int32 = 0
+        var code: Int32 = 0
+        var status: Int32 = 0
+        switch valueOrErrno({ memsnap_pidfd_wait(pidfd, 1, &reaped, &code, &status) }) {
+        case let .failure(errno): return .failure(errno)
+        case .success: return .success(reaped == 0 ? nil : code == CLD_EXITED ? .exited(status) : .signaled(status))
+        }
     }
 
     /// SIGKILL to `pid` and a wait for it: for a child not (yet) watched through a pidfd, which
@@ -264,7 +274,7 @@ package final class ChildProcess: Sendable {
             if let ended = reap(blocking: false) { return ended }
             let left = ContinuousClock.now.duration(to: deadline)
             guard left > .zero else { return nil }
-            _ = Self.poll(pidfd, for: Int16(POLLIN), timeout: left)
+            _ = Self.poll([pidfd], timeout: left)
         }
     }
 
@@ -272,19 +282,15 @@ package final class ChildProcess: Sendable {
     /// the lock, so that other threads can still ask). The result is kept: later calls return it.
     private func reap(blocking: Bool) -> Termination? {
         if let known = ended.withLock({ $0 }) { return known }
-        if blocking { _ = Self.poll(pidfd, for: Int16(POLLIN), timeout: nil) }
+        if blocking { _ = Self.poll([pidfd], timeout: nil) }
         return ended.withLock { ended -> Termination? in
             if let ended { return ended }
-            var reaped: Int32 = 0
-            var code: Int32 = 0
-            var status: Int32 = 0
-            if memsnap_pidfd_wait(pidfd, 1, &reaped, &code, &status) != 0 {
-                // ECHILD: someone else reaped it; any other error leaves it for the next call.
-                if errno == ECHILD { ended = .reapedElsewhere }
-                return ended
+            switch Self.reapIfEnded(pidfd) {
+            case let .success(termination): ended = termination
+            // ECHILD: someone else reaped it; any other error leaves it for the next call.
+            case .failure(.noChildProcess): ended = .reapedElsewhere
+            case .failure: break
             }
-            guard reaped != 0 else { return nil }
-            ended = code == CLD_EXITED ? .exited(status) : .signaled(status)
             return ended
         }
     }
@@ -381,9 +387,7 @@ package final class ChildProcess: Sendable {
         let deadline = Self.deadline(after: timeout)
         var timedOut = false
         let bytes = try output.withLock { (state: inout OutputState) throws(MemSnapError) -> [UInt8] in
-            guard state.descriptor >= 0 else {
-                throw MemSnapError("read the output of process \(processIdentifier)", .invalidArgument("its output is not a pipe"))
-            }
+            try requirePipe(state)
             // Until the child ends: read what it writes, and kill it at the deadline.
             while reap(blocking: false) == nil {
                 let left = ContinuousClock.now.duration(to: deadline)
@@ -392,11 +396,11 @@ package final class ChildProcess: Sendable {
                         timedOut = true
                         signal(SIGKILL)
                     }
-                    _ = Self.poll(pidfd, for: Int16(POLLIN), timeout: .milliseconds(100))
+                    _ = Self.poll([pidfd], timeout: .milliseconds(100))
                 } else if state.ended {
                     // It closed its output and runs on.
-                    _ = Self.poll(pidfd, for: Int16(POLLIN), timeout: left)
-                } else if Self.pollFirstOfTwo(state.descriptor, pidfd, timeout: left) {
+                    _ = Self.poll([pidfd], timeout: left)
+                } else if Self.poll([state.descriptor, pidfd], timeout: left) == 0 {
                     _ = try readChunk(&state, timeout: .zero)
                 }
             }
@@ -413,12 +417,18 @@ package final class ChildProcess: Sendable {
         return (wait(), bytes, timedOut)
     }
 
+    /// - Throws: `.invalidArgument` if the child's output is not a pipe.
+    private func requirePipe(_ state: OutputState) throws(MemSnapError) {
+        guard state.descriptor < 0 else { return }
+        throw MemSnapError("read the output of process \(processIdentifier)", .invalidArgument("its output is not a pipe"))
+    }
+
     /// Reads what the pipe has (waiting up to `timeout`, nil: no limit) into `state.pending`;
     /// sets `state.ended` at end of file. Returns whether bytes came or the output ended.
     private func readChunk(_ state: inout OutputState, timeout: Duration?) throws(MemSnapError) -> Bool {
+        try requirePipe(state)
         let operation = "read the output of process \(processIdentifier)"
-        guard state.descriptor >= 0 else { throw MemSnapError(operation, .invalidArgument("its output is not a pipe")) }
-        guard Self.poll(state.descriptor, for: Int16(POLLIN), timeout: timeout) else { return false }
+        guard Self.poll([state.descriptor], timeout: timeout) != nil else { return false }
         var chunk = [UInt8](repeating: 0, count: 65_536)
         let descriptor = state.descriptor
         let result = chunk.withUnsafeMutableBytes { buffer in valueOrErrno { Glibc.read(descriptor, buffer.baseAddress, buffer.count) } }
@@ -433,19 +443,6 @@ package final class ChildProcess: Sendable {
             state.pending += chunk[..<count]
         }
         return true
-    }
-
-    /// poll(2) of `first` and `second` for input (or hang-up/error) within `timeout`, repeated on
-    /// EINTR. Returns whether `first` is ready (false: `second` is, or the time is up).
-    private static func pollFirstOfTwo(_ first: Int32, _ second: Int32, timeout: Duration) -> Bool {
-        let deadline = Self.deadline(after: timeout)
-        while true {
-            let left = ContinuousClock.now.duration(to: deadline)
-            var entries = [pollfd(fd: first, events: Int16(POLLIN), revents: 0), pollfd(fd: second, events: Int16(POLLIN), revents: 0)]
-            let ready = Glibc.poll(&entries, 2, Self.milliseconds(left))
-            if ready > 0 { return entries[0].revents != 0 }
-            if ready == 0 || errno != EINTR { return false }
-        }
     }
 
     /// `left` for poll(2): rounded up, so that a wait never ends before its deadline; a day at
@@ -464,17 +461,17 @@ package final class ChildProcess: Sendable {
         ContinuousClock.now.advanced(by: min(max(timeout, .zero), .seconds(1_000_000_000)))
     }
 
-    /// poll(2) of one descriptor for `events` (or hang-up/error) within `timeout` (nil: no
-    /// limit), repeated on EINTR. Returns whether it is ready.
-    private static func poll(_ descriptor: Int32, for events: Int16, timeout: Duration?) -> Bool {
+    /// poll(2) of `descriptors` for input (or hang-up/error) within `timeout` (nil: no limit),
+    /// repeated on EINTR. Returns the index of the first one ready, nil when the time is up (or
+    /// poll fails otherwise, which it cannot for valid descriptors).
+    private static func poll(_ descriptors: [Int32], timeout: Duration?) -> Int? {
         let deadline = timeout.map { Self.deadline(after: $0) }
+        var entries = descriptors.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
         while true {
             let wait = deadline.map { Self.milliseconds(ContinuousClock.now.duration(to: $0)) } ?? -1
-            var entry = pollfd(fd: descriptor, events: events, revents: 0)
-            let ready = Glibc.poll(&entry, 1, wait)
-            if ready > 0 { return true }
-            if ready == 0 { return false }
-            if errno != EINTR { return false }
+            let ready = Glibc.poll(&entries, nfds_t(entries.count), wait)
+            if ready > 0 { return entries.firstIndex { $0.revents != 0 } }
+            if ready == 0 || errno != EINTR { return nil }
         }
     }
 }
